@@ -1,0 +1,1 @@
+"""imagpose.bench: speed/parity benchmarks against PIDM, CFLD, PoCoLD and PCDMs (issue #5)."""

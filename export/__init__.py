@@ -1,0 +1,1 @@
+"""imagpose.export: ONNX / ONNX Runtime / TensorRT export paths (issue #4)."""

@@ -1,0 +1,95 @@
+"""Encode the conditions of a batch of canvases once per request (everything the UNet needs but x_t).
+
+Notation (<field> -> paper):
+    context         F_C = cat([DINOv2(ref), FLC(VAE(ref))])      (B, 257 + N, D)   "feature-level condition"
+    masked_latents  VAE(masked joint image) * 0.18215             (B, 4, h, w)      "image-level condition" F_I
+    flag            1 on source tiles, 0 on target tiles          (B, 1, h, w)
+    pose_features   F_P = PoseGuider(joint pose in [0, 1])        (B, C0, h, w)
+h, w = canvas / 8. Preprocessing follows the official pipeline exactly (see docs/parity_pitfalls.md):
+    DINOv2 input  ref.resize((224, 224)) with PIL bicubic (aspect squash), CLIP mean/std
+    FLC input     ref resized to the whole canvas with PIL Lanczos, [-1, 1], VAE ``latent_dist.mean`` * 0.18215
+    masked canvas 2x - 1 (black tiles are -1), VAE ``latent_dist.mean`` * 0.18215
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .canvas import JointCanvas
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DINO_INPUT_SIZE = 224
+# The official pipeline hard-codes this constant when *encoding* (and uses vae.config.scaling_factor when
+# decoding); both are 0.18215 for every SD1.x VAE.
+OFFICIAL_ENCODE_SCALE = 0.18215
+
+
+@dataclass
+class Conditions:
+    context: torch.Tensor
+    masked_latents: torch.Tensor
+    flag: torch.Tensor
+    pose_features: torch.Tensor
+
+    def for_guidance(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batches for classifier-free guidance, rows ordered ``[uncond (B), cond (B)]``.
+
+        Official null condition: the context tokens are exact zeros; flag, masked latent and pose features
+        are kept in both halves (paper Eq. 5 writes the null branch as pose-only; the code differs).
+        Returns (context (2B, N, D), image condition ``cat([flag, masked])`` (2B, 5, h, w), pose (2B, C0, h, w)).
+        """
+        context = torch.cat([torch.zeros_like(self.context), self.context])
+        image_condition = torch.cat([self.flag, self.masked_latents], dim=1).repeat(2, 1, 1, 1)
+        return context, image_condition, self.pose_features.repeat(2, 1, 1, 1)
+
+    def without_guidance(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.context, torch.cat([self.flag, self.masked_latents], dim=1), self.pose_features
+
+
+def dino_pixels(reference: Image.Image) -> torch.Tensor:
+    """(3, 224, 224) CLIP-normalised DINOv2 input: ``ref.resize((224, 224))`` (bicubic squash)."""
+    image = reference.resize((DINO_INPUT_SIZE, DINO_INPUT_SIZE), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def reference_canvas_pixels(reference: Image.Image, canvas_size: tuple[int, int]) -> torch.Tensor:
+    """(3, Hc, Wc) in [-1, 1]: the tile-size reference upscaled to the whole canvas with Lanczos."""
+    height, width = canvas_size
+    image = reference if reference.size == (width, height) else reference.resize((width, height), Image.LANCZOS)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0).permute(2, 0, 1)
+    return x * 2.0 - 1.0
+
+
+def vae_encode_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Scaled posterior mean (no sampling, as the official inference): ``latent_dist.mean * 0.18215``."""
+    return vae.encode(pixels).latent_dist.mean * OFFICIAL_ENCODE_SCALE
+
+
+@torch.no_grad()
+def encode_conditions(canvases: list[JointCanvas], vae, image_encoder, flc_tokenizer, pose_guider,
+                      device: torch.device, dtype: torch.dtype) -> Conditions:
+    """Encode B canvases of one layout (same canvas size) into :class:`Conditions`."""
+    size = canvases[0].layout.canvas_size
+
+    def stack(tensors):
+        return torch.stack(tensors).to(device=device, dtype=dtype)
+
+    dino_tokens = image_encoder(stack([dino_pixels(c.reference) for c in canvases])).last_hidden_state
+    ref_latents = vae_encode_mean(vae, stack([reference_canvas_pixels(c.reference, size) for c in canvases]))
+    flc_tokens = flc_tokenizer(ref_latents)
+    masked_latents = vae_encode_mean(vae, stack([c.person * 2.0 - 1.0 for c in canvases]))
+    pose_features = pose_guider(stack([c.pose for c in canvases]))
+    return Conditions(
+        context=torch.cat([dino_tokens, flc_tokens], dim=1),
+        masked_latents=masked_latents,
+        flag=stack([c.flag for c in canvases]),
+        pose_features=pose_features,
+    )

@@ -1,0 +1,79 @@
+"""Image input: loading, colour-mode rules and tensor conversion.
+
+Colour-mode rule (stated once, applied everywhere):
+    - RGB is used as is; CMYK / YCbCr / palette without transparency are converted to RGB;
+    - grayscale (``L``, ``1``) is replicated to 3 channels;
+    - images with transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent colour) are
+      alpha-composited onto a solid background: white for person images (the DeepFashion studio backdrop),
+      black for pose images (the renderer's background);
+    - 16-bit and float modes (``I``, ``I;16``, ``F``) are refused: their value range is ambiguous.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+PERSON_BACKGROUND = (255, 255, 255)
+POSE_BACKGROUND = (0, 0, 0)
+_REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class ImageInputError(ValueError):
+    """An input image that cannot be read or has an unsupported format."""
+
+
+def load_image(source: str | os.PathLike | Image.Image | np.ndarray, what: str = "image",
+               background: tuple[int, int, int] = PERSON_BACKGROUND) -> Image.Image:
+    """Return an RGB PIL image from a path, a PIL image or an (H, W[, C]) uint8 array (see module rule)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageInputError(f"{what}: file not found: {path}")
+        try:
+            with Image.open(path) as handle:
+                handle.load()
+                image = handle.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ImageInputError(f"{what}: {path} is not a readable image ({exc}).") from exc
+    elif isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise ImageInputError(f"{what}: arrays must be uint8 (H, W) or (H, W, C), got {source.dtype} "
+                                  f"{source.shape}.")
+        image = Image.fromarray(source)
+    else:
+        raise ImageInputError(f"{what}: expected a path, PIL image or uint8 array, got {type(source).__name__}.")
+    return to_rgb(image, what, background)
+
+
+def to_rgb(image: Image.Image, what: str = "image", background=PERSON_BACKGROUND) -> Image.Image:
+    if image.mode in _REFUSED_MODES:
+        raise ImageInputError(
+            f"{what}: mode {image.mode} (16-bit or float) is not supported; save it as 8-bit RGB.")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 RGB PIL -> float32 (3, H, W) in [0, 1] (torchvision ``ToTensor``)."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> PIL images, rounding ``x * 255`` (diffusers ``numpy_to_pil``)."""
+    array = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in (array * 255).round().astype("uint8")]

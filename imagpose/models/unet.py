@@ -1,0 +1,215 @@
+"""The IMAGPose denoising UNet: SD1.5 layout, 9-channel ILC input, pose injection, CVA after every block layer.
+
+Input channels, in the official order (``pipeline_pose2img.py``)::
+
+    sample = cat([x_t (4), flag (1), masked-canvas latent (4)], dim=1)        (B, 9, H, W), H, W = canvas / 8
+
+``pose_features`` (the PoseGuider output, (B, C0, H, W)) are added right after ``conv_in`` - the only pose
+injection point. ``encoder_hidden_states`` are the FLC context tokens ``cat([DINOv2 tokens, VAE-patch tokens])``.
+
+State-dict keys and shapes equal the official ``UNet3DConditionModel``'s (frame axis dropped: the canvas is
+one image), so official checkpoints load with a strict map (``imagpose.convert``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .cva import CrossViewAttention
+from .unet_blocks import DownStage, MidStage, StageSpec, UpStage
+
+DOWN_BLOCK_TYPES = {"CrossAttnDownBlock": True, "DownBlock": False}  # name -> has spatial attention
+UP_BLOCK_TYPES = {"CrossAttnUpBlock": True, "UpBlock": False}
+
+
+@dataclass
+class UNetOutput(BaseOutput):
+    sample: torch.Tensor
+
+
+class IMAGPoseUNet(ModelMixin, ConfigMixin):
+    """Denoiser epsilon_theta(x_t, t, F_C, F_I, F_P) of the paper; v-prediction in the official training.
+
+    Config notes: ``num_attention_heads`` is the official ``attention_head_dim`` (diffusers' historical name
+    for the head *count*). ``cva_down_blocks`` / ``cva_mid_block`` / ``cva_up_blocks`` say which stages carry
+    CVA modules (all of them in IMAGPose). ``final_norm=False`` reproduces pre-PR#10 stage-1 checkpoints,
+    whose forward skipped ``conv_norm_out`` + SiLU. ``default_grid`` is the view grid (rows, cols) used when
+    ``forward`` is not given one.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 64,
+        in_channels: int = 9,
+        out_channels: int = 4,
+        down_block_types: tuple[str, ...] = ("CrossAttnDownBlock",) * 3 + ("DownBlock",),
+        up_block_types: tuple[str, ...] = ("UpBlock",) + ("CrossAttnUpBlock",) * 3,
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1.0,
+        act_fn: str = "silu",
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 768,
+        num_attention_heads: int | tuple[int, ...] = 8,
+        use_linear_projection: bool = False,
+        upcast_attention: bool = False,
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        center_input_sample: bool = False,
+        final_norm: bool = True,
+        cva_down_blocks: tuple[bool, ...] = (True, True, True, True),
+        cva_mid_block: bool = True,
+        cva_up_blocks: tuple[bool, ...] = (True, True, True, True),
+        cva_num_heads: int = 8,
+        cva_num_layers: int = 1,
+        cva_attention_blocks: int = 2,
+        cva_head_dim_div: int = 1,
+        cva_max_views: int = 32,
+        cva_norm_groups: int = 32,
+        cva_position_encoding: bool = True,
+        default_grid: tuple[int, int] = (2, 2),
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        for name, value in (("down_block_types", down_block_types), ("up_block_types", up_block_types),
+                            ("cva_down_blocks", cva_down_blocks), ("cva_up_blocks", cva_up_blocks)):
+            if len(value) != levels:
+                raise ValueError(f"{name} has {len(value)} entries but block_out_channels has {levels}.")
+        unknown = [t for t in down_block_types if t not in DOWN_BLOCK_TYPES] + [
+            t for t in up_block_types if t not in UP_BLOCK_TYPES]
+        if unknown:
+            raise ValueError(f"Unknown block types {unknown}; use {list(DOWN_BLOCK_TYPES) + list(UP_BLOCK_TYPES)}.")
+        heads = (num_attention_heads,) * levels if isinstance(num_attention_heads, int) else tuple(num_attention_heads)
+        time_embed_dim = block_out_channels[0] * 4
+        spec = StageSpec(
+            temb_channels=time_embed_dim, norm_groups=norm_num_groups, norm_eps=norm_eps, act_fn=act_fn,
+            cross_attention_dim=cross_attention_dim, use_linear_projection=use_linear_projection,
+            upcast_attention=upcast_attention,
+            cva_kwargs=dict(num_heads=cva_num_heads, num_layers=cva_num_layers,
+                            num_attention_blocks=cva_attention_blocks, head_dim_div=cva_head_dim_div,
+                            max_views=cva_max_views, norm_groups=cva_norm_groups,
+                            position_encoding=cva_position_encoding),
+        )
+
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim)
+
+        self.down_blocks = nn.ModuleList()
+        out_ch = block_out_channels[0]
+        for i, block_type in enumerate(down_block_types):
+            in_ch, out_ch = out_ch, block_out_channels[i]
+            self.down_blocks.append(DownStage(
+                spec, in_ch, out_ch, layers_per_block, heads[i], DOWN_BLOCK_TYPES[block_type], cva_down_blocks[i],
+                add_downsample=i < levels - 1, downsample_padding=downsample_padding,
+            ))
+
+        self.mid_block = MidStage(spec, block_out_channels[-1], heads[-1], cva_mid_block, mid_block_scale_factor)
+
+        self.up_blocks = nn.ModuleList()
+        reversed_channels = list(reversed(block_out_channels))
+        reversed_heads = list(reversed(heads))
+        out_ch = reversed_channels[0]
+        for i, block_type in enumerate(up_block_types):
+            prev_ch, out_ch = out_ch, reversed_channels[i]
+            in_ch = reversed_channels[min(i + 1, levels - 1)]
+            self.up_blocks.append(UpStage(
+                spec, in_ch, prev_ch, out_ch, layers_per_block + 1, reversed_heads[i], UP_BLOCK_TYPES[block_type],
+                cva_up_blocks[i], add_upsample=i < levels - 1,
+            ))
+
+        self.conv_norm_out = (
+            nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps) if final_norm else None
+        )
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def tile_multiple(self) -> int:
+        """Tile sides (in latent pixels) must be multiples of this so every level splits into equal views."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def cva_modules(self) -> list[tuple[str, CrossViewAttention]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, CrossViewAttention)]
+
+    def set_cva_backend(self, backend: str) -> None:
+        """Select the attention backend of every CVA module (see ``imagpose.models.attention``)."""
+        from .attention import get_view_attention_backend
+
+        get_view_attention_backend(backend)  # fail early on an unknown name
+        for _, module in self.cva_modules():
+            module.set_backend(backend)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        pose_features: torch.Tensor | None = None,
+        grid: tuple[int, int] | None = None,
+        return_dict: bool = True,
+    ) -> UNetOutput | tuple[torch.Tensor]:
+        """
+        Args:
+            sample: (B, 9, H, W) ``cat([x_t, flag, masked latent])`` on the latent canvas.
+            timestep: scalar or (B,) diffusion timesteps.
+            encoder_hidden_states: (B, N_ctx, cross_attention_dim) context tokens.
+            pose_features: (B, block_out_channels[0], H, W) PoseGuider output, added after ``conv_in``.
+            grid: (rows, cols) of views on the canvas; ``config.default_grid`` when None.
+        Returns:
+            (B, out_channels, H, W) model prediction (v in the official training).
+        """
+        grid = tuple(grid or self.config.default_grid)
+        num_upsamplers = len(self.up_blocks) - 1
+        forward_upsample_size = any(s % (2**num_upsamplers) for s in sample.shape[-2:])
+
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+
+        # 1. time embedding
+        timesteps = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=sample.device)
+        timesteps = timesteps.reshape(-1).to(sample.device).expand(sample.shape[0])
+        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype))
+
+        # 2. input conv, then the pose features F_P (one injection point)
+        hidden = self.conv_in(sample)
+        if pose_features is not None:
+            hidden = hidden + pose_features
+
+        # 3. down
+        skips = (hidden,)
+        for block in self.down_blocks:
+            hidden, block_skips = block(hidden, emb, encoder_hidden_states, grid)
+            skips += block_skips
+
+        # 4. mid
+        hidden = self.mid_block(hidden, emb, encoder_hidden_states, grid)
+
+        # 5. up
+        for i, block in enumerate(self.up_blocks):
+            num = len(block.resnets)
+            block_skips, skips = skips[-num:], skips[:-num]
+            upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(self.up_blocks) - 1 else None
+            hidden = block(hidden, block_skips, emb, encoder_hidden_states, grid, upsample_size)
+
+        # 6. output
+        if self.conv_norm_out is not None:
+            hidden = self.conv_act(self.conv_norm_out(hidden))
+        out = self.conv_out(hidden)
+        if not return_dict:
+            return (out,)
+        return UNetOutput(sample=out)

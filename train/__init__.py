@@ -1,0 +1,1 @@
+"""imagpose.train: the 3-stage IMAGPose trainer."""
