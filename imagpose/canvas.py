@@ -50,11 +50,11 @@ class View:
     image: str | os.PathLike | Image.Image | np.ndarray | None = None
 
     @classmethod
-    def source(cls, image, pose: PoseInput) -> "View":
+    def source(cls, image, pose: PoseInput) -> View:
         return cls(pose=pose, image=image)
 
     @classmethod
-    def target(cls, pose: PoseInput) -> "View":
+    def target(cls, pose: PoseInput) -> View:
         return cls(pose=pose, image=None)
 
     @property

@@ -52,6 +52,10 @@ def unet_config_from_official(official: dict, additional_kwargs: dict | None = N
     hard-coded upstream, whatever the depth); the mid block when ``motion_module_mid_block``.
     """
     cfg = {**official, **(additional_kwargs or {})}
+    missing = [k for k in ("block_out_channels", "down_block_types", "up_block_types") if k not in cfg]
+    if missing:
+        raise ConversionError(f"Official UNet config lacks {missing}; pass the UNet3D config the checkpoint was "
+                              "trained with (e.g. unet3d_config of the official fixtures).")
     for key, allowed in _UNSUPPORTED_OFFICIAL.items():
         allowed = allowed if isinstance(allowed, tuple) else (allowed,)
         if cfg.get(key, allowed[0]) not in allowed:
@@ -198,7 +202,7 @@ def _report_for(component: str, source, state) -> ConversionReport:
                             dtypes=sorted({str(v.dtype).replace("torch.", "") for v in state.values()}))
 
 
-def convert_unet(state_or_path, config: dict, dtype: torch.dtype = torch.float32) -> tuple[IMAGPoseUNet, ConversionReport]:
+def convert_unet(state_or_path, config: dict, dtype=torch.float32) -> tuple[IMAGPoseUNet, ConversionReport]:
     state = state_or_path if isinstance(state_or_path, dict) else load_state_dict_file(state_or_path)
     report = _report_for("unet", state_or_path if not isinstance(state_or_path, dict) else "<state dict>", state)
     state = map_official_unet_keys(state, report)
@@ -207,10 +211,14 @@ def convert_unet(state_or_path, config: dict, dtype: torch.dtype = torch.float32
     config = {**config, **{k: (v if v is not None else [False] * levels) for k, v in overrides.items()}}
     with torch.device("meta"):
         model = IMAGPoseUNet(**config)
-    model = model.to_empty(device="cpu").to(dtype)
+    model = _cast(model.to_empty(device="cpu"), dtype)
     _restore_buffers(model)
     load_strict(model, state, "unet")
     return model, report
+
+
+def _cast(model, dtype: torch.dtype):
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 def _restore_buffers(model: IMAGPoseUNet) -> None:
@@ -225,7 +233,7 @@ def _restore_buffers(model: IMAGPoseUNet) -> None:
 def convert_pose_guider(state_or_path, config: dict, dtype=torch.float32) -> tuple[PoseGuider, ConversionReport]:
     state = state_or_path if isinstance(state_or_path, dict) else load_state_dict_file(state_or_path)
     report = _report_for("pose_guider", state_or_path if not isinstance(state_or_path, dict) else "<state dict>", state)
-    model = PoseGuider(**config).to(dtype)
+    model = _cast(PoseGuider(**config), dtype)
     load_strict(model, state, "pose_guider")
     return model, report
 
@@ -234,7 +242,7 @@ def convert_flc(state_or_path, config: dict, dtype=torch.float32) -> tuple[FLCTo
     state = state_or_path if isinstance(state_or_path, dict) else load_state_dict_file(state_or_path)
     report = _report_for("flc_tokenizer", state_or_path if not isinstance(state_or_path, dict) else "<state dict>",
                          state)
-    model = FLCTokenizer(**config).to(dtype)
+    model = _cast(FLCTokenizer(**config), dtype)
     load_strict(model, state, "flc_tokenizer")
     return model, report
 
@@ -264,9 +272,9 @@ def convert_official_checkpoints(
             ("pose_guider", pose_guider, convert_pose_guider, dict(spec.pose_guider)),
             ("flc_tokenizer", patch, convert_flc, dict(spec.flc))]
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "unet" / "config.json").exists() and not (
-            out_dir / "pose_guider" / "config.json").exists() and not (out_dir / "flc_tokenizer" / "config.json").exists():
-        raise ConversionError(f"{out_dir} exists and is not an imagpose component folder; choose a new or empty folder.")
+    ours = any((out_dir / name / "config.json").exists() for name in ("unet", "pose_guider", "flc_tokenizer"))
+    if out_dir.exists() and any(out_dir.iterdir()) and not ours:
+        raise ConversionError(f"{out_dir} exists and is not an imagpose component folder; choose a new or empty one.")
     reports = []
     with atomic_directory(out_dir) as tmp:
         for name, path, fn, config in jobs:

@@ -8,8 +8,8 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -37,10 +37,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if "global" in line.lower()), None)
+        if reason is None:
+            raise WeightsFileError(f"{path} is not a readable PyTorch weight file ({exc}).") from exc
         raise WeightsFileError(
             f"Refusing to load {path}: it needs unpickling arbitrary Python objects, which can run code "
-            f"(torch.load weights_only=True failed: {str(exc).splitlines()[0]}). Re-save it as a plain "
-            "state_dict of tensors, or convert it to .safetensors in a trusted environment."
+            f"({reason}). Re-save it as a plain state_dict of tensors, or convert it to .safetensors in a "
+            "trusted environment."
         ) from exc
     except Exception as exc:
         raise WeightsFileError(f"{path} is not a readable PyTorch weight file ({exc}).") from exc

@@ -13,8 +13,8 @@ Several requests in one call are batched (requests with the same canvas geometry
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from diffusers import DiffusionPipeline
@@ -76,6 +76,47 @@ class IMAGPosePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder, flc_tokenizer=flc_tokenizer,
                               pose_guider=pose_guider, scheduler=scheduler)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype: torch.dtype | None = None, **kwargs) -> IMAGPosePipeline:
+        """Load a pipeline folder written by ``save_pretrained`` (or ``imagpose convert``). Local folders only."""
+        import json
+        from pathlib import Path
+
+        from diffusers import AutoencoderKL, DDIMScheduler
+
+        from .models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
+
+        if kwargs:
+            raise TypeError(f"Unsupported from_pretrained arguments: {sorted(kwargs)}.")
+        path = Path(path)
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is not an imagpose pipeline folder (no model_index.json). Create one with "
+                "`imagpose convert` or IMAGPosePipeline.save_pretrained().")
+        index = json.loads((path / "model_index.json").read_text())
+        loaders = {"unet": IMAGPoseUNet, "vae": AutoencoderKL, "image_encoder": IMAGPoseImageEncoder,
+                   "flc_tokenizer": FLCTokenizer, "pose_guider": PoseGuider, "scheduler": DDIMScheduler}
+        missing = [name for name in loaders if name not in index or not (path / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{path} lacks the component folder(s) {missing}.")
+        components = {}
+        for name, loader in loaders.items():
+            if name == "scheduler":
+                components[name] = loader.from_pretrained(path / name)
+            elif name == "image_encoder":
+                components[name] = loader.from_pretrained(path / name, dtype=torch_dtype or torch.float32).eval()
+            else:
+                components[name] = loader.from_pretrained(path / name, torch_dtype=torch_dtype or torch.float32).eval()
+        return cls(**components)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers ``save_pretrained``, written to a temporary folder and renamed into place at the end."""
+        from .io import atomic_directory
+
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, **kwargs)
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -78,7 +78,7 @@ class Keypoints:
 
     @classmethod
     def from_array(cls, points, width: int, height: int, normalized: bool = False, min_confidence: float = 0.3,
-                   hands=None) -> "Keypoints":
+                   hands=None) -> Keypoints:
         arr = np.asarray(points, dtype=np.float64)
         if arr.shape not in ((18, 2), (18, 3)):
             raise PoseError(f"Expected OpenPose-18 keypoints of shape (18, 2) or (18, 3), got {arr.shape}.")

@@ -103,7 +103,7 @@ def randomize_weights(module: torch.nn.Module, generator: torch.Generator) -> No
     """
     norm_types = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
-        for mod_name, mod in module.named_modules():
+        for mod in module.modules():
             for name, param in mod.named_parameters(recurse=False):
                 draw = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(param.dtype)
                 if isinstance(mod, norm_types):

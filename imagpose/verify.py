@@ -53,7 +53,8 @@ class VerifyReport:
             lines.append(f"{c.name:<{width}}  {abs_s}  {rel_s}  {'PASS' if c.passed else 'FAIL'}"
                          + (f"  {c.detail}" if c.detail else ""))
         n_fail = sum(not c.passed for c in self.checks)
-        lines.append(f"{'PASS' if self.passed else 'FAIL'}: {len(self.checks) - n_fail}/{len(self.checks)} checks passed")
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(f"{verdict}: {len(self.checks) - n_fail}/{len(self.checks)} checks passed")
         return "\n".join(lines)
 
 
@@ -106,8 +107,14 @@ def _weights(folder: Path, stem: str) -> Path:
 
 def load_official_models(folder: Path, attention_backend: str = "eager"):
     """Convert the official UNet / PoseGuider / PatchEmbedding weights of a fixture folder."""
-    from .convert import (convert_flc, convert_pose_guider, convert_unet, flc_config_from_official,
-                          pose_guider_config_from_official, unet_config_from_official)
+    from .convert import (
+        convert_flc,
+        convert_pose_guider,
+        convert_unet,
+        flc_config_from_official,
+        pose_guider_config_from_official,
+        unet_config_from_official,
+    )
 
     config = json.loads((folder / "config.json").read_text())
     unet_cfg = unet_config_from_official(config["unet3d_config"], config.get("unet_additional_kwargs"))

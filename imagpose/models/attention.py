@@ -15,8 +15,8 @@ Other packages (``imagpose.kernels``) add backends with :func:`register_view_att
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,69 @@
+"""Our implementation reproduces every official-code fixture (whatever config, seed or tile shape it has)."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from imagpose.verify import FLOAT_ATOL, compare_tensor, find_fixtures, fixture_kind, verify_fixture
+from tests.conftest import official_fixture_root
+
+
+def _fixture_folders():
+    root = official_fixture_root()
+    if not root.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures at {root}"))]
+    return [pytest.param(p, id=p.name) for p in find_fixtures(root)]
+
+
+@pytest.mark.parametrize("folder", _fixture_folders())
+def test_every_official_fixture_passes(folder):
+    report = verify_fixture(folder)
+    print(report.format())
+    assert report.checks, "a fixture with nothing to check"
+    assert report.passed, report.format()
+
+
+def test_unet_fixture_checks_outputs_and_intermediates(fixture_root):
+    folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
+    if not folders:
+        pytest.skip("no unet fixture")
+    report = verify_fixture(folders[0])
+    names = {c.name for c in report.checks}
+    assert "outputs/out" in names
+    assert any(n.startswith("intermediates/") and "motion_modules" in n for n in names)
+
+
+def test_verify_detects_a_perturbed_output(fixture_root, tmp_path):
+    """The check can fail: perturb one stored output by 10x the tolerance and expect FAIL (and exit code 1)."""
+    folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
+    if not folders:
+        pytest.skip("no unet fixture")
+    copy = tmp_path / folders[0].name
+    shutil.copytree(folders[0], copy)
+    outputs = load_file(str(copy / "outputs.safetensors"))
+    outputs["out"] = outputs["out"].clone()
+    outputs["out"][0, 0, 0, 0, 0] += 10 * FLOAT_ATOL + 1e-3
+    save_file(outputs, str(copy / "outputs.safetensors"))
+    report = verify_fixture(copy)
+    assert not report.passed
+    assert [c.name for c in report.checks if not c.passed] == ["outputs/out"]
+    proc = subprocess.run([sys.executable, "-m", "imagpose.cli", "verify-official", str(copy)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL" in proc.stdout
+
+
+def test_compare_tensor_rules():
+    import torch
+
+    e = torch.ones(3)
+    assert compare_tensor("x", e + 5e-5, e).passed
+    assert not compare_tensor("x", e + 5e-4, e).passed
+    assert not compare_tensor("x", torch.ones(4), e).passed
+    assert not compare_tensor("x", None, e).passed
+    assert compare_tensor("t", torch.tensor([1, 2]), torch.tensor([1, 2])).passed
+    assert not compare_tensor("t", torch.tensor([1, 3]), torch.tensor([1, 2])).passed
+    assert not compare_tensor("x", torch.tensor([float("nan"), 1, 1]), e).passed
