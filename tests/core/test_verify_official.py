@@ -67,3 +67,34 @@ def test_compare_tensor_rules():
     assert compare_tensor("t", torch.tensor([1, 2]), torch.tensor([1, 2])).passed
     assert not compare_tensor("t", torch.tensor([1, 3]), torch.tensor([1, 2])).passed
     assert not compare_tensor("x", torch.tensor([float("nan"), 1, 1]), e).passed
+
+
+def test_hooks_inside_the_cva_are_compared_in_the_official_view_layout(fixture_root, tmp_path):
+    """Official CVA internals stack the views as frames; an intermediate stored that way must still match."""
+    import torch
+
+    folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
+    if not folders:
+        pytest.skip("no unet fixture")
+    copy = tmp_path / folders[0].name
+    shutil.copytree(folders[0], copy)
+    inter = load_file(str(copy / "intermediates.safetensors"))
+    canvas = inter["down_blocks.0.motion_modules.0.out"].squeeze(2)  # (B, C, H, W), official values
+    h, w = canvas.shape[-2] // 2, canvas.shape[-1] // 2
+    quadrants = [canvas[..., :h, :w], canvas[..., :h, w:], canvas[..., h:, :w], canvas[..., h:, w:]]
+    inter["down_blocks.0.motion_modules.0.temporal_transformer.out"] = torch.stack(quadrants, dim=2).contiguous()
+    save_file(inter, str(copy / "intermediates.safetensors"))
+    report = verify_fixture(copy)
+    check = next(c for c in report.checks if c.name.endswith("temporal_transformer.out"))
+    assert check.passed, report.format()
+
+
+def test_official_cva_token_layout():
+    import torch
+
+    from imagpose.verify import official_cva_layout
+
+    b, hw, v, c = 2, 6, 4, 3
+    official = torch.arange(b * v * hw * c, dtype=torch.float32).reshape(b * v, hw, c)  # (b f) d c
+    ours = official.reshape(b, v, hw, c).permute(0, 2, 1, 3).reshape(b * hw, v, c)  # (b d) f c
+    assert torch.equal(official_cva_layout(ours, official, (2, 2)), official)
