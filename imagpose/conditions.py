@@ -20,13 +20,11 @@ import torch
 from PIL import Image
 
 from .canvas import JointCanvas
+from .runtime import Runtime
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DINO_INPUT_SIZE = 224
-# The official pipeline hard-codes this constant when *encoding* (and uses vae.config.scaling_factor when
-# decoding); both are 0.18215 for every SD1.x VAE.
-OFFICIAL_ENCODE_SCALE = 0.18215
 
 
 @dataclass
@@ -68,25 +66,23 @@ def reference_canvas_pixels(reference: Image.Image, canvas_size: tuple[int, int]
     return x * 2.0 - 1.0
 
 
-def vae_encode_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Scaled posterior mean (no sampling, as the official inference): ``latent_dist.mean * 0.18215``."""
-    return vae.encode(pixels).latent_dist.mean * OFFICIAL_ENCODE_SCALE
-
-
 @torch.no_grad()
-def encode_conditions(canvases: list[JointCanvas], vae, image_encoder, flc_tokenizer, pose_guider,
-                      device: torch.device, dtype: torch.dtype) -> Conditions:
-    """Encode B canvases of one layout (same canvas size) into :class:`Conditions`."""
+def encode_conditions(canvases: list[JointCanvas], runtime: Runtime, device: torch.device,
+                      dtype: torch.dtype) -> Conditions:
+    """Encode B canvases of one layout (same canvas size) into :class:`Conditions` with a runtime.
+
+    The VAE latents are the posterior mean (no sampling) times 0.18215, as the official inference.
+    """
     size = canvases[0].layout.canvas_size
 
     def stack(tensors):
         return torch.stack(tensors).to(device=device, dtype=dtype)
 
-    dino_tokens = image_encoder(stack([dino_pixels(c.reference) for c in canvases])).last_hidden_state
-    ref_latents = vae_encode_mean(vae, stack([reference_canvas_pixels(c.reference, size) for c in canvases]))
-    flc_tokens = flc_tokenizer(ref_latents)
-    masked_latents = vae_encode_mean(vae, stack([c.person * 2.0 - 1.0 for c in canvases]))
-    pose_features = pose_guider(stack([c.pose for c in canvases]))
+    dino_tokens = runtime.image_encoder(stack([dino_pixels(c.reference) for c in canvases]))
+    ref_latents = runtime.vae_encode(stack([reference_canvas_pixels(c.reference, size) for c in canvases]))
+    flc_tokens = runtime.flc(ref_latents)
+    masked_latents = runtime.vae_encode(stack([c.person * 2.0 - 1.0 for c in canvases]))
+    pose_features = runtime.pose_guider(stack([c.pose for c in canvases]))
     return Conditions(
         context=torch.cat([dino_tokens, flc_tokens], dim=1),
         masked_latents=masked_latents,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .canvas import JointCanvas, PoseRequest, build_canvas
 from .conditions import Conditions, encode_conditions
 from .images import tensor_to_pil
+from .runtime import Runtime, TorchRuntime
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 
@@ -76,6 +77,17 @@ class IMAGPosePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder, flc_tokenizer=flc_tokenizer,
                               pose_guider=pose_guider, scheduler=scheduler)
+        self.backend: Runtime | None = None  # None: the reference TorchRuntime over the modules above
+
+    def set_backend(self, backend: Runtime | None) -> None:
+        """Run the networks on another runtime (``imagpose.export.runtime``); None returns to PyTorch."""
+        self.backend = backend
+
+    def runtime(self, backend: Runtime | None = None) -> Runtime:
+        backend = backend or self.backend
+        if backend is not None:
+            return backend
+        return TorchRuntime(self.unet, self.vae, self.image_encoder, self.flc_tokenizer, self.pose_guider)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -165,8 +177,8 @@ class IMAGPosePipeline(DiffusionPipeline):
         noise = [torch.randn((1, 4, *latent_size), generator=g, dtype=torch.float32) for g in generators]
         return torch.cat(noise).to(self.device, dtype) * self.scheduler.init_noise_sigma
 
-    def denoise(self, latents, conditions: Conditions, timesteps, guidance_scale, grid, eta, generators,
-                callback_on_step_end=None, progress: bool = True) -> torch.Tensor:
+    def denoise(self, runtime: Runtime, latents, conditions: Conditions, timesteps, guidance_scale, grid, eta,
+                generators, callback_on_step_end=None, progress: bool = True) -> torch.Tensor:
         do_cfg = guidance_scale > 1.0  # the official rule: w <= 1 runs the conditional branch only
         context, image_condition, pose_features = (
             conditions.for_guidance() if do_cfg else conditions.without_guidance())
@@ -178,7 +190,8 @@ class IMAGPosePipeline(DiffusionPipeline):
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 model_input = torch.cat([model_input, image_condition], dim=1)
                 # 6.2 predict (v-prediction in the official model)
-                prediction = self.unet(model_input, t, context, pose_features, grid=grid, return_dict=False)[0]
+                timestep = t.to(self.device).expand(model_input.shape[0])
+                prediction = runtime.unet(model_input, timestep, context, pose_features, grid)
                 # 6.3 guidance: u + w (c - u)
                 if do_cfg:
                     uncond, cond = prediction.chunk(2)
@@ -191,11 +204,6 @@ class IMAGPosePipeline(DiffusionPipeline):
                     latents = (update or {}).get("latents", latents)
                 bar.update()
         return latents
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (B, 4, h, w) -> images (B, 3, Hc, Wc) in [0, 1]."""
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -210,6 +218,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         progress: bool = True,
+        backend: Runtime | None = None,
     ) -> IMAGPosePipelineOutput | list[GenerationResult]:
         r"""Generate the target views of one or more requests.
 
@@ -223,10 +232,13 @@ class IMAGPosePipeline(DiffusionPipeline):
             callback_on_step_end: ``fn(pipe, step, t, {"latents", "prediction"}) -> dict | None``; a returned
                 ``"latents"`` replaces the latents.
             progress: show a progress bar.
+            backend: a :class:`~imagpose.runtime.Runtime` (ONNX Runtime, TensorRT, ...) for this call; default
+                ``pipe.backend`` or PyTorch.
         """
         # 1. check inputs
         requests = self.check_inputs(requests, num_inference_steps, guidance_scale, output_type, generator)
         generators, seeds = self.resolve_generators(requests, generator)
+        runtime = self.runtime(backend)
 
         # 2. build canvases; requests with the same geometry are batched together
         canvases = [self.build_canvas(r) for r in requests]
@@ -238,19 +250,18 @@ class IMAGPosePipeline(DiffusionPipeline):
         for layout, members in groups.items():
             group = [canvases[i] for i in members]
             # 3. encode conditions once per request (DINOv2 + FLC tokens, masked latent, flag, pose features)
-            conditions = encode_conditions(group, self.vae, self.image_encoder, self.flc_tokenizer,
-                                           self.pose_guider, self.device, self.unet.dtype)
+            conditions = encode_conditions(group, runtime, self.device, self.unet.dtype)
             # 4. timesteps
             self.scheduler.set_timesteps(num_inference_steps, device=self.device)
             # 5. initial latents, one generator per request
             latents = self.prepare_latents([generators[i] for i in members], layout.latent_size,
                                            conditions.context.dtype)
             # 6. denoising loop
-            latents = self.denoise(latents, conditions, self.scheduler.timesteps, guidance_scale,
+            latents = self.denoise(runtime, latents, conditions, self.scheduler.timesteps, guidance_scale,
                                    (layout.rows, layout.cols), eta, [generators[i] for i in members],
                                    callback_on_step_end, progress)
             # 7. decode the canvas and 8. crop the target tiles (padding removed)
-            images = self.decode(latents) if output_type != "latent" else None
+            images = runtime.vae_decode(latents) if output_type != "latent" else None
             for row, index in enumerate(members):
                 results[index] = self._result(requests[index], canvases[index],
                                               images[row] if images is not None else None,

@@ -1,0 +1,73 @@
+"""Runtime backends: the seam every fast path replaces.
+
+The pipeline never calls its modules directly; it calls a :class:`Runtime`, which runs the six networks of
+one generation. ``TorchRuntime`` (the reference) wraps the pipeline's own modules; ``imagpose.export.runtime``
+adds ONNX Runtime and TensorRT runtimes with the same methods, so ``pipe(requests, backend=...)`` gives the
+same outputs whatever runs underneath. Only :meth:`Runtime.unet` runs per denoising step; everything else
+runs once per request.
+
+Shapes (B = batch, Hc x Wc canvas pixels, h x w = canvas / 8, N context tokens):
+    image_encoder(pixels (B, 3, 224, 224))                      -> tokens (B, 257, D)
+    vae_encode(pixels (B, 3, Hc, Wc) in [-1, 1])                 -> latents (B, 4, h, w), posterior mean * 0.18215
+    flc(latents (B, 4, h, w))                                    -> tokens (B, (h/16)(w/16), D)
+    pose_guider(pose (B, 3, Hc, Wc) in [0, 1])                   -> features (B, C0, h, w)
+    unet(sample (B, 9, h, w), timestep (B,), context (B, N, D), pose_features (B, C0, h, w), grid)
+                                                                 -> prediction (B, 4, h, w)
+    vae_decode(latents (B, 4, h, w))                             -> images (B, 3, Hc, Wc) in [0, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+# The official pipeline hard-codes this constant when *encoding* (and uses vae.config.scaling_factor when
+# decoding); both are 0.18215 for every SD1.x VAE.
+OFFICIAL_ENCODE_SCALE = 0.18215
+
+
+class Runtime(Protocol):
+    name: str
+
+    def image_encoder(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def flc(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def pose_guider(self, pose: torch.Tensor) -> torch.Tensor: ...
+
+    def unet(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+             pose_features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor: ...
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchRuntime:
+    """The reference runtime: the pipeline's PyTorch modules, in whatever device/dtype they are."""
+
+    name = "torch"
+
+    def __init__(self, unet, vae, image_encoder, flc_tokenizer, pose_guider):
+        self.unet_model, self.vae, self.image_encoder_model = unet, vae, image_encoder
+        self.flc_model, self.pose_guider_model = flc_tokenizer, pose_guider
+
+    def image_encoder(self, pixels):
+        return self.image_encoder_model(pixels).last_hidden_state
+
+    def vae_encode(self, pixels):
+        return self.vae.encode(pixels).latent_dist.mean * OFFICIAL_ENCODE_SCALE
+
+    def flc(self, latents):
+        return self.flc_model(latents)
+
+    def pose_guider(self, pose):
+        return self.pose_guider_model(pose)
+
+    def unet(self, sample, timestep, context, pose_features, grid):
+        return self.unet_model(sample, timestep, context, pose_features, grid=grid, return_dict=False)[0]
+
+    def vae_decode(self, latents):
+        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1)
