@@ -84,9 +84,11 @@ class IMAGPosePipeline(DiffusionPipeline):
         self.backend = backend
 
     def runtime(self, backend: Runtime | None = None) -> Runtime:
-        backend = backend or self.backend
-        if backend is not None:
-            return backend
+        """``backend``, else ``self.backend``, else the PyTorch reference."""
+        return backend or self.backend or self.torch_runtime()
+
+    def torch_runtime(self) -> TorchRuntime:
+        """The PyTorch reference runtime over this pipeline's modules."""
         return TorchRuntime(self.unet, self.vae, self.image_encoder, self.flc_tokenizer, self.pose_guider)
 
     # ------------------------------------------------------------------ loading

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, demo, env, generate, verify
+import os
 
-SUBCOMMANDS = (demo, generate, convert, verify, env)
+from . import convert, demo, env, export, generate, parity, verify
+
+SUBCOMMANDS = (demo, generate, convert, verify, export, parity, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, ImportError, RuntimeError) as exc:
+        if os.environ.get("IMAGPOSE_DEBUG"):
+            raise
         print(f"imagpose {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,185 @@
+"""Export contracts: for each exportable component, its tensors, named dynamic axes, sample inputs and
+TensorRT profile shapes, declared in one place (the TensorRT demo's ``BaseModel`` pattern).
+
+Axis symbols (resolved per :class:`ShapeBucket` and model config by :func:`axis_values`):
+    B     requests in one call                 2B   the UNet's CFG batch ([uncond, cond])
+    H, W  latent canvas (padded tiles / 8)      PH, PW  pixel canvas (8H, 8W)
+    N     context tokens = T + F               T    DINOv2 tokens (static: 1 + (224 / patch)^2)
+    F     FLC tokens = (H / 16)(W / 16)         D    context width, C0 UNet width (static)
+The UNet graph bakes in its view grid (rows x cols): the CVA split reshapes by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imagpose.canvas import GridLayout
+from imagpose.runtime import TorchRuntime
+
+COMPONENTS = ("unet", "vae_encoder", "vae_decoder", "image_encoder", "pose_guider", "flc_tokenizer")
+DYNAMIC_SYMBOLS = ("B", "2B", "H", "W", "PH", "PW", "N", "F")
+
+
+@dataclass(frozen=True)
+class ShapeBucket:
+    """One served shape: ``batch`` requests of a ``rows`` x ``cols`` grid of ``tile_height`` x ``tile_width`` tiles."""
+
+    batch: int = 1
+    tile_height: int = 512
+    tile_width: int = 512
+    rows: int = 2
+    cols: int = 2
+    cfg: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> "ShapeBucket":
+        """``"batch,tileHxtileW,RxC"`` e.g. ``"1,512x512,2x2"``."""
+        try:
+            batch, tile, grid = text.split(",")
+            th, tw = (int(v) for v in tile.lower().split("x"))
+            rows, cols = (int(v) for v in grid.lower().split("x"))
+            return cls(int(batch), th, tw, rows, cols)
+        except ValueError as exc:
+            raise ValueError(f"Bucket {text!r} must look like BATCH,TILE_HxTILE_W,ROWSxCOLS e.g. 1,512x512,2x2") from exc
+
+    def layout(self, pad_multiple: int) -> GridLayout:
+        return GridLayout(self.rows, self.cols, self.tile_height, self.tile_width, pad_multiple)
+
+    def label(self) -> str:
+        return f"b{self.batch}_{self.tile_height}x{self.tile_width}_{self.rows}x{self.cols}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # ints and axis symbols
+
+    def dims(self, values: dict) -> tuple[int, ...]:
+        return tuple(values[d] if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ExportContract:
+    component: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    float_inputs: tuple[str, ...] = ()  # inputs kept in float32 whatever the export dtype (the timestep)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {}
+        for spec in self.inputs + self.outputs:
+            named = {i: d for i, d in enumerate(spec.shape) if isinstance(d, str) and d in DYNAMIC_SYMBOLS}
+            if named:
+                axes[spec.name] = named
+        return axes
+
+    def input_shapes(self, values: dict) -> dict[str, tuple[int, ...]]:
+        return {spec.name: spec.dims(values) for spec in self.inputs}
+
+    def sample_inputs(self, values: dict, dtype: torch.dtype = torch.float32, device="cpu",
+                      seed: int = 0) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        tensors = []
+        for spec in self.inputs:
+            shape = spec.dims(values)
+            if spec.name == "timestep":
+                tensor = torch.randint(0, 1000, shape, generator=generator).float()
+            elif spec.name in ("pixels", "pose"):
+                tensor = torch.rand(shape, generator=generator) * (2 if spec.name == "pixels" else 1) - (
+                    1 if spec.name == "pixels" else 0)
+            else:
+                tensor = torch.randn(shape, generator=generator)
+            target = torch.float32 if spec.name in self.float_inputs else dtype
+            tensors.append(tensor.to(device=device, dtype=target))
+        return tuple(tensors)
+
+    def profile(self, buckets: list[ShapeBucket], config: dict) -> dict[str, tuple[tuple, tuple, tuple]]:
+        """TensorRT (min, opt, max) shape per input over the buckets; opt is the first bucket."""
+        shapes = [self.input_shapes(axis_values(b, config)) for b in buckets]
+        out = {}
+        for name in self.input_names:
+            dims = [s[name] for s in shapes]
+            out[name] = (tuple(map(min, zip(*dims))), dims[0], tuple(map(max, zip(*dims))))
+        return out
+
+
+def model_config(pipe) -> dict:
+    """The static numbers the contracts need, read from a pipeline."""
+    encoder = pipe.image_encoder.config
+    return {
+        "D": pipe.unet.config.cross_attention_dim,
+        "C0": pipe.unet.config.block_out_channels[0],
+        "T": 1 + (224 // encoder.patch_size) ** 2,
+        "flc_patch": pipe.flc_tokenizer.config.patch_size,
+        "pad_multiple": pipe.pad_multiple,
+        "vae_scale": pipe.vae_scale_factor,
+    }
+
+
+def axis_values(bucket: ShapeBucket, config: dict) -> dict[str, int]:
+    layout = bucket.layout(config["pad_multiple"])
+    height, width = layout.latent_size
+    p = config["flc_patch"]
+    flc_tokens = (height // p) * (width // p)
+    return {"B": bucket.batch, "2B": bucket.batch * (2 if bucket.cfg else 1), "H": height, "W": width,
+            "PH": height * config["vae_scale"], "PW": width * config["vae_scale"], "F": flc_tokens,
+            "N": config["T"] + flc_tokens, "T": config["T"], "D": config["D"], "C0": config["C0"]}
+
+
+CONTRACTS = {
+    "unet": ExportContract(
+        "unet",
+        inputs=(TensorSpec("sample", ("2B", 9, "H", "W")), TensorSpec("timestep", ("2B",)),
+                TensorSpec("encoder_hidden_states", ("2B", "N", "D")),
+                TensorSpec("pose_features", ("2B", "C0", "H", "W"))),
+        outputs=(TensorSpec("prediction", ("2B", 4, "H", "W")),),
+        float_inputs=("timestep",),
+    ),
+    "vae_encoder": ExportContract("vae_encoder", (TensorSpec("pixels", ("B", 3, "PH", "PW")),),
+                                  (TensorSpec("latents", ("B", 4, "H", "W")),)),
+    "vae_decoder": ExportContract("vae_decoder", (TensorSpec("latents", ("B", 4, "H", "W")),),
+                                  (TensorSpec("images", ("B", 3, "PH", "PW")),)),
+    "image_encoder": ExportContract("image_encoder", (TensorSpec("pixel_values", ("B", 3, 224, 224)),),
+                                    (TensorSpec("tokens", ("B", "T", "D")),)),
+    "pose_guider": ExportContract("pose_guider", (TensorSpec("pose", ("B", 3, "PH", "PW")),),
+                                  (TensorSpec("pose_features", ("B", "C0", "H", "W")),)),
+    "flc_tokenizer": ExportContract("flc_tokenizer", (TensorSpec("latents", ("B", 4, "H", "W")),),
+                                    (TensorSpec("tokens", ("B", "F", "D")),)),
+}
+
+
+class ComponentModule(nn.Module):
+    """A component as a plain-tensor module for export: the TorchRuntime method, so torch and ONNX agree."""
+
+    def __init__(self, pipe, component: str, grid: tuple[int, int] = (2, 2)):
+        super().__init__()
+        if component not in COMPONENTS:
+            raise ValueError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
+        self.component, self.grid = component, tuple(grid)
+        # register only the modules this component uses, so the exported graph holds only their weights
+        needs = {"unet": ("unet",), "vae_encoder": ("vae",), "vae_decoder": ("vae",),
+                 "image_encoder": ("image_encoder",), "pose_guider": ("pose_guider",),
+                 "flc_tokenizer": ("flc_tokenizer",)}[component]
+        for name in needs:
+            self.add_module(name, getattr(pipe, name))
+        self.runtime = TorchRuntime(getattr(pipe, "unet"), getattr(pipe, "vae"), getattr(pipe, "image_encoder"),
+                                    getattr(pipe, "flc_tokenizer"), getattr(pipe, "pose_guider"))
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        r = self.runtime
+        if self.component == "unet":
+            sample, timestep, context, pose = inputs
+            return r.unet(sample, timestep, context, pose, self.grid)
+        return {"vae_encoder": r.vae_encode, "vae_decoder": r.vae_decode, "image_encoder": r.image_encoder,
+                "pose_guider": r.pose_guider, "flc_tokenizer": r.flc}[self.component](inputs[0])

@@ -1,0 +1,265 @@
+"""ONNX export of every component, cached and atomic.
+
+    from imagpose.export import ExportOptions, export_pipeline
+    results = export_pipeline(pipe, "onnx/", ExportOptions(dtype="fp16", opset=17))
+
+Exporter: opset 17 goes through the TorchScript exporter (``dynamo=False``), whose GroupNorm form TensorRT
+parses; opset >= 18 goes through the dynamo exporter (opset 17 through dynamo produces an invalid graph).
+Every file carries metadata (versions, opset, config, a hash of weights + config + options) in
+``metadata_props`` and in a ``<component>.json`` sidecar. A second export with nothing changed reuses the
+files; any change of weights, config, options or versions re-exports. Files are written into a temporary
+folder and moved into place, sidecar last, so a half-written graph is never taken for a valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from imagpose.io import write_json
+
+from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, axis_values, model_config
+from .passes import initializer_bytes, infer_and_check, run_passes, save_model
+
+log = logging.getLogger("imagpose.export")
+EXPORT_FORMAT_VERSION = 1  # bump when the export code changes what it writes
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26  # leave headroom under the 2 GiB protobuf limit for the graph itself
+
+
+class ExportError(RuntimeError):
+    """An export that could not be produced or a cache that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how.
+
+    Attributes:
+        dtype: "fp32" or "fp16" (weights and activations; the timestep input stays fp32).
+        opset: 17 (TorchScript exporter, the GroupNorm form TensorRT parses) or >= 18 (dynamo exporter).
+        dynamic: named dynamic axes (B, 2B, H, W, N, ...) instead of the sample bucket's static shape.
+        bucket: the sample shape traced (and the static shape when ``dynamic`` is False); its grid is baked
+            into the UNet graph.
+        passes: named graph passes run after export (see ``passes.PASSES``).
+    """
+
+    dtype: str = "fp32"
+    opset: int = 17
+    dynamic: bool = True
+    bucket: ShapeBucket = field(default_factory=ShapeBucket)
+    passes: tuple[str, ...] = ("cleanup_toposort", "fold_constants")
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
+        if not 17 <= self.opset <= 23:
+            raise ValueError(f"opset must be in 17..23 (17 for TensorRT's GroupNorm form), got {self.opset}.")
+
+    @property
+    def exporter(self) -> str:
+        return "torchscript" if self.opset == 17 else "dynamo"
+
+
+@dataclass
+class ExportResult:
+    component: str
+    path: Path
+    data_path: Path | None
+    reused: bool
+    metadata: dict
+    node_counts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size + (self.data_path.stat().st_size if self.data_path else 0)
+
+
+# ----------------------------------------------------------------------------- hashing / cache
+def weights_hash(module: torch.nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _component_config(module: torch.nn.Module) -> dict:
+    config = getattr(module, "config", {})
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    # private keys ("_use_default_values", "_name_or_path", ...) vary run to run and say nothing of the graph
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version",)}
+    return json.loads(json.dumps(config, default=str, sort_keys=True))
+
+
+def versions() -> dict:
+    import onnx
+
+    import imagpose
+
+    return {"imagpose": imagpose.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "export_format": EXPORT_FORMAT_VERSION}
+
+
+def fingerprint(pipe, component: str) -> dict:
+    """Hashes of the weights and the configs of the modules a component is made of."""
+    module = ComponentModule(pipe, component)
+    return {"configs": {name: _component_config(child) for name, child in module.named_children()},
+            "weights": {name: weights_hash(child) for name, child in module.named_children()}}
+
+
+def describe(pipe, component: str, options: ExportOptions) -> dict:
+    """Everything the exported file depends on; its hash is the cache key."""
+    prints = fingerprint(pipe, component)
+    configs, weights = prints["configs"], prints["weights"]
+    contract = CONTRACTS[component]
+    options_dict = asdict(options)
+    if component != "unet":  # only the UNet bakes the grid in
+        options_dict["bucket"] = {**options_dict["bucket"], "rows": None, "cols": None}
+    data = {"component": component, "versions": versions(), "options": options_dict, "configs": configs,
+            "weights": weights, "inputs": contract.input_names, "outputs": contract.output_names,
+            "dynamic_axes": contract.dynamic_axes() if options.dynamic else {},
+            "grid": [options.bucket.rows, options.bucket.cols] if component == "unet" else None}
+    data["cache_key"] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return data
+
+
+def _cached(out_dir: Path, component: str, description: dict) -> ExportResult | None:
+    sidecar = out_dir / f"{component}.json"
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError:
+        return None
+    if meta.get("cache_key") != description["cache_key"]:
+        return None
+    path = out_dir / meta["file"]
+    data = out_dir / meta["data_file"] if meta.get("data_file") else None
+    if not path.is_file() or (data is not None and not data.is_file()):
+        return None
+    if path.stat().st_size != meta["file_bytes"] or (data and data.stat().st_size != meta["data_bytes"]):
+        return None
+    return ExportResult(component, path, data, True, meta, meta.get("node_counts", {}))
+
+
+# ----------------------------------------------------------------------------- export
+def _torch_export(module: torch.nn.Module, sample: tuple, path: Path, component: str, options: ExportOptions):
+    contract = CONTRACTS[component]
+    kwargs = dict(input_names=contract.input_names, output_names=contract.output_names,
+                  opset_version=options.opset)
+    if options.exporter == "torchscript":
+        kwargs.update(dynamo=False, do_constant_folding=True,
+                      dynamic_axes=contract.dynamic_axes() if options.dynamic else None)
+    else:
+        kwargs.update(dynamo=True, external_data=True, verbose=False)
+        if options.dynamic:
+            from torch.export import Dim
+
+            kwargs["dynamic_shapes"] = tuple(
+                {axis: Dim.AUTO for axis in contract.dynamic_axes().get(name, {})} or None
+                for name in contract.input_names)
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, sample, str(path), **kwargs)
+
+
+def export_component(pipe, component: str, out_dir: str | Path, options: ExportOptions = ExportOptions(),
+                     force: bool = False) -> ExportResult:
+    """Export one component to ``out_dir/<component>.onnx`` (+ ``.onnx.data`` when over 2 GB)."""
+    import onnx
+
+    if component not in COMPONENTS:
+        raise ValueError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    description = describe(pipe, component, options)
+    if not force and (cached := _cached(out_dir, component, description)) is not None:
+        log.info("%s: cache hit (%s), not re-exported", component, cached.path.name)
+        return cached
+
+    start = time.perf_counter()
+    dtype = DTYPES[options.dtype]
+    module = ComponentModule(pipe, component, (options.bucket.rows, options.bucket.cols))
+    if dtype != torch.float32:
+        module = copy.deepcopy(module).to(dtype)
+    module.eval()
+    bucket = options.bucket if component == "unet" else replace(options.bucket, cfg=False)
+    sample = CONTRACTS[component].sample_inputs(axis_values(bucket, model_config(pipe)), dtype)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{component}.tmp-", dir=out_dir))
+    try:
+        raw = tmp / "raw" / f"{component}.onnx"
+        raw.parent.mkdir()
+        _torch_export(module, sample, raw, component, options)
+        model = onnx.load(str(raw))
+        model, counts = run_passes(model, list(options.passes))
+        shutil.rmtree(raw.parent)
+        meta = {key: description[key] for key in ("component", "cache_key", "versions", "options", "grid",
+                                                  "inputs", "outputs", "dynamic_axes")}
+        for key, value in meta.items():
+            model.metadata_props.add(key=f"imagpose.{key}", value=json.dumps(value, default=str))
+        model.metadata_props.add(key="imagpose.configs", value=json.dumps(description["configs"]))
+        external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        path = tmp / f"{component}.onnx"
+        data = save_model(model, path, external)
+        del model
+        infer_and_check(path)
+        final_data = out_dir / data.name if data else None
+        sidecar = {**description, "file": path.name, "data_file": data.name if data else None,
+                   "file_bytes": path.stat().st_size, "data_bytes": data.stat().st_size if data else 0,
+                   "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
+        (out_dir / f"{component}.json").unlink(missing_ok=True)  # invalidate the old export first
+        if data:
+            os.replace(data, final_data)
+        else:
+            (out_dir / f"{component}.onnx.data").unlink(missing_ok=True)
+        os.replace(path, out_dir / path.name)
+        write_json(out_dir / f"{component}.json", sidecar)  # the commit marker, written last
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: exported in %.1f s", component, time.perf_counter() - start)
+    return ExportResult(component, out_dir / path.name, final_data, False, sidecar, counts,
+                        time.perf_counter() - start)
+
+
+def export_pipeline(pipe, out_dir: str | Path, options: ExportOptions = ExportOptions(),
+                    components: tuple[str, ...] = COMPONENTS, force: bool = False) -> list[ExportResult]:
+    """Export several components and write ``out_dir/manifest.json`` listing them."""
+    results = [export_component(pipe, c, out_dir, options, force) for c in components]
+    manifest = {"components": {r.component: {"file": r.path.name, "sidecar": f"{r.component}.json"}
+                               for r in results},
+                "options": asdict(options), "model_config": model_config(pipe),
+                "grid": [options.bucket.rows, options.bucket.cols]}
+    write_json(Path(out_dir) / "manifest.json", manifest)
+    return results
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``imagpose.*`` metadata of an exported file (without loading its weights)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}. Export it with `imagpose export onnx`.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for corrupt files
+        raise ExportError(f"{path} is not a readable ONNX file ({exc}); re-export it with `imagpose export onnx`."
+                          ) from exc
+    return {p.key.removeprefix("imagpose."): json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith("imagpose.")}

@@ -1,0 +1,208 @@
+"""Output parity of every backend against the fp32 PyTorch reference.
+
+Per component: the same inputs (the contract's sample inputs at one shape bucket) through the reference and
+the backend; max |diff| and SQNR in dB (``20 log10(|ref| / |ref - test|)``, scale-free, torchao's
+``compute_error``). End to end: the same requests and seeds through the whole pipeline; SSIM and PSNR of the
+final images, max |diff| of the final latents.
+
+Tolerances (stated, and relative to what PyTorch itself achieves in the backend's precision):
+    fp32 backends   every component SQNR >= 60 dB; final images SSIM >= 0.999
+    fp16 backends   every component's error <= 2x PyTorch fp16's own error against fp32 (SQNR >= torch fp16
+                    SQNR - 6 dB); final images SSIM >= min(0.98, torch fp16's SSIM - 0.01)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from .components import COMPONENTS, CONTRACTS, ShapeBucket, axis_values, model_config
+
+FP32_MIN_SQNR_DB = 60.0
+FP32_MIN_SSIM = 0.999
+
+
+def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
+    reference, test = reference.double().flatten(), test.double().flatten()
+    noise = torch.linalg.vector_norm(reference - test)
+    if noise == 0:
+        return math.inf
+    return float(20 * torch.log10(torch.linalg.vector_norm(reference) / noise))
+
+
+def psnr(reference: torch.Tensor, test: torch.Tensor, data_range: float = 1.0) -> float:
+    mse = F.mse_loss(test.double(), reference.double()).item()
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def ssim(reference: torch.Tensor, test: torch.Tensor, data_range: float = 1.0) -> float:
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) over (B, C, H, W)."""
+    x, y = reference.double(), test.double()
+    if x.dim() == 3:
+        x, y = x[None], y[None]
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(x.shape[1], 1, 11, 11).contiguous()
+
+    def blur(t):
+        return F.conv2d(t, window, groups=x.shape[1])
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    sigma_x = blur(x * x) - mu_x**2
+    sigma_y = blur(y * y) - mu_y**2
+    sigma_xy = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
+    return float(ssim_map.mean())
+
+
+@dataclass
+class ComponentParity:
+    backend: str
+    component: str
+    max_abs: float
+    sqnr_db: float
+    min_sqnr_db: float
+
+    @property
+    def passed(self) -> bool:
+        return self.sqnr_db >= self.min_sqnr_db
+
+
+@dataclass
+class EndToEndParity:
+    backend: str
+    ssim: float
+    psnr_db: float
+    latents_max_abs: float
+    min_ssim: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ssim >= self.min_ssim
+
+
+@dataclass
+class ParityReport:
+    device: str
+    components: list[ComponentParity] = field(default_factory=list)
+    end_to_end: list[EndToEndParity] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.components) and all(e.passed for e in self.end_to_end)
+
+    def format(self) -> str:
+        lines = [f"Parity vs the fp32 PyTorch reference on {self.device}", "",
+                 f"{'backend':<14}{'component':<16}{'max abs':>12}{'SQNR dB':>10}{'min dB':>9}  result"]
+        for c in self.components:
+            lines.append(f"{c.backend:<14}{c.component:<16}{c.max_abs:>12.3e}{c.sqnr_db:>10.1f}{c.min_sqnr_db:>9.1f}  "
+                         f"{'PASS' if c.passed else 'FAIL'}")
+        lines += ["", f"{'backend':<14}{'SSIM':>10}{'min SSIM':>10}{'PSNR dB':>10}{'latents max abs':>18}  result"]
+        for e in self.end_to_end:
+            lines.append(f"{e.backend:<14}{e.ssim:>10.6f}{e.min_ssim:>10.4f}{e.psnr_db:>10.1f}"
+                         f"{e.latents_max_abs:>18.3e}  {'PASS' if e.passed else 'FAIL'}")
+        lines += ["", "PASS" if self.passed else "FAIL"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "passed": self.passed,
+                "components": [{**asdict(c), "passed": c.passed} for c in self.components],
+                "end_to_end": [{**asdict(e), "passed": e.passed} for e in self.end_to_end]}
+
+
+def _call(runtime, component: str, inputs, grid):
+    if component == "unet":
+        return runtime.unet(*inputs, grid)
+    return {"vae_encoder": runtime.vae_encode, "vae_decoder": runtime.vae_decode,
+            "image_encoder": runtime.image_encoder, "pose_guider": runtime.pose_guider,
+            "flc_tokenizer": runtime.flc}[component](*inputs)
+
+
+@torch.no_grad()
+def component_parity(pipe, name: str, backend, bucket: ShapeBucket, min_sqnr_db: float = FP32_MIN_SQNR_DB,
+                     components=COMPONENTS, seed: int = 0) -> list[ComponentParity]:
+    reference = pipe.torch_runtime()
+    config, grid = model_config(pipe), (bucket.rows, bucket.cols)
+    out = []
+    for component in components:
+        shape_bucket = bucket if component == "unet" else replace(bucket, cfg=False)
+        inputs = CONTRACTS[component].sample_inputs(axis_values(shape_bucket, config), device=pipe.device,
+                                                    seed=seed)
+        ref = _call(reference, component, inputs, grid).float().cpu()
+        test = _call(backend, component, inputs, grid).float().cpu()
+        out.append(ComponentParity(name, component, float((ref - test).abs().max()), sqnr_db(ref, test),
+                                   min_sqnr_db))
+    return out
+
+
+@torch.no_grad()
+def end_to_end_parity(pipe, name: str, backend, requests, steps: int = 3, min_ssim: float = FP32_MIN_SSIM
+                      ) -> EndToEndParity:
+    kwargs = dict(num_inference_steps=steps, output_type="pt", progress=False)
+    reference = pipe(requests, backend=pipe.torch_runtime(), **kwargs).results
+    test = pipe(requests, backend=backend, **kwargs).results
+    ref_images = torch.cat([r.canvas[None] for r in reference])
+    test_images = torch.cat([r.canvas[None] for r in test])
+    latents = max(float((a.latents - b.latents).abs().max()) for a, b in zip(reference, test))
+    return EndToEndParity(name, ssim(ref_images, test_images), psnr(ref_images, test_images), latents, min_ssim)
+
+
+def run_parity(pipe, backends: dict, bucket: ShapeBucket, requests, steps: int = 3,
+               lowp_reference=None, lowp_backends: tuple[str, ...] = ()) -> ParityReport:
+    """Component and end-to-end parity of every backend in ``backends`` ({name: runtime}).
+
+    Backends named in ``lowp_backends`` (fp16 engines) are held to PyTorch's own low-precision error:
+    ``lowp_reference`` is the same model in fp16 (a Runtime), measured against the fp32 reference first.
+    """
+    report = ParityReport(device=str(pipe.device))
+    lowp_components, lowp_e2e = {}, None
+    if lowp_backends:
+        if lowp_reference is None:
+            raise ValueError("fp16 backends need lowp_reference (the PyTorch model in fp16) to set tolerances.")
+        lowp_components = {c.component: c for c in component_parity(pipe, "torch-fp16", lowp_reference, bucket)}
+        lowp_e2e = end_to_end_parity(pipe, "torch-fp16", lowp_reference, requests, steps)
+        report.components += list(lowp_components.values())
+        report.end_to_end.append(replace(lowp_e2e, min_ssim=0.0))
+        for c in lowp_components.values():
+            c.min_sqnr_db = -math.inf  # the yardstick itself is reported, not judged
+    for name, backend in backends.items():
+        if name in lowp_backends:
+            parts = component_parity(pipe, name, backend, bucket)
+            for part in parts:
+                part.min_sqnr_db = lowp_components[part.component].sqnr_db - 6.0  # error <= 2x torch fp16's
+            report.components += parts
+            report.end_to_end.append(end_to_end_parity(pipe, name, backend, requests, steps,
+                                                       min(0.98, lowp_e2e.ssim - 0.01)))
+        else:
+            report.components += component_parity(pipe, name, backend, bucket)
+            report.end_to_end.append(end_to_end_parity(pipe, name, backend, requests, steps))
+    return report
+
+
+class CastRuntime:
+    """Runs a runtime in another precision: floating inputs cast to ``dtype``, outputs back to float32.
+
+    ``CastRuntime(pipe_fp16.torch_runtime(), torch.float16)`` is PyTorch's own fp16 error yardstick.
+    """
+
+    def __init__(self, runtime, dtype: torch.dtype, name: str = "torch-fp16"):
+        self.inner, self.dtype, self.name = runtime, dtype, name
+
+    def _cast(self, t):
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    def __getattr__(self, method):
+        fn = getattr(self.inner, method)
+
+        def call(*args):
+            args = [self._cast(a) if torch.is_tensor(a) else a for a in args]
+            if method == "unet":
+                args[1] = args[1].float()  # timesteps stay fp32 as in the exported graphs
+            return fn(*args).float()
+
+        return call

@@ -1,0 +1,115 @@
+"""Export to ONNX, check ONNX files for TensorRT, and build TensorRT engines.
+
+  imagpose export onnx --preset tiny --out onnx/                    every component, fp32, opset 17, dynamic
+  imagpose export onnx --model DIR --dtype fp16 --out onnx_fp16/
+  imagpose export check-trt onnx/unet.onnx --trt-version 10.1       exit 1 on a blocker
+  imagpose export trt --onnx onnx_fp16/ --out engines/ --bucket 1,512x512,2x2 --bucket 2,512x512,2x2"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .common import add_model_arguments, parse_grid, parse_size
+
+NAME = "export"
+HELP = "ONNX export, TensorRT compatibility check, TensorRT engine builds"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="export_command", required=True, metavar="WHAT")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    onnx = sub.add_parser("onnx", help="export components to ONNX (cached, atomic)", formatter_class=fmt)
+    add_model_arguments(onnx)
+    onnx.add_argument("--out", required=True, help="output folder (manifest.json + <component>.onnx/.json)")
+    onnx.add_argument("--component", action="append", default=None,
+                      help="component to export (repeat); default all: unet, vae_encoder, vae_decoder, "
+                           "image_encoder, pose_guider, flc_tokenizer")
+    onnx.add_argument("--export-dtype", default="fp32", choices=["fp32", "fp16"], help="precision of the graphs")
+    onnx.add_argument("--opset", type=int, default=17,
+                      help="17: TorchScript exporter (TensorRT's GroupNorm form); 18+: dynamo exporter")
+    onnx.add_argument("--static", action="store_true", help="static shapes (the sample bucket) instead of dynamic")
+    onnx.add_argument("--tile-size", type=parse_size, default=(512, 512), help="sample tile HEIGHTxWIDTH")
+    onnx.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS grid baked into the UNet")
+    onnx.add_argument("--batch", type=int, default=1, help="sample number of requests (UNet batch is 2x)")
+    onnx.add_argument("--no-passes", action="store_true", help="skip graphsurgeon cleanup and constant folding")
+    onnx.add_argument("--force", action="store_true", help="re-export even when the cache matches")
+
+    check = sub.add_parser("check-trt", help="report what TensorRT's ONNX parser would reject (no TensorRT needed)",
+                           formatter_class=fmt)
+    check.add_argument("onnx_files", nargs="+", metavar="MODEL.onnx", help="ONNX file(s) to check")
+    check.add_argument("--trt-version", default="10.1", choices=["10.1", "8.6"], help="TensorRT support table")
+    check.add_argument("--show-warnings", action="store_true", help="list warnings as well as blockers")
+
+    trt = sub.add_parser("trt", help="build TensorRT engines from an ONNX folder (needs tensorrt + CUDA)",
+                         formatter_class=fmt)
+    trt.add_argument("--onnx", required=True, help="folder written by `imagpose export onnx`")
+    trt.add_argument("--out", required=True, help="engine folder (engines.json + <component>.<bucket>.plan/.json)")
+    trt.add_argument("--bucket", action="append", default=None,
+                     help="BATCH,TILE_HxTILE_W,ROWSxCOLS static shape bucket (repeat); default 1,512x512,2x2")
+    trt.add_argument("--dynamic", action="store_true", help="one engine per component spanning the buckets")
+    trt.add_argument("--component", action="append", default=None, help="component to build (repeat); default all")
+    trt.add_argument("--opt-level", type=int, default=3, help="builder optimisation level (0-5)")
+    trt.add_argument("--workspace-gib", type=float, default=8.0, help="builder workspace limit")
+    trt.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
+    trt.add_argument("--dry-run", action="store_true", help="print the plans and trtexec commands, build nothing")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.export_command == "onnx":
+        return _onnx(args)
+    if args.export_command == "check-trt":
+        return _check(args)
+    return _trt(args)
+
+
+def _onnx(args) -> int:
+    from ..export import COMPONENTS, ExportOptions, ShapeBucket, export_pipeline
+    from .common import load_pipeline
+
+    pipe = load_pipeline(args)
+    options = ExportOptions(dtype=args.export_dtype, opset=args.opset, dynamic=not args.static,
+                            bucket=ShapeBucket(args.batch, *args.tile_size, *args.grid),
+                            passes=() if args.no_passes else ("cleanup_toposort", "fold_constants"))
+    components = tuple(args.component) if args.component else COMPONENTS
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"Unknown component(s) {unknown}; choose from {', '.join(COMPONENTS)}.")
+    results = export_pipeline(pipe, args.out, options, components, force=args.force)
+    for r in results:
+        data = f" + {r.data_path.name}" if r.data_path else ""
+        print(f"{r.component:<14} {'reused' if r.reused else 'exported':<9} {r.size_bytes / 2**20:9.1f} MiB  "
+              f"{r.path}{data}  nodes {r.node_counts}")
+    return 0
+
+
+def _check(args) -> int:
+    from ..export.trt_check import check_onnx_for_trt, has_blockers
+
+    failed = False
+    for path in args.onnx_files:
+        findings = check_onnx_for_trt(path, args.trt_version)
+        blockers = [f for f in findings if f.severity == "blocker"]
+        warnings = [f for f in findings if f.severity == "warning"]
+        print(f"{path}: {len(blockers)} blocker(s), {len(warnings)} warning(s) for TensorRT {args.trt_version}")
+        for finding in blockers + (warnings if args.show_warnings else []):
+            print("  " + finding.format())
+        failed |= has_blockers(findings)
+    print("check-trt: " + ("FAIL (blockers found)" if failed else "OK"))
+    return 1 if failed else 0
+
+
+def _trt(args) -> int:
+    from ..export import COMPONENTS, ShapeBucket
+    from ..export.trt_build import BuildOptions, build_engines
+
+    buckets = tuple(ShapeBucket.parse(b) for b in (args.bucket or ["1,512x512,2x2"]))
+    options = BuildOptions(buckets=buckets, dynamic=args.dynamic, optimization_level=args.opt_level,
+                           workspace_gib=args.workspace_gib, timing_cache=args.timing_cache,
+                           components=tuple(args.component) if args.component else COMPONENTS)
+    plans = build_engines(args.onnx, args.out, options, dry_run=args.dry_run)
+    for plan in plans:
+        print(f"{plan.engine_path.name}\n  {plan.trtexec_command()}")
+    return 0
