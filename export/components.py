@@ -35,7 +35,7 @@ class ShapeBucket:
     cfg: bool = True
 
     @classmethod
-    def parse(cls, text: str) -> "ShapeBucket":
+    def parse(cls, text: str) -> ShapeBucket:
         """``"batch,tileHxtileW,RxC"`` e.g. ``"1,512x512,2x2"``."""
         try:
             batch, tile, grid = text.split(",")
@@ -173,8 +173,8 @@ class ComponentModule(nn.Module):
                  "flc_tokenizer": ("flc_tokenizer",)}[component]
         for name in needs:
             self.add_module(name, getattr(pipe, name))
-        self.runtime = TorchRuntime(getattr(pipe, "unet"), getattr(pipe, "vae"), getattr(pipe, "image_encoder"),
-                                    getattr(pipe, "flc_tokenizer"), getattr(pipe, "pose_guider"))
+        self.runtime = TorchRuntime(pipe.unet, pipe.vae, pipe.image_encoder,
+                                    pipe.flc_tokenizer, pipe.pose_guider)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         r = self.runtime

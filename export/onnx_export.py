@@ -29,7 +29,7 @@ import torch
 from imagpose.io import write_json
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, axis_values, model_config
-from .passes import initializer_bytes, infer_and_check, run_passes, save_model
+from .passes import infer_and_check, initializer_bytes, run_passes, save_model
 
 log = logging.getLogger("imagpose.export")
 EXPORT_FORMAT_VERSION = 1  # bump when the export code changes what it writes

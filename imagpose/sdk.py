@@ -133,7 +133,7 @@ class IMAGPoseGenerator:
             self._cond.notify_all()
         self._worker.join(timeout)
 
-    def __enter__(self) -> "IMAGPoseGenerator":
+    def __enter__(self) -> IMAGPoseGenerator:
         return self
 
     def __exit__(self, *exc) -> None:

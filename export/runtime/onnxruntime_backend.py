@@ -73,7 +73,7 @@ class OnnxRuntimeBackend:
                                            for i in session.get_inputs()}
 
     @classmethod
-    def for_pipeline(cls, pipe, onnx_dir: str | Path, **kwargs) -> "OnnxRuntimeBackend":
+    def for_pipeline(cls, pipe, onnx_dir: str | Path, **kwargs) -> OnnxRuntimeBackend:
         """Open ``onnx_dir`` and check that every file was exported from this pipeline's weights and config."""
         backend = cls(onnx_dir, **kwargs)
         backend.check_matches(pipe)

@@ -70,7 +70,7 @@ class TensorRTBackend:
         self.grids = {g for g in grids if None not in g}
 
     @classmethod
-    def for_pipeline(cls, pipe, engine_dir, **kwargs) -> "TensorRTBackend":
+    def for_pipeline(cls, pipe, engine_dir, **kwargs) -> TensorRTBackend:
         backend = cls(engine_dir, **kwargs)
         from ..onnx_export import fingerprint
 

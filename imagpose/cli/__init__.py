@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
 import os
+import sys
 
 from . import convert, demo, env, export, generate, parity, verify
 

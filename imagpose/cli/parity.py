@@ -4,7 +4,6 @@ tolerances (fp32: SQNR >= 60 dB, SSIM >= 0.999). Missing ONNX files are exported
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import add_model_arguments, parse_grid, parse_size
