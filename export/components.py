@@ -43,7 +43,8 @@ class ShapeBucket:
             rows, cols = (int(v) for v in grid.lower().split("x"))
             return cls(int(batch), th, tw, rows, cols)
         except ValueError as exc:
-            raise ValueError(f"Bucket {text!r} must look like BATCH,TILE_HxTILE_W,ROWSxCOLS e.g. 1,512x512,2x2") from exc
+            raise ValueError(f"Bucket {text!r} must look like BATCH,TILE_HxTILE_W,ROWSxCOLS "
+                             "e.g. 1,512x512,2x2") from exc
 
     def layout(self, pad_multiple: int) -> GridLayout:
         return GridLayout(self.rows, self.cols, self.tile_height, self.tile_width, pad_multiple)

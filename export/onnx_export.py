@@ -29,7 +29,7 @@ import torch
 from imagpose.io import write_json
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, axis_values, model_config
-from .passes import infer_and_check, initializer_bytes, run_passes, save_model
+from .passes import infer_and_check, initializer_bytes, name_dynamic_axes, run_passes, save_model
 
 log = logging.getLogger("imagpose.export")
 EXPORT_FORMAT_VERSION = 1  # bump when the export code changes what it writes
@@ -168,9 +168,9 @@ def _torch_export(module: torch.nn.Module, sample: tuple, path: Path, component:
         if options.dynamic:
             from torch.export import Dim
 
-            kwargs["dynamic_shapes"] = tuple(
-                {axis: Dim.AUTO for axis in contract.dynamic_axes().get(name, {})} or None
-                for name in contract.input_names)
+            per_input = tuple({axis: Dim.AUTO for axis in contract.dynamic_axes().get(name, {})} or None
+                              for name in contract.input_names)
+            kwargs["dynamic_shapes"] = (per_input,)  # ComponentModule.forward(*inputs): one varargs entry
     import warnings
 
     with torch.inference_mode(), warnings.catch_warnings():
@@ -207,6 +207,8 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
         raw.parent.mkdir()
         _torch_export(module, sample, raw, component, options)
         model = onnx.load(str(raw))
+        if options.dynamic:
+            model = name_dynamic_axes(model, CONTRACTS[component].dynamic_axes())
         model, counts = run_passes(model, list(options.passes))
         shutil.rmtree(raw.parent)
         meta = {key: description[key] for key in ("component", "cache_key", "versions", "options", "grid",

@@ -77,6 +77,15 @@ def run_passes(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProt
     return model, counts
 
 
+def name_dynamic_axes(model: onnx.ModelProto, axes: dict[str, dict[int, str]]) -> onnx.ModelProto:
+    """Give graph inputs/outputs our axis names (the dynamo exporter writes s0, s1, ...)."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        for index, symbol in axes.get(value.name, {}).items():
+            dim = value.type.tensor_type.shape.dim[index]
+            dim.dim_param = symbol
+    return model
+
+
 def save_model(model: onnx.ModelProto, path: Path, external: bool) -> Path | None:
     """Save ``model`` at ``path``; with ``external``, all weights go to one ``<name>.data`` file beside it."""
     if external:

@@ -71,21 +71,23 @@ def encode_conditions(canvases: list[JointCanvas], runtime: Runtime, device: tor
                       dtype: torch.dtype) -> Conditions:
     """Encode B canvases of one layout (same canvas size) into :class:`Conditions` with a runtime.
 
-    The VAE latents are the posterior mean (no sampling) times 0.18215, as the official inference.
+    The VAE latents are the posterior mean (no sampling) times 0.18215, as the official inference. Each
+    request is encoded on its own (batch 1, like diffusers' VAE slicing): these networks run once per
+    request, so batching them gains little, and this way a request's conditions - hence its images - do
+    not depend on what it is batched with (convolution kernels choose different algorithms per batch size).
     """
-    size = canvases[0].layout.canvas_size
+    return Conditions(*(torch.cat(parts) for parts in zip(*(_encode_one(c, runtime, device, dtype)
+                                                             for c in canvases))))
 
-    def stack(tensors):
-        return torch.stack(tensors).to(device=device, dtype=dtype)
 
-    dino_tokens = runtime.image_encoder(stack([dino_pixels(c.reference) for c in canvases]))
-    ref_latents = runtime.vae_encode(stack([reference_canvas_pixels(c.reference, size) for c in canvases]))
+def _encode_one(canvas: JointCanvas, runtime: Runtime, device, dtype) -> tuple[torch.Tensor, ...]:
+    def batch(tensor):
+        return tensor[None].to(device=device, dtype=dtype)
+
+    dino_tokens = runtime.image_encoder(batch(dino_pixels(canvas.reference)))
+    ref_latents = runtime.vae_encode(batch(reference_canvas_pixels(canvas.reference, canvas.layout.canvas_size)))
     flc_tokens = runtime.flc(ref_latents)
-    masked_latents = runtime.vae_encode(stack([c.person * 2.0 - 1.0 for c in canvases]))
-    pose_features = runtime.pose_guider(stack([c.pose for c in canvases]))
-    return Conditions(
-        context=torch.cat([dino_tokens, flc_tokens], dim=1),
-        masked_latents=masked_latents,
-        flag=stack([c.flag for c in canvases]),
-        pose_features=pose_features,
-    )
+    masked_latents = runtime.vae_encode(batch(canvas.person * 2.0 - 1.0))
+    pose_features = runtime.pose_guider(batch(canvas.pose))
+    context = torch.cat([dino_tokens, flc_tokens], dim=1)
+    return context, masked_latents, batch(canvas.flag), pose_features

@@ -192,7 +192,7 @@ class IMAGPosePipeline(DiffusionPipeline):
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 model_input = torch.cat([model_input, image_condition], dim=1)
                 # 6.2 predict (v-prediction in the official model)
-                timestep = t.to(self.device).expand(model_input.shape[0])
+                timestep = t.reshape(1).to(self.device)  # one timestep for every row
                 prediction = runtime.unet(model_input, timestep, context, pose_features, grid)
                 # 6.3 guidance: u + w (c - u)
                 if do_cfg:
@@ -263,7 +263,9 @@ class IMAGPosePipeline(DiffusionPipeline):
                                    (layout.rows, layout.cols), eta, [generators[i] for i in members],
                                    callback_on_step_end, progress)
             # 7. decode the canvas and 8. crop the target tiles (padding removed)
-            images = runtime.vae_decode(latents) if output_type != "latent" else None
+            images = None
+            if output_type != "latent":  # one request at a time, as the encoders (see encode_conditions)
+                images = torch.cat([runtime.vae_decode(latents[row:row + 1]) for row in range(len(members))])
             for row, index in enumerate(members):
                 results[index] = self._result(requests[index], canvases[index],
                                               images[row] if images is not None else None,

@@ -11,7 +11,7 @@ Shapes (B = batch, Hc x Wc canvas pixels, h x w = canvas / 8, N context tokens):
     vae_encode(pixels (B, 3, Hc, Wc) in [-1, 1])                 -> latents (B, 4, h, w), posterior mean * 0.18215
     flc(latents (B, 4, h, w))                                    -> tokens (B, (h/16)(w/16), D)
     pose_guider(pose (B, 3, Hc, Wc) in [0, 1])                   -> features (B, C0, h, w)
-    unet(sample (B, 9, h, w), timestep (B,), context (B, N, D), pose_features (B, C0, h, w), grid)
+    unet(sample (B, 9, h, w), timestep (1,) or (B,), context (B, N, D), pose_features (B, C0, h, w), grid)
                                                                  -> prediction (B, 4, h, w)
     vae_decode(latents (B, 4, h, w))                             -> images (B, 3, Hc, Wc) in [0, 1]
 """

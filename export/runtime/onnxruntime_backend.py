@@ -116,7 +116,8 @@ class OnnxRuntimeBackend:
         if tuple(grid) != self.grid:
             raise ExportError(f"The exported UNet has a {self.grid[0]}x{self.grid[1]} grid baked in; this request "
                               f"uses {grid[0]}x{grid[1]}. Export another UNet with --grid {grid[0]}x{grid[1]}.")
-        return self._run("unet", sample, timestep.float(), context, pose_features)
+        timestep = timestep.float().reshape(-1).expand(sample.shape[0])  # the graphs take one per row
+        return self._run("unet", sample, timestep, context, pose_features)
 
     def vae_decode(self, latents):
         return self._run("vae_decoder", latents)

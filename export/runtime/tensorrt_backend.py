@@ -172,7 +172,8 @@ class TensorRTBackend:
     def unet(self, sample, timestep, context, pose_features, grid):
         if self.grids and tuple(grid) not in self.grids:
             raise ExportError(f"No UNet engine for a {grid[0]}x{grid[1]} grid (engines: {sorted(self.grids)}).")
-        return self._run("unet", sample, timestep.float(), context, pose_features)
+        timestep = timestep.float().reshape(-1).expand(sample.shape[0])  # the graphs take one per row
+        return self._run("unet", sample, timestep, context, pose_features)
 
     def vae_decode(self, latents):
         return self._run("vae_decoder", latents)

@@ -17,7 +17,8 @@ HELP = "ONNX export, TensorRT compatibility check, TensorRT engine builds"
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="export_command", required=True, metavar="WHAT")
+    sub = parser.add_subparsers(dest="export_command", required=True, metavar="WHAT",
+                                help="onnx | check-trt | trt")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     onnx = sub.add_parser("onnx", help="export components to ONNX (cached, atomic)", formatter_class=fmt)

@@ -166,7 +166,7 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         """
         Args:
             sample: (B, 9, H, W) ``cat([x_t, flag, masked latent])`` on the latent canvas.
-            timestep: scalar or (B,) diffusion timesteps.
+            timestep: scalar, (1,) or (B,) diffusion timesteps.
             encoder_hidden_states: (B, N_ctx, cross_attention_dim) context tokens.
             pose_features: (B, block_out_channels[0], H, W) PoseGuider output, added after ``conv_in``.
             grid: (rows, cols) of views on the canvas; ``config.default_grid`` when None.
@@ -180,10 +180,13 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
 
-        # 1. time embedding
+        # 1. time embedding; a single timestep is embedded once and broadcast over the batch, which is
+        #    cheaper and keeps every row's result independent of the batch size (batch-invariant GEMMs)
         timesteps = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=sample.device)
-        timesteps = timesteps.reshape(-1).to(sample.device).expand(sample.shape[0])
-        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype))
+        timesteps = timesteps.reshape(-1).to(sample.device)
+        if timesteps.shape[0] != 1:
+            timesteps = timesteps.expand(sample.shape[0])
+        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype))  # (1 or B, 4 * C0)
 
         # 2. input conv, then the pose features F_P (one injection point)
         hidden = self.conv_in(sample)

@@ -11,10 +11,17 @@ def test_every_subcommand_and_flag_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {m.NAME for m in SUBCOMMANDS}
-    for name, child in sub.choices.items():
-        for action in child._actions:
+    def check(name, parser):
+        for action in parser._actions:
             if action.dest != "help":
                 assert action.help, f"{name} --{action.dest} has no help"
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):
+                for child_name, child in choices.items():
+                    check(f"{name} {child_name}", child)
+
+    for name, child in sub.choices.items():
+        check(name, child)
 
 
 def test_console_script_help():
