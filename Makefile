@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 FIXTURES ?= ../shared/fixtures/official
 
-.PHONY: demo test test-slow verify lint clean
+.PHONY: demo test test-slow bench verify lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(VENV)/.stamp-dev  ## set up and run the default test tier (CPU, < 15 min
 
 test-slow: $(VENV)/.stamp-dev  ## full-size (SD1.5) tests, several minutes each on CPU
 	$(BIN)/python -m pytest -m slow
+
+bench: $(VENV)/.stamp-dev  ## pytest-benchmark: torch vs ONNX Runtime per UNet step (CPU), medians + ratio
+	mkdir -p outputs/bench
+	$(BIN)/python -m pytest tests/bench -m bench --benchmark-json=outputs/bench/unet_step.json
+	$(BIN)/python scripts/bench_summary.py outputs/bench/unet_step.json
 
 verify: $(VENV)/.stamp-run  ## check against the official-code fixtures
 	$(BIN)/imagpose verify-official $(FIXTURES)

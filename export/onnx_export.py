@@ -206,10 +206,14 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
         raw = tmp / "raw" / f"{component}.onnx"
         raw.parent.mkdir()
         _torch_export(module, sample, raw, component, options)
-        model = onnx.load(str(raw))
+        # graphs over 2 GB: run the passes on the structure and load the weights once, to save as one file
+        large = sum(f.stat().st_size for f in raw.parent.iterdir()) > EXTERNAL_DATA_THRESHOLD
+        model = onnx.load(str(raw), load_external_data=not large)
         if options.dynamic:
             model = name_dynamic_axes(model, CONTRACTS[component].dynamic_axes())
-        model, counts = run_passes(model, list(options.passes))
+        model, counts = run_passes(model, list(options.passes), weights_loaded=not large)
+        if large:
+            onnx.external_data_helper.load_external_data_for_model(model, str(raw.parent))
         shutil.rmtree(raw.parent)
         meta = {key: description[key] for key in ("component", "cache_key", "versions", "options", "grid",
                                                   "inputs", "outputs", "dynamic_axes")}

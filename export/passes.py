@@ -49,28 +49,27 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # our own log line reports the node count
 
-    if initializer_bytes(model) > PROTOBUF_LIMIT // 2:
-        # polygraphy serialises the model for ONNX Runtime-based folding; large graphs fold their shape
-        # subgraphs through graphsurgeon alone (no ORT evaluation), which needs no serialisation.
-        import onnx_graphsurgeon as gs
-
-        graph = gs.import_onnx(model)
-        graph.fold_constants(fold_shapes=True, partitioning=None, size_threshold=16 * 1024**2).cleanup()
-        out = gs.export_onnx(graph)
-    else:
-        out = polygraphy_fold(model, allow_onnxruntime_shape_inference=True)
+    out = polygraphy_fold(model, allow_onnxruntime_shape_inference=True)
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out
 
 
 PASSES = {"cleanup_toposort": cleanup_toposort, "fold_constants": fold_constants}
+NEEDS_VALUES = {"fold_constants"}
 
 
-def run_passes(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
+def run_passes(model: onnx.ModelProto, names: list[str], weights_loaded: bool = True
+               ) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Run the named passes, logging node counts. Without loaded weights (graphs over 2 GB are processed as
+    structure only, their weights left in the exporter's files), passes that need values are skipped."""
     counts = {"exported": node_count(model)}
     log.info("export: %d nodes after torch.onnx.export", counts["exported"])
     for name in names:
+        if name in NEEDS_VALUES and not weights_loaded:
+            log.info("pass %-17s skipped: graph over 2 GB is processed without its weights (the exporter "
+                     "already folded constants)", name)
+            continue
         model = PASSES[name](model)
         counts[name] = node_count(model)
         log.info("pass %-17s -> %d nodes", name, counts[name])

@@ -86,6 +86,19 @@ PRESETS = {
         default_steps=20,
         default_tile=(256, 176),
     ),
+    "mid": Preset(
+        name="mid",
+        description="SD1.5 layout at ~0.4x width (128/256/512/512, CVA everywhere, DINOv2-small size): a "
+                    "mid-size model for CPU benchmarks",
+        unet=dict(SD15_UNET, block_out_channels=[128, 256, 512, 512], cross_attention_dim=384, sample_size=32),
+        vae=dict(SD_VAE, block_out_channels=[64, 128, 256, 256], layers_per_block=1),
+        image_encoder=dict(DINOV2_BASE, hidden_size=384, num_hidden_layers=6, num_attention_heads=6),
+        pose_guider=dict(conditioning_embedding_channels=128, conditioning_channels=3,
+                         block_out_channels=[16, 32, 96, 128]),
+        flc=dict(in_channels=4, embed_dim=384, patch_size=16),
+        default_steps=20,
+        default_tile=(256, 256),
+    ),
 }
 
 

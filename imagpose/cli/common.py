@@ -14,7 +14,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "
     group.add_argument("--model", metavar="DIR", default=None,
                        help="pipeline folder (IMAGPosePipeline.save_pretrained / `imagpose convert` output); "
                             "overrides --preset")
-    group.add_argument("--preset", default=default_preset, choices=["tiny", "sd15"],
+    group.add_argument("--preset", default=default_preset, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given")
     group.add_argument("--weights-seed", type=int, default=0, help="seed of the random preset weights")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
