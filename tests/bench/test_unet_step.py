@@ -5,6 +5,8 @@
 Timing is pytest-benchmark's (warm-up round, several rounds, median); no test here asserts a time.
 """
 
+import json
+
 import pytest
 import torch
 from imagpose.export import ExportOptions, ShapeBucket, axis_values, export_component, model_config
@@ -25,8 +27,8 @@ def _setup(preset, tmp_path_factory):
         bucket = CASES[preset]
         out = tmp_path_factory.mktemp(f"bench_{preset}")
         export_component(pipe, "unet", out, ExportOptions(bucket=bucket))
-        (out / "manifest.json").write_text(
-            '{"components": {"unet": {"file": "unet.onnx"}}, "grid": [%d, %d]}' % (bucket.rows, bucket.cols))
+        manifest = {"components": {"unet": {"file": "unet.onnx"}}, "grid": [bucket.rows, bucket.cols]}
+        (out / "manifest.json").write_text(json.dumps(manifest))
         inputs = CONTRACTS["unet"].sample_inputs(axis_values(bucket, model_config(pipe)))
         _cache[preset] = (pipe, OnnxRuntimeBackend(out, components=("unet",)), inputs, bucket)
     return _cache[preset]
