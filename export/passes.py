@@ -48,6 +48,12 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # our own log line reports the node count
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)  # folding runs ORT sessions; their optimizer notes are noise
+    except ImportError:
+        pass
 
     out = polygraphy_fold(model, allow_onnxruntime_shape_inference=True)
     del out.metadata_props[:]

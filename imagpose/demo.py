@@ -64,10 +64,13 @@ def demo_scenarios(seed: int = 0) -> list[DemoScenario]:
 
 
 def run_demo(pipe, out_dir: str | Path, steps: int = 20, guidance_scale: float = 2.0, seed: int = 0,
-             model_label: str = "tiny (random weights)", progress: bool = True) -> dict:
+             model_label: str = "tiny (random weights)", progress: bool = True, backend: str = "torch") -> dict:
     """Run every demo scenario and write ``out_dir/<scenario>/{target_*.png, canvas.png, inputs.png}`` and
     ``out_dir/summary.json``. Returns the summary."""
     items = demo_scenarios(seed)
+    supported = getattr(pipe.backend, "grid", None)  # exported UNets bake one grid in
+    skipped = [i.name for i in items if supported is not None and tuple(i.request.grid) != tuple(supported)]
+    items = [i for i in items if i.name not in skipped]
     requests = [item.request for item in items]
     canvases = [pipe.build_canvas(r) for r in requests]
     start = time.perf_counter()
@@ -79,11 +82,14 @@ def run_demo(pipe, out_dir: str | Path, steps: int = 20, guidance_scale: float =
         "guidance_scale": guidance_scale,
         "seconds_total": round(seconds, 3),
         "device": str(pipe.device),
+        "backend": backend,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "note": "random weights produce noise-like images: the demo checks the paths, not image quality"
         if "random" in model_label else "",
         "scenarios": [],
+        "skipped": {name: f"the {backend} UNet was exported for a {supported[0]}x{supported[1]} grid"
+                    for name in skipped},
     }
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:

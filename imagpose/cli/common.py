@@ -60,3 +60,31 @@ def parse_grid(text: str) -> tuple[int, int]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, e.g. 2x2, got {text!r}") from exc
     return rows, cols
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime backend")
+    group.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+                       help="runtime for the networks (onnxruntime exports missing ONNX files first)")
+    group.add_argument("--onnx-dir", default=None, help="ONNX folder for --backend onnxruntime "
+                                                        "(default outputs/onnx/<preset or model name>)")
+    group.add_argument("--engine-dir", default=None, help="TensorRT engine folder for --backend tensorrt")
+
+
+def resolve_backend(pipe, args, grid=(2, 2)):
+    """The runtime named by --backend for ``pipe`` (None for torch)."""
+    if args.backend == "torch":
+        return None
+    from pathlib import Path
+
+    from ..export import ExportOptions, ShapeBucket, export_pipeline
+    from ..export.runtime import load_backend
+
+    if args.backend == "onnxruntime":
+        name = Path(args.model).name if args.model else args.preset
+        onnx_dir = Path(args.onnx_dir or f"outputs/onnx/{name}")
+        export_pipeline(pipe, onnx_dir, ExportOptions(bucket=ShapeBucket(1, 64, 64, *grid)))
+        return load_backend("onnxruntime", pipe, onnx_dir)
+    if not args.engine_dir:
+        raise ValueError("--backend tensorrt needs --engine-dir (built with `imagpose export trt`).")
+    return load_backend("tensorrt", pipe, args.engine_dir)

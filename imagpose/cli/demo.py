@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, add_sampling_arguments, load_pipeline
+from .common import add_backend_arguments, add_model_arguments, add_sampling_arguments, load_pipeline, resolve_backend
 
 NAME = "demo"
 HELP = "run all scenarios on the shipped sample inputs (tiny random-weight model by default)"
@@ -15,6 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output folder (replaced atomically)")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
+    add_backend_arguments(parser)
 
 
 def run(args) -> int:
@@ -22,16 +23,20 @@ def run(args) -> int:
     from ..presets import get_preset
 
     pipe = load_pipeline(args)
+    pipe.set_backend(resolve_backend(pipe, args))
     steps = args.steps or (get_preset(args.preset).default_steps if not args.model else 20)
     label = args.model or f"{args.preset} (random weights, seed {args.weights_seed})"
-    print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}")
+    print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
+          f"backend {args.backend}")
     summary = run_demo(pipe, args.out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
-                       model_label=label, progress=not args.no_progress)
+                       model_label=label, progress=not args.no_progress, backend=args.backend)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))
         print(f"  {item['name']:<14} grid {grid}  tile {tile}  targets {len(item['targets'])}  -> "
               f"{Path(args.out) / item['name']}")
+    for name, why in summary["skipped"].items():
+        print(f"  {name:<14} skipped: {why}")
     print(f"{len(summary['scenarios'])} scenarios in {summary['seconds_total']:.1f} s; "
           f"summary: {Path(args.out) / 'summary.json'}")
     if summary["note"]:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_model_arguments, add_sampling_arguments, load_pipeline, parse_grid, parse_size
+from .common import (
+    add_backend_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    load_pipeline,
+    parse_grid,
+    parse_size,
+    resolve_backend,
+)
 
 NAME = "generate"
 HELP = "generate target images from source image/pose files and target pose files"
@@ -29,6 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="outputs/generate", help="output folder (replaced atomically)")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
+    add_backend_arguments(parser)
 
 
 def build_request(args):
@@ -61,9 +70,10 @@ def run(args) -> int:
 
     request = build_request(args)
     pipe = load_pipeline(args)
+    backend = resolve_backend(pipe, args, tuple(args.grid))
     steps = args.steps or 20
     result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance,
-                  progress=not args.no_progress).results[0]
+                  progress=not args.no_progress, backend=backend).results[0]
     out = Path(args.out)
     with atomic_directory(out) as tmp:
         files = []
