@@ -207,3 +207,42 @@ class CastRuntime:
             return fn(*args).float()
 
         return call
+
+
+@torch.no_grad()
+def trajectory_parity(pipe, name: str, backend, request, steps: int = 10) -> dict:
+    """SQNR of the UNet prediction at every denoising step, and SSIM/PSNR of the final image, vs fp32 torch.
+
+    Both runs start from the same noise; the backend's run follows its own trajectory, so per-step SQNR
+    shows how the error grows along the chain.
+    """
+    def trace(runtime):
+        predictions = []
+        result = pipe(request, num_inference_steps=steps, output_type="pt", progress=False, backend=runtime,
+                      callback_on_step_end=lambda p, i, t, kw: predictions.append(kw["prediction"].float().cpu()))
+        return predictions, result.results[0]
+
+    ref_steps, ref = trace(pipe.torch_runtime())
+    test_steps, test = trace(backend)
+    return {"backend": name, "steps": steps,
+            "sqnr_db_per_step": [round(sqnr_db(a, b), 1) for a, b in zip(ref_steps, test_steps)],
+            "final_ssim": ssim(ref.canvas[None], test.canvas[None]),
+            "final_psnr_db": psnr(ref.canvas[None], test.canvas[None])}
+
+
+class CVABackendRuntime:
+    """The pipeline's torch runtime with its CVA modules switched to another attention backend per UNet call."""
+
+    def __init__(self, pipe, cva_backend: str):
+        self.pipe, self.cva_backend, self.name = pipe, cva_backend, f"torch+{cva_backend}-cva"
+        self.inner = pipe.torch_runtime()
+
+    def __getattr__(self, method):
+        return getattr(self.inner, method)
+
+    def unet(self, *args):
+        self.pipe.unet.set_cva_backend(self.cva_backend)
+        try:
+            return self.inner.unet(*args)
+        finally:
+            self.pipe.unet.set_cva_backend("eager")

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from . import convert, demo, env, export, generate, parity, verify
+from . import bench, convert, demo, env, export, generate, parity, verify
 
-SUBCOMMANDS = (demo, generate, convert, verify, export, parity, env)
+SUBCOMMANDS = (demo, generate, convert, verify, export, parity, bench, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

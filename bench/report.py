@@ -1,0 +1,186 @@
+"""Benchmark report: markdown + JSON + CSV + plots, and a verdict on each of the paper's speed claims.
+
+Claims (paper Sec. 4.1, next to Fig. 8): IMAGPose is "nearly 8 times faster than PIDM, and nearly 3 times
+faster than PoCoLD and CFLD". A claim *holds* under a setting when the measured time ratio
+t_baseline / t_IMAGPose is at least 75% of the claimed factor ("nearly"); the exact full-size FLOP ratio is
+reported beside it, because time ratios measured at reduced size on a CPU are only indicative.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+CLAIMS = {"pidm": 8.0, "pocold": 3.0, "cfld": 3.0}
+HOLDS_FRACTION = 0.75
+NAMES = {"imagpose": "IMAGPose", "imagpose_star": "IMAGPose*", "pidm": "PIDM", "cfld": "CFLD", "pocold": "PoCoLD",
+         "pcdms": "PCDMs"}
+
+
+def _index(results):
+    return {(r["method"], r["scenario"]["setting"], r["scenario"]["backend"]): r for r in results if not r["error"]}
+
+
+def verdicts(results: list[dict]) -> list[dict]:
+    rows, index = [], _index(results)
+    for setting in ("as_released", "common_policy"):
+        for ours in ("imagpose", "imagpose_star"):
+            mine = index.get((ours, setting, "eager"))
+            for baseline, claim in CLAIMS.items():
+                theirs = index.get((baseline, setting, "eager"))
+                if mine is None or theirs is None:
+                    continue
+                time_ratio = theirs["seconds_per_image"] / mine["seconds_per_image"]
+                flop_ratio = theirs["tflops_per_image_full"] / mine["tflops_per_image_full"]
+                holds = time_ratio >= HOLDS_FRACTION * claim
+                rows.append({"setting": setting, "imagpose": NAMES[ours], "baseline": NAMES[baseline],
+                             "claimed": claim, "time_ratio": time_ratio, "flop_ratio": flop_ratio,
+                             "holds": holds, "why": _why(baseline, claim, time_ratio, flop_ratio, holds)})
+    return rows
+
+
+def _why(baseline, claim, time_ratio, flop_ratio, holds) -> str:
+    if holds and flop_ratio >= HOLDS_FRACTION * claim:
+        return "the baseline does proportionally more work per image"
+    if holds:
+        return (f"only {flop_ratio:.1f}x the FLOPs, but its sampler runs slower than its FLOPs suggest "
+                "(sequential CFG evaluations, small launches)")
+    if flop_ratio < 1:
+        return f"the baseline needs fewer FLOPs per image ({flop_ratio:.2f}x); IMAGPose cannot be {claim:g}x faster"
+    return f"the baseline needs {flop_ratio:.1f}x the FLOPs; the measured gap is {time_ratio:.1f}x, not ~{claim:g}x"
+
+
+def write_report(suite: dict, out_dir: str | Path, parity: dict | None = None) -> dict[str, Path]:
+    """Write report.md, results.json, results.csv and the plots; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = suite["results"]
+    rows = verdicts(results)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "report.md"}
+    paths["json"].write_text(json.dumps({**suite, "verdicts": rows, "parity": parity}, indent=2, default=str))
+    _write_csv(results, paths["csv"])
+    paths.update(_plots(results, out))
+    paths["md"].write_text(_markdown(suite, rows, parity, paths))
+    return paths
+
+
+def _write_csv(results, path: Path) -> None:
+    fields = ["label", "method", "setting", "size", "backend", "resolution", "steps", "precision",
+              "seconds_per_image", "extrapolated", "tflops_per_image_full", "tflops_per_image_measured_size",
+              "achieved_tflops_per_s", "mfu", "peak_memory_gib", "error"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for r in results:
+            s = r["setting"] or {}
+            writer.writerow({"label": r["label"], "method": r["method"], "setting": r["scenario"]["setting"],
+                             "size": r["scenario"]["size"], "backend": r["scenario"]["backend"],
+                             "resolution": "x".join(map(str, s.get("resolution", ()))), "steps": s.get("steps"),
+                             "precision": s.get("precision"), "seconds_per_image": r["seconds_per_image"],
+                             "extrapolated": any((r["stage_extrapolated"] or {}).values()),
+                             "tflops_per_image_full": r["tflops_per_image_full"],
+                             "tflops_per_image_measured_size": r["tflops_per_image_measured_size"],
+                             "achieved_tflops_per_s": r["achieved_tflops_per_s"], "mfu": r["mfu"],
+                             "peak_memory_gib": r["peak_memory_gib"], "error": r["error"]})
+
+
+def _plots(results, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if not r["error"] and r["scenario"]["backend"] == "eager"]
+    paths = {}
+    settings = ("as_released", "common_policy")
+    methods = [m for m in NAMES if any(r["method"] == m for r in ok)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
+    for ax, setting in zip(axes, settings):
+        by_method = {r["method"]: r for r in ok if r["scenario"]["setting"] == setting}
+        names = [m for m in methods if m in by_method]
+        values = [by_method[m]["seconds_per_image"] for m in names]
+        bars = ax.bar([NAMES[m] for m in names], values, color=["#d62728" if m.startswith("imagpose") else "#1f77b4"
+                                                                  for m in names])
+        base = by_method.get("imagpose")
+        if base:
+            for bar, m in zip(bars, names):
+                if m in CLAIMS:  # where the paper's claim would put the baseline
+                    claimed = base["seconds_per_image"] * CLAIMS[m]
+                    ax.plot([bar.get_x(), bar.get_x() + bar.get_width()], [claimed, claimed], "k--", lw=1.5)
+                    ax.annotate(f"claim {CLAIMS[m]:g}x", (bar.get_x() + bar.get_width() / 2, claimed),
+                                ha="center", va="bottom", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(f"{setting.replace('_', ' ')}: seconds per generated image")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Measured time per image (dashed: IMAGPose time x the paper's claimed factor)")
+    fig.tight_layout()
+    paths["plot_seconds"] = out / "seconds_per_image.png"
+    fig.savefig(paths["plot_seconds"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in ok:
+        marker = "o" if r["scenario"]["setting"] == "as_released" else "s"
+        ax.scatter(r["tflops_per_image_measured_size"], r["seconds_per_image"], marker=marker,
+                   color="#d62728" if r["method"].startswith("imagpose") else "#1f77b4")
+        ax.annotate(NAMES[r["method"]], (r["tflops_per_image_measured_size"], r["seconds_per_image"]), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("TFLOP per image (size measured)")
+    ax.set_ylabel("seconds per image")
+    ax.set_title("FLOPs vs measured time (o as released, s common policy)")
+    fig.tight_layout()
+    paths["plot_flops"] = out / "flops_vs_time.png"
+    fig.savefig(paths["plot_flops"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _fmt(value, spec=".2f"):
+    return "-" if value is None else format(value, spec)
+
+
+def _markdown(suite, rows, parity, paths) -> str:
+    env = suite["environment"]
+    lines = ["# IMAGPose vs PIDM, CFLD, PoCoLD, PCDMs: speed", "",
+             f"Device: **{env.get('gpu') or env.get('cpu')}** ({env['device']}, {env['threads']} threads), "
+             f"torch {env['torch']}, diffusers {env['diffusers']}, {env['date']}.", "",
+             "Settings: *as released* = each method's own resolution, steps, CFG evaluations, batching and "
+             "precision; *common policy* = 256x192 output, 20 steps, fp16 (fp32 on CPU), SDPA. Reduced-size "
+             "rows use each method's ~0.4x-width variant at half resolution and time 2 steps per loop, "
+             "extrapolated to the full step count (marked *). FLOPs are exact (torch.utils.flop_counter on "
+             "the meta device) for the full-size models at the setting's full resolution.", ""]
+    for setting in ("as_released", "common_policy"):
+        lines += [f"## {setting.replace('_', ' ')}", "",
+                  "| method | size | resolution | steps | precision | s / image | TFLOP / image (full) | "
+                  "TFLOP/s | MFU | peak GiB | stages (s / image) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in suite["results"]:
+            if r["scenario"]["setting"] != setting:
+                continue
+            if r["error"]:
+                lines.append(f"| {r['label']} | | | | | error: {r['error']} | | | | | |")
+                continue
+            s = r["setting"]
+            star = "*" if any(r["stage_extrapolated"].values()) else ""
+            stages = ", ".join(f"{k} {v:.3g}" for k, v in r["stage_seconds"].items())
+            name = NAMES[r["method"]] + ("" if r["scenario"]["backend"] == "eager" else f" [{r['scenario']['backend']}]")
+            lines.append(f"| {name} | {r['scenario']['size']} | {'x'.join(map(str, s['resolution']))} | "
+                         f"{s['steps']} | {s['precision']} | {_fmt(r['seconds_per_image'], '.3g')}{star} | "
+                         f"{_fmt(r['tflops_per_image_full'], '.1f')} | {_fmt(r['achieved_tflops_per_s'], '.3g')} | "
+                         f"{_fmt(r['mfu'], '.1%')} | {_fmt(r['peak_memory_gib'], '.1f')} | {stages} |")
+        lines.append("")
+    lines += ["## Verdict on the paper's claims", "",
+              "| setting | ours | vs | claimed | measured time ratio | full-size FLOP ratio | holds? | why |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in rows:
+        lines.append(f"| {v['setting']} | {v['imagpose']} | {v['baseline']} | {v['claimed']:g}x | "
+                     f"{v['time_ratio']:.2f}x | {v['flop_ratio']:.2f}x | {'yes' if v['holds'] else 'no'} | "
+                     f"{v['why']} |")
+    lines += ["", f"A claim holds when the measured ratio is at least {HOLDS_FRACTION:.0%} of the claimed factor.",
+              "", f"![seconds per image]({paths['plot_seconds'].name})", "",
+              f"![FLOPs vs time]({paths['plot_flops'].name})", ""]
+    if parity:
+        lines += ["## Output parity of the fast paths (vs fp32 PyTorch)", "", "```", parity.get("text", ""), "```", ""]
+    return "\n".join(lines)
