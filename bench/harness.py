@@ -79,7 +79,8 @@ def run_scenario(scenario: Scenario, device: str = "cpu", warmup: int = 1, repea
         setting = resolve_setting(method.info.released, scenario.setting, scenario.size, device_t.type)
         result.setting = asdict(setting)
         dtype = torch.float16 if setting.precision == "fp16" else torch.float32
-        method = method.to(device_t, dtype).eval()
+        method = method.to(device_t).eval()
+        method.apply_precision(setting)
         if backend_factory is not None:
             method.backend = backend_factory(method)
         generator = torch.Generator().manual_seed(0)

@@ -3,7 +3,8 @@
 Settings:
     as_released     each method's own resolution, steps, CFG evaluations and batching, precision
     common_policy   the same output size (256x192: the paper's 256x176 padded to the 64-multiple IMAGPose
-                    needs), 20 steps for every method, fp16 on GPU (fp32 on CPU), SDPA attention
+                    needs), 20 steps for every method, fp16 on GPU (fp32 on CPU), SDPA attention, one
+                    candidate per kept image (PCDMs as released generates 4 and keeps the best)
 Sizes: "full" (the released architectures; used for exact FLOP counts and GPU timing) and "reduced"
 (each method's ~0.4x-width CPU variant at half its released resolution, for ``--quick`` CPU runs).
 """
@@ -65,7 +66,7 @@ def resolve_setting(released: Setting, setting: str, size: str, device_type: str
         out = released
     elif setting == "common_policy":
         out = replace(released, name="common_policy", resolution=COMMON_OUTPUT, steps=COMMON_STEPS,
-                      precision="fp16")
+                      precision="fp16", candidates=1)
     else:
         raise ValueError(f"Unknown setting {setting!r}; use as_released or common_policy.")
     if device_type != "cuda":

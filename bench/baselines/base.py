@@ -68,6 +68,10 @@ class Method(nn.Module):
         """FLOPs of the single forwards listed in ``info.expected_tflops`` (same keys), counted on ``device``."""
         raise NotImplementedError
 
+    def apply_precision(self, setting: Setting) -> None:
+        """Cast to the setting's precision; a method whose release mixes precisions overrides this."""
+        self.to(torch.float16 if setting.precision == "fp16" else torch.float32)
+
     @staticmethod
     def default_meter(meter: Meter | None) -> Meter:
         return meter if meter is not None else NullMeter()

@@ -315,6 +315,13 @@ class PCDMs(Method):
             groups["zero_clip"] = self.zero_clip
         return groups
 
+    def apply_precision(self, setting: Setting) -> None:
+        """As released, precisions are mixed (see :meth:`released_precision`); other settings are uniform."""
+        if setting.name == "as_released" and setting.precision == "fp16":
+            self.released_precision()
+        else:
+            super().apply_precision(setting)
+
     def released_precision(self) -> PCDMs:
         """Cast to the released dtypes: stage-2 UNet and VAE fp16 (``torch_dtype=torch.float16`` pipelines);
         everything else fp32 (the prior pipeline, the encoders, projections and pose embedding, and the stage-3

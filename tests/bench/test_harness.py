@@ -1,0 +1,74 @@
+"""The benchmark harness and report: exact FLOP accounting, extrapolation, per-image division, verdicts."""
+
+import json
+
+import pytest
+
+from imagpose.bench.harness import count_generation_flops, run_scenario
+from imagpose.bench.meter import StageRecord, TimeMeter
+from imagpose.bench.report import verdicts, write_report
+from imagpose.bench.scenarios import Scenario, quick_cpu_suite, resolve_setting
+
+
+def test_imagpose_full_size_flops_match_the_reference_budget():
+    """baselines.md section 5: 1.65 TFLOP per CFG step and ~36.5 TFLOP per pass at the 512x384 canvas."""
+    flops = count_generation_flops("imagpose", Scenario("imagpose"), "full", "cpu")
+    print({k: round(v / 1e12, 3) for k, v in flops.items()})
+    assert flops["denoiser"] / 20 / 1e12 == pytest.approx(1.646, rel=0.01)
+    assert sum(flops.values()) / 1e12 == pytest.approx(36.5, rel=0.02)
+
+
+def test_meter_extrapolates_loops_and_reports_it():
+    meter = TimeMeter(loop_limit=2)
+    for _ in range(meter.runs(20)):
+        with meter.stage("denoiser", repeat=20):
+            pass
+    record = meter.stages["denoiser"]
+    assert record.executed == 2 and record.repeat == 20 and record.extrapolated
+    assert StageRecord("x", 3, 3, 6.0).per_generation == 6.0
+
+
+def test_quick_scenario_runs_and_divides_per_image():
+    result = run_scenario(Scenario("imagpose_star", "as_released", "reduced", loop_limit=1), warmup=0)
+    assert result.error is None, result.error
+    assert set(result.stage_seconds) == {"encoders", "denoiser", "vae_decode"}
+    assert result.stage_extrapolated["denoiser"] and not result.stage_extrapolated["encoders"]
+    assert result.setting["images_per_pass"] == 3
+    full = count_generation_flops("imagpose", Scenario("imagpose"), "full", "cpu")
+    assert result.tflops_per_image_full == pytest.approx(sum(full.values()) / 3 / 1e12, rel=1e-6)
+    assert result.achieved_tflops_per_s > 0
+
+
+def test_settings_resolve_as_documented():
+    from imagpose.bench.imagpose_method import RELEASED
+
+    common = resolve_setting(RELEASED, "common_policy", "full", "cuda")
+    assert common.resolution == (256, 192) and common.steps == 20 and common.precision == "fp16"
+    assert resolve_setting(RELEASED, "as_released", "reduced", "cpu").precision == "fp32"
+    assert len(quick_cpu_suite()) == 12
+    with pytest.raises(ValueError, match="Unknown setting"):
+        resolve_setting(RELEASED, "fastest", "full", "cpu")
+
+
+def _fake(method, setting, seconds, tflops):
+    return {"label": f"{method}/{setting}", "method": method, "scenario": {"setting": setting, "backend": "eager",
+            "size": "full"}, "setting": {"resolution": [256, 192], "steps": 20, "precision": "fp16"},
+            "seconds_per_image": seconds, "tflops_per_image_full": tflops, "tflops_per_image_measured_size": tflops,
+            "stage_seconds": {"denoiser": seconds}, "stage_extrapolated": {"denoiser": False},
+            "achieved_tflops_per_s": tflops / seconds, "mfu": None, "peak_memory_gib": 1.0, "error": None}
+
+
+def test_verdicts_and_report_files(tmp_path):
+    results = [_fake("imagpose", "as_released", 1.0, 36.5), _fake("imagpose_star", "as_released", 0.34, 12.2),
+               _fake("pidm", "as_released", 7.0, 112.0), _fake("pocold", "as_released", 1.2, 14.1),
+               _fake("cfld", "as_released", 3.1, 122.5)]
+    rows = {(r["imagpose"], r["baseline"]): r for r in verdicts(results)}
+    assert rows[("IMAGPose", "PIDM")]["holds"] and rows[("IMAGPose", "PIDM")]["time_ratio"] == 7.0
+    assert not rows[("IMAGPose", "PoCoLD")]["holds"]
+    assert "fewer FLOPs" in rows[("IMAGPose", "PoCoLD")]["why"]
+    assert rows[("IMAGPose*", "PoCoLD")]["holds"]
+    paths = write_report({"environment": {"device": "cpu", "cpu": "x", "threads": 2, "torch": "t", "diffusers": "d",
+                                          "date": "now"}, "results": results}, tmp_path)
+    assert all(p.is_file() for p in paths.values())
+    assert "Verdict" in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["verdicts"]
