@@ -165,7 +165,8 @@ def _markdown(suite, rows, parity, paths) -> str:
             s = r["setting"]
             star = "*" if any(r["stage_extrapolated"].values()) else ""
             stages = ", ".join(f"{k} {v:.3g}" for k, v in r["stage_seconds"].items())
-            name = NAMES[r["method"]] + ("" if r["scenario"]["backend"] == "eager" else f" [{r['scenario']['backend']}]")
+            backend = r["scenario"]["backend"]
+            name = NAMES[r["method"]] + ("" if backend == "eager" else f" [{backend}]")
             lines.append(f"| {name} | {r['scenario']['size']} | {'x'.join(map(str, s['resolution']))} | "
                          f"{s['steps']} | {s['precision']} | {_fmt(r['seconds_per_image'], '.3g')}{star} | "
                          f"{_fmt(r['tflops_per_image_full'], '.1f')} | {_fmt(r['achieved_tflops_per_s'], '.3g')} | "

@@ -129,7 +129,7 @@ def fast_path_parity(backends, device: str) -> dict | None:
                 runtime = CVABackendRuntime(pipe, "triton")
             else:
                 continue
-            row = trajectory_parity(pipe, backend, request, steps=10)
+            row = trajectory_parity(pipe, backend, runtime, request, steps=10)
         except Exception as exc:  # report, don't abort the benchmark
             row = {"backend": backend, "error": f"{type(exc).__name__}: {exc}"}
         rows.append(row)
