@@ -81,7 +81,6 @@ def trt_section(args) -> dict:
     from imagpose.export.runtime.tensorrt_backend import TensorRTBackend
     from imagpose.export.trt_build import BuildOptions, build_engines
     from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
-
     from imagpose.presets import build_pipeline
 
     bucket = ShapeBucket(1, args.tile, args.tile, 2, 2)

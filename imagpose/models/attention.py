@@ -58,8 +58,8 @@ def view_attention_backends() -> list[str]:
 
 
 def get_view_attention_backend(name: str) -> ViewAttentionBackend:
-    if name not in _BACKENDS and name == "triton":
-        import imagpose.kernels  # noqa: F401  (registers the Triton backend on import)
+    if name not in _BACKENDS and name in ("triton", "xformers"):
+        import imagpose.kernels  # noqa: F401  (registers the Triton and, when installed, xformers backends)
     if name not in _BACKENDS:
         raise ValueError(
             f"Unknown CVA attention backend {name!r}; available: {', '.join(view_attention_backends())}."
@@ -94,5 +94,8 @@ def view_attention(
         ``(N, heads, V, head_dim)``.
     """
     impl = get_view_attention_backend(backend)
+    if not impl.traceable and torch.onnx.is_in_onnx_export():
+        raise ValueError(f"CVA attention backend {backend!r} has no ONNX form; export with the 'eager' or 'sdpa' "
+                         "backend (unet.set_cva_backend).")
     impl.check(query)
     return impl.fn(query, key, value, scale)

@@ -4,7 +4,9 @@ The official module is AnimateDiff's ``VanillaTemporalModule`` applied to the 2x
 map is split into its views (the grid tiles, row-major: TL, TR, BL, BR), the views are treated as the
 "frames" of a video, and every spatial position attends over its V co-located view tokens. Here the split is
 a reshape/permute of the canvas (views adjacent in memory), not slice copies into a zero canvas, and any
-R x C grid works (V = R * C <= ``max_views``, the size of the sinusoidal view-position table).
+R x C grid works (V = R * C <= ``max_views``, the size of the sinusoidal view-position table). With the
+"triton" backend the same computation runs through fused kernels that read and write the canvas and token
+layouts in place (``imagpose.kernels``, ``CrossViewTransformer._forward_fused``).
 
 Notation (<variable> -> paper / official name):
     canvas     (B, C, R*h, C_g*w)   the global feature map F, one image per request
@@ -70,6 +72,9 @@ class ViewSelfAttention(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, V, C) -> (N, V, C)
         if self.pos_encoder is not None:
             tokens = self.pos_encoder(tokens)
+        return self.attend(tokens)
+
+    def attend(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, V, C) tokens that already carry the view PE
         n, num_views, _ = tokens.shape
 
         def heads(x: torch.Tensor) -> torch.Tensor:  # (N, V, heads*d) -> (N, heads, V, d)
@@ -114,6 +119,7 @@ class CrossViewTransformer(nn.Module):
              for _ in range(num_layers)]
         )
         self.proj_out = nn.Linear(inner_dim, channels)
+        self.backend = "eager"
 
     def forward(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         batch, channels, height, width = canvas.shape
@@ -123,6 +129,8 @@ class CrossViewTransformer(nn.Module):
                 f"CVA cannot split a {height}x{width} feature map into a {rows}x{cols} grid of equal views; "
                 "tile sizes must be multiples of 8 * 2**(UNet levels - 1) (the pipeline pads them for you)."
             )
+        if self.backend == "triton":
+            return self._forward_fused(canvas, grid)
         h, w, num_views = height // rows, width // cols, rows * cols
         # split: (B, C, R*h, Cg*w) -> (B, R, Cg, C, h, w) -> (B*V, C, h, w); GroupNorm statistics per view
         views = canvas.reshape(batch, channels, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5)
@@ -136,6 +144,25 @@ class CrossViewTransformer(nn.Module):
         # join: (B*h*w, V, C) -> (B, h, w, R, Cg, C) -> (B, C, R*h, Cg*w); residual is the canvas input
         out = tokens.reshape(batch, h, w, rows, cols, channels).permute(0, 5, 3, 1, 4, 2)
         return out.reshape(batch, channels, height, width) + canvas
+
+    def _forward_fused(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The "triton" backend: the same computation, with split + GroupNorm, every LayerNorm + view PE, the view
+        attention and join + residual as fused Triton kernels (``imagpose.kernels``), no layout copies."""
+        from imagpose.kernels import group_norm_to_tokens, layer_norm_view_pe, tokens_to_canvas
+
+        if torch.onnx.is_in_onnx_export():
+            raise ValueError("The 'triton' CVA backend runs Triton kernels, which ONNX export cannot trace; "
+                             "set the 'eager' or 'sdpa' backend for export.")
+        norm = self.norm
+        tokens = group_norm_to_tokens(canvas, grid, norm.num_groups, norm.weight, norm.bias, norm.eps)  # (B*h*w, V, C)
+        tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            for attention, layer_norm in zip(block.attention_blocks, block.norms):
+                pe = attention.pos_encoder.pe if attention.pos_encoder is not None else None
+                normed = layer_norm_view_pe(tokens, layer_norm.weight, layer_norm.bias, layer_norm.eps, pe)
+                tokens = attention.attend(normed) + tokens
+            tokens = block.ff(block.ff_norm(tokens)) + tokens
+        return tokens_to_canvas(self.proj_out(tokens), canvas, grid)
 
 
 class CrossViewAttention(nn.Module):
@@ -151,6 +178,8 @@ class CrossViewAttention(nn.Module):
         )
 
     def set_backend(self, backend: str) -> None:
+        """Attention backend of every view attention; "triton" also switches the module to fused kernels."""
+        self.temporal_transformer.backend = backend
         for module in self.modules():
             if isinstance(module, ViewSelfAttention):
                 module.backend = backend

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from imagpose.bench.harness import count_generation_flops, run_scenario
 from imagpose.bench.meter import StageRecord, TimeMeter
 from imagpose.bench.report import verdicts, write_report

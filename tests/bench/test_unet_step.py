@@ -9,10 +9,10 @@ import json
 
 import pytest
 import torch
+
 from imagpose.export import ExportOptions, ShapeBucket, axis_values, export_component, model_config
 from imagpose.export.components import CONTRACTS
 from imagpose.export.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
 from imagpose.presets import build_pipeline
 
 pytestmark = pytest.mark.bench

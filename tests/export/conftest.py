@@ -1,4 +1,5 @@
 import pytest
+
 from imagpose.export import ExportOptions, ShapeBucket, export_pipeline
 
 BUCKET = ShapeBucket(1, 64, 64, 2, 2)

@@ -8,11 +8,11 @@ import time
 import onnx
 import pytest
 import torch
+
 from imagpose.export import ExportOptions, ShapeBucket, axis_values, export_component, model_config
 from imagpose.export.components import CONTRACTS
 from imagpose.export.parity import sqnr_db
 from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
-
 from imagpose.presets import build_pipeline
 
 pytestmark = pytest.mark.slow

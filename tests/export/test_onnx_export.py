@@ -4,6 +4,8 @@ import json
 import onnx
 import pytest
 import torch
+
+from imagpose import build_pipeline, scenarios
 from imagpose.export import (
     COMPONENTS,
     ExportError,
@@ -16,8 +18,6 @@ from imagpose.export import (
 from imagpose.export.parity import FP32_MIN_SQNR_DB, FP32_MIN_SSIM, component_parity, end_to_end_parity
 from imagpose.export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
-
-from imagpose import build_pipeline, scenarios
 from tests.export.conftest import BUCKET
 
 

@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+
 from imagpose.export import ExportError, ShapeBucket
 from imagpose.export.runtime.tensorrt_backend import select_engine
 from imagpose.export.trt_build import BuildOptions, build_engines, plan_builds

@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from imagpose.export import trt_check
 from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
-from onnx import TensorProto, helper, numpy_helper
 
 
 def _save(tmp_path, nodes, opset=17, inputs=None, outputs=None, initializers=(), domain_opsets=(), name="m"):
