@@ -24,15 +24,16 @@ demo: $(VENV)/.stamp-run  ## set up and run every scenario on the shipped sample
 	$(BIN)/imagpose demo --out outputs/demo
 
 test: $(VENV)/.stamp-dev  ## set up and run the default test tier (CPU, < 15 min on 2 cores)
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 test-slow: $(VENV)/.stamp-dev  ## full-size (SD1.5) tests, several minutes each on CPU
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/pytest -m slow
 
-bench: $(VENV)/.stamp-dev  ## pytest-benchmark: torch vs ONNX Runtime per UNet step (CPU), medians + ratio
+bench: $(VENV)/.stamp-dev  ## pytest-benchmark (UNet step torch vs ORT; one step of every method) + the quick report
 	mkdir -p outputs/bench
-	$(BIN)/python -m pytest tests/bench -m bench --benchmark-json=outputs/bench/unet_step.json
-	$(BIN)/python scripts/bench_summary.py outputs/bench/unet_step.json
+	$(BIN)/pytest tests/bench -m bench --benchmark-json=outputs/bench/pytest_benchmark.json
+	$(BIN)/python scripts/bench_summary.py outputs/bench/pytest_benchmark.json
+	$(BIN)/imagpose bench --device cpu --quick --out outputs/bench/quick
 
 verify: $(VENV)/.stamp-run  ## check against the official-code fixtures
 	$(BIN)/imagpose verify-official $(FIXTURES)

@@ -118,13 +118,23 @@ def run_scenario(scenario: Scenario, device: str = "cpu", warmup: int = 1, repea
     return result
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> dict:
     import diffusers
     import transformers
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "threads": torch.get_num_threads(),
             "device": device, "date": time.strftime("%Y-%m-%d %H:%M")}
     if torch.device(device).type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)

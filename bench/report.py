@@ -172,6 +172,9 @@ def _markdown(suite, rows, parity, paths) -> str:
                          f"{_fmt(r['tflops_per_image_full'], '.1f')} | {_fmt(r['achieved_tflops_per_s'], '.3g')} | "
                          f"{_fmt(r['mfu'], '.1%')} | {_fmt(r['peak_memory_gib'], '.1f')} | {stages} |")
         lines.append("")
+    if env["device"] == "cpu":
+        lines += ["Peak GiB on CPU is the process's resident high-water mark so far (cumulative over the run); on "
+                  "CUDA it is the scenario's peak allocated GPU memory.", ""]
     lines += ["## Verdict on the paper's claims", "",
               "| setting | ours | vs | claimed | measured time ratio | full-size FLOP ratio | holds? | why |",
               "|---|---|---|---|---|---|---|---|"]
@@ -183,5 +186,13 @@ def _markdown(suite, rows, parity, paths) -> str:
               "", f"![seconds per image]({paths['plot_seconds'].name})", "",
               f"![FLOPs vs time]({paths['plot_flops'].name})", ""]
     if parity:
-        lines += ["## Output parity of the fast paths (vs fp32 PyTorch)", "", "```", parity.get("text", ""), "```", ""]
+        lines += ["## Output parity of the fast paths (vs fp32 PyTorch, tiny preset, 10 DDIM steps)", "",
+                  "| fast path | UNet-prediction SQNR dB per step | final SSIM | final PSNR dB |", "|---|---|---|---|"]
+        for row in parity.get("rows", []):
+            if "error" in row:
+                lines.append(f"| {row['backend']} | error: {row['error']} | | |")
+            else:
+                steps = ", ".join(f"{v:.0f}" for v in row["sqnr_db_per_step"])
+                lines.append(f"| {row['backend']} | {steps} | {row['final_ssim']:.6f} | {row['final_psnr_db']:.1f} |")
+        lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,8 @@ def main(path: str) -> None:
     rows = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
+        if "preset" not in info:  # other benchmark groups (methods-one-step) are in pytest-benchmark's table
+            continue
         rows[info["preset"]][info["backend"]] = (bench["stats"]["median"], info["sample_shape"])
     print(f"{'preset':<8}{'sample':<20}{'torch ms':>10}{'ORT ms':>10}{'torch/ORT':>11}")
     for preset, by_backend in rows.items():

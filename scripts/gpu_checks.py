@@ -7,10 +7,14 @@ its image, tensorrt neither):
     python3 scripts/gpu_checks.py --out $OUT --only trt      # one section
 
 Sections (each reports "skipped: <reason>" instead of failing when something it needs is missing):
-    env     GPU, driver, versions
-    trt     full-size UNet: fp16 ONNX -> static TensorRT engine (1 x 512x512 tiles, 2x2, CFG batch 2);
-            step latency TensorRT vs torch fp16 eager (median of timed runs after warm-up, CUDA events);
-            parity of TensorRT and torch fp16 against torch fp32 (SQNR dB, max abs)
+    env       GPU, driver, versions
+    kernels   the Triton CVA kernel tests on CUDA, then the kernel benchmark (eager / sdpa / triton at the
+              UNet levels of the 512x384 and 1024x1024 canvases: time, GB/s, fraction of the HBM floor)
+    cva       the CVA module and the whole full-size UNet step, eager vs triton CVA (fp16, CUDA events)
+    trt       full-size UNet: fp16 ONNX -> static TensorRT engine (1 x 512x512 tiles, 2x2, CFG batch 2);
+              step latency TensorRT vs torch fp16 eager (median of timed runs after warm-up, CUDA events);
+              parity of TensorRT and torch fp16 against torch fp32 (SQNR dB, max abs)
+    bench     the full-size benchmark suite (imagpose bench --device cuda): report, JSON, CSV, plots
 """
 
 from __future__ import annotations
@@ -68,6 +72,38 @@ def env_section(args) -> dict:
     return info
 
 
+@section("kernels")
+def kernels_section(args) -> dict:
+    tests = subprocess.run([sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"],
+                           capture_output=True, text=True)
+    from imagpose.kernels.bench import run_kernel_benchmark
+
+    return {"tests_passed": tests.returncode == 0, "tests_tail": tests.stdout[-1500:],
+            "benchmark": run_kernel_benchmark("cuda")}
+
+
+@section("cva")
+def cva_section(args) -> dict:
+    from imagpose.export import ShapeBucket, axis_values, model_config
+    from imagpose.export.components import CONTRACTS
+    from imagpose.export.parity import sqnr_db
+    from imagpose.presets import build_pipeline
+
+    pipe = build_pipeline("sd15", seed=0, device="cuda", dtype=torch.float16)
+    bucket = ShapeBucket(1, args.tile, args.tile, 2, 2)
+    inputs = [t.cuda() for t in CONTRACTS["unet"].sample_inputs(axis_values(bucket, model_config(pipe)))]
+    inputs = [t.half() if i != 1 else t for i, t in enumerate(inputs)]
+    runtime, out = pipe.torch_runtime(), {}
+    with torch.no_grad():
+        for backend in ("eager", "sdpa", "triton"):
+            pipe.unet.set_cva_backend(backend)
+            out[backend] = (runtime.unet(*inputs, (2, 2)).float(),
+                            cuda_median_ms(lambda: runtime.unet(*inputs, (2, 2))))
+    return {"unet_step_ms": {b: round(v[1], 2) for b, v in out.items()},
+            "speedup_triton_vs_eager": round(out["eager"][1] / out["triton"][1], 3),
+            "sqnr_db_vs_eager": {b: round(sqnr_db(out["eager"][0], v[0]), 1) for b, v in out.items() if b != "eager"}}
+
+
 @section("trt")
 def trt_section(args) -> dict:
     try:
@@ -116,6 +152,23 @@ def trt_section(args) -> dict:
         "max_abs": {"torch_fp16": float((ref - out16).abs().max()), "trt_fp16": float((ref - out_trt).abs().max())},
         "parity_pass": sqnr_db(ref, out_trt) >= sqnr_db(ref, out16) - 6.0,
     }
+
+
+@section("bench")
+def bench_section(args) -> dict:
+    from imagpose.bench.harness import run_suite
+    from imagpose.bench.report import write_report as write_bench_report
+    from imagpose.bench.scenarios import full_gpu_suite
+    from imagpose.cli.bench import backend_factories, fast_path_parity
+
+    backends = ["onnxruntime", "triton"]
+    out = Path(args.out) / "bench"
+    suite = run_suite(full_gpu_suite(tuple(backends)), "cuda", warmup=1, repeats=3,
+                      backend_factories=backend_factories(backends, Path(args.workdir)))
+    paths = write_bench_report(suite, out, fast_path_parity(backends, "cuda"))
+    return {"report": str(paths["md"]), "results": [
+        {k: r[k] for k in ("label", "seconds_per_image", "tflops_per_image_full", "mfu", "error")}
+        for r in suite["results"]]}
 
 
 def write_report(results: dict, out: Path) -> None:

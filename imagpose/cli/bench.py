@@ -62,7 +62,7 @@ def run(args) -> int:
     out = Path(args.out or f"outputs/bench/{'quick' if args.quick else 'full'}")
     start = time.perf_counter()
     suite = run_suite(scenarios, args.device, args.warmup, args.repeats or (1 if args.quick else 3),
-                      backend_factories=backend_factories(backends, out))
+                      backend_factories=backend_factories(backends, Path("outputs/onnx/bench")))
     parity = None if args.no_parity else fast_path_parity(backends, args.device)
     paths = write_report(suite, out, parity)
     print(f"bench: {len(scenarios)} scenarios in {time.perf_counter() - start:.0f} s; report {paths['md']}")
@@ -72,8 +72,9 @@ def run(args) -> int:
     return 0
 
 
-def backend_factories(backends, out: Path) -> dict:
-    """IMAGPose fast paths: a function (method) -> Runtime for each backend that can run here."""
+def backend_factories(backends, onnx_root: Path) -> dict:
+    """IMAGPose fast paths: a function (method) -> Runtime for each backend that can run here. ONNX files are
+    exported (once, cached by weights and options) under ``onnx_root``."""
     from ..pipeline import IMAGPosePipeline
 
     def pipeline_of(method):
@@ -88,7 +89,7 @@ def backend_factories(backends, out: Path) -> dict:
             from ..export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             pipe = pipeline_of(method)
-            folder = out / "onnx"
+            folder = onnx_root / ("unet-" + "-".join(map(str, pipe.unet.config.block_out_channels)))
             export_pipeline(pipe, folder, ExportOptions(bucket=ShapeBucket(1, 128, 128, 2, 2)))
             providers = ["CUDAExecutionProvider"] if pipe.device.type == "cuda" else ["CPUExecutionProvider"]
             return OnnxRuntimeBackend.for_pipeline(pipe, folder, providers=providers)
