@@ -68,8 +68,8 @@ def run_demo(pipe, out_dir: str | Path, steps: int = 20, guidance_scale: float =
     """Run every demo scenario and write ``out_dir/<scenario>/{target_*.png, canvas.png, inputs.png}`` and
     ``out_dir/summary.json``. Returns the summary."""
     items = demo_scenarios(seed)
-    supported = getattr(pipe.backend, "grid", None)  # exported UNets bake one grid in
-    skipped = [i.name for i in items if supported is not None and tuple(i.request.grid) != tuple(supported)]
+    supported = pipe.backend.supported_grids() if hasattr(pipe.backend, "supported_grids") else set()
+    skipped = [i.name for i in items if supported and tuple(i.request.grid) not in supported]
     items = [i for i in items if i.name not in skipped]
     requests = [item.request for item in items]
     canvases = [pipe.build_canvas(r) for r in requests]
@@ -88,7 +88,7 @@ def run_demo(pipe, out_dir: str | Path, steps: int = 20, guidance_scale: float =
         "note": "random weights produce noise-like images: the demo checks the paths, not image quality"
         if "random" in model_label else "",
         "scenarios": [],
-        "skipped": {name: f"the {backend} UNet was exported for a {supported[0]}x{supported[1]} grid"
+        "skipped": {name: f"the {backend} UNet was exported for the grid(s) {sorted(supported)}"
                     for name in skipped},
     }
     out_dir = Path(out_dir)

@@ -17,6 +17,25 @@ def official_fixture_root() -> Path:
     return Path(os.environ.get("IMAGPOSE_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
 
 
+def official_fixture_params() -> list:
+    """pytest params, one per official fixture folder (a single skip when the fixtures are absent)."""
+    from imagpose.verify import find_fixtures
+
+    root = official_fixture_root()
+    if not root.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures at {root}"))]
+    return [pytest.param(p, id=p.name) for p in find_fixtures(root)]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core box, OpenMP spin-waiting makes small ops ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fixture_root() -> Path:
     root = official_fixture_root()

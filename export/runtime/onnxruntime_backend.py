@@ -18,6 +18,7 @@ import torch
 
 from ..components import COMPONENTS, CONTRACTS
 from ..onnx_export import ExportError, fingerprint, read_metadata
+from .base import ExportedRuntime
 
 _NP_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
 
@@ -32,7 +33,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(ExportedRuntime):
     """One ONNX Runtime session per exported component (``out_dir/manifest.json`` of ``export_pipeline``)."""
 
     name = "onnxruntime"
@@ -89,7 +90,6 @@ class OnnxRuntimeBackend:
                     f"{self.onnx_dir / (component + '.onnx')} was exported from other weights or another config "
                     f"than this pipeline; re-export with `imagpose export onnx --out {self.onnx_dir}`.")
 
-    # ------------------------------------------------------------------ Runtime interface
     def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor:
         contract = CONTRACTS[component]
         types = self.input_types[component]
@@ -100,24 +100,5 @@ class OnnxRuntimeBackend:
         dtype = reference.dtype if reference.is_floating_point() else torch.float32
         return torch.from_numpy(out).to(reference.device, dtype)
 
-    def image_encoder(self, pixels):
-        return self._run("image_encoder", pixels)
-
-    def vae_encode(self, pixels):
-        return self._run("vae_encoder", pixels)
-
-    def flc(self, latents):
-        return self._run("flc_tokenizer", latents)
-
-    def pose_guider(self, pose):
-        return self._run("pose_guider", pose)
-
-    def unet(self, sample, timestep, context, pose_features, grid):
-        if tuple(grid) != self.grid:
-            raise ExportError(f"The exported UNet has a {self.grid[0]}x{self.grid[1]} grid baked in; this request "
-                              f"uses {grid[0]}x{grid[1]}. Export another UNet with --grid {grid[0]}x{grid[1]}.")
-        timestep = timestep.float().reshape(-1).expand(sample.shape[0])  # the graphs take one per row
-        return self._run("unet", sample, timestep, context, pose_features)
-
-    def vae_decode(self, latents):
-        return self._run("vae_decoder", latents)
+    def supported_grids(self) -> set[tuple[int, int]]:
+        return {self.grid}

@@ -18,6 +18,7 @@ import torch
 from ..components import CONTRACTS
 from ..onnx_export import ExportError
 from ..trt_build import import_tensorrt
+from .base import ExportedRuntime
 
 
 def select_engine(entries: list[dict], shapes: dict[str, tuple[int, ...]], component: str) -> dict:
@@ -49,7 +50,7 @@ class _LoadedEngine:
     calls: int = 0
 
 
-class TensorRTBackend:
+class TensorRTBackend(ExportedRuntime):
     name = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, device: str = "cuda", cuda_graph: bool = False):
@@ -156,24 +157,5 @@ class TensorRTBackend:
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return result.to(inputs[0].dtype if inputs[0].is_floating_point() else torch.float32)
 
-    # ------------------------------------------------------------------ Runtime interface
-    def image_encoder(self, pixels):
-        return self._run("image_encoder", pixels)
-
-    def vae_encode(self, pixels):
-        return self._run("vae_encoder", pixels)
-
-    def flc(self, latents):
-        return self._run("flc_tokenizer", latents)
-
-    def pose_guider(self, pose):
-        return self._run("pose_guider", pose)
-
-    def unet(self, sample, timestep, context, pose_features, grid):
-        if self.grids and tuple(grid) not in self.grids:
-            raise ExportError(f"No UNet engine for a {grid[0]}x{grid[1]} grid (engines: {sorted(self.grids)}).")
-        timestep = timestep.float().reshape(-1).expand(sample.shape[0])  # the graphs take one per row
-        return self._run("unet", sample, timestep, context, pose_features)
-
-    def vae_decode(self, latents):
-        return self._run("vae_decoder", latents)
+    def supported_grids(self) -> set[tuple[int, int]]:
+        return self.grids

@@ -95,6 +95,22 @@ def backend_factories(backends, onnx_root: Path) -> dict:
             return OnnxRuntimeBackend.for_pipeline(pipe, folder, providers=providers)
 
         factories["onnxruntime"] = onnxruntime_factory
+    if "tensorrt" in backends:
+        def tensorrt_factory(method):
+            from ..export import ExportOptions, ShapeBucket, export_pipeline
+            from ..export.runtime.tensorrt_backend import TensorRTBackend
+            from ..export.trt_build import BuildOptions, build_engines, import_tensorrt
+
+            import_tensorrt()  # fail early, with the install hint, before exporting anything
+            pipe = pipeline_of(method)
+            tile = method.layout(method.info.released).padded_tile
+            bucket = ShapeBucket(1, *tile, 2, 2)
+            folder = onnx_root / ("trt-" + "-".join(map(str, pipe.unet.config.block_out_channels)))
+            export_pipeline(pipe, folder / "onnx", ExportOptions(dtype="fp16", bucket=bucket))
+            build_engines(folder / "onnx", folder / "engines", BuildOptions(buckets=(bucket,)))
+            return TensorRTBackend(folder / "engines")
+
+        factories["tensorrt"] = tensorrt_factory
     if "triton" in backends:
         def triton_factory(method):
             method.unet.set_cva_backend("triton")

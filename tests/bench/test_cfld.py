@@ -25,14 +25,6 @@ def reduced():
     return CFLD("reduced")
 
 
-@pytest.fixture
-def one_thread():
-    """On a shared 2-core box, OpenMP spin-waiting makes these small ops ~10x slower with 2 threads under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_params_full(full):
     counts = {name: sum(p.numel() for p in part.parameters()) / 1e6 for name, part in full.param_groups().items()}

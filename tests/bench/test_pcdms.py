@@ -35,14 +35,6 @@ def reduced():
     return PCDMs("reduced").eval()
 
 
-@pytest.fixture
-def one_thread():
-    """2-core machine shared with other jobs: one intra-op thread avoids oversubscription stalls (~10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_params_full(full):
     counts = {name: sum(p.numel() for p in part.parameters()) / 1e6 for name, part in full.param_groups().items()}

@@ -8,17 +8,10 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from imagpose.verify import FLOAT_ATOL, compare_tensor, find_fixtures, fixture_kind, verify_fixture
-from tests.conftest import official_fixture_root
+from tests.conftest import official_fixture_params
 
 
-def _fixture_folders():
-    root = official_fixture_root()
-    if not root.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures at {root}"))]
-    return [pytest.param(p, id=p.name) for p in find_fixtures(root)]
-
-
-@pytest.mark.parametrize("folder", _fixture_folders())
+@pytest.mark.parametrize("folder", official_fixture_params())
 def test_every_official_fixture_passes(folder):
     report = verify_fixture(folder)
     print(report.format())

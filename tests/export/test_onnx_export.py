@@ -131,7 +131,7 @@ def test_ort_backend_bad_inputs(tiny_pipe, tiny_onnx, tmp_path):
     with pytest.raises(ExportError, match="other weights or another config"):
         OnnxRuntimeBackend.for_pipeline(build_pipeline("tiny", seed=7), out)
     backend = OnnxRuntimeBackend(out, components=("unet",))
-    with pytest.raises(ExportError, match="2x2 grid baked in"):
+    with pytest.raises(ExportError, match=r"bakes in the grid\(s\) \[\(2, 2\)\]"):
         backend.unet(torch.zeros(2, 9, 16, 24), torch.zeros(2), torch.zeros(2, 259, 32), torch.zeros(2, 32, 16, 24),
                      (2, 3))
     with pytest.raises(ExportError, match="providers"):

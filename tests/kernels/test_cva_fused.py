@@ -7,8 +7,8 @@ import torch
 
 from imagpose.models.cva import CrossViewAttention
 from imagpose.presets import build_pipeline, randomize_weights
-from imagpose.verify import find_fixtures, verify_fixture
-from tests.conftest import official_fixture_root
+from imagpose.verify import verify_fixture
+from tests.conftest import official_fixture_params
 
 from .parity import assert_within_torch_error, case_id
 
@@ -77,14 +77,7 @@ def test_tiny_unet_triton_backend_matches_eager(device):
     assert (diff <= 1e-4 + 1e-4 * eager.abs()).all()
 
 
-def _fixture_folders():
-    root = official_fixture_root()
-    if not root.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures at {root}"))]
-    return [pytest.param(p, id=p.name) for p in find_fixtures(root)]
-
-
-@pytest.mark.parametrize("folder", _fixture_folders())
+@pytest.mark.parametrize("folder", official_fixture_params())
 def test_every_official_fixture_passes_with_the_triton_backend(folder, device):
     """``imagpose verify-official <fixtures> --attention-backend triton`` (fixtures run on CPU tensors)."""
     if device != "cpu":
