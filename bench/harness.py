@@ -12,6 +12,7 @@ For each scenario:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import platform
 import resource
@@ -119,12 +120,10 @@ def run_scenario(scenario: Scenario, device: str = "cpu", warmup: int = 1, repea
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

@@ -98,14 +98,10 @@ class IMAGPoseMethod(Method):
     def flop_checks(self, device="meta"):
         from .meter import count_flops
 
-        setting = self.info.released
-        inputs = self.example_inputs(1, setting, device, torch.float32)
-        batch_inputs = torch.zeros(2, 9, *self.layout(setting).latent_size, device=device)
-        tokens = 257 + (self.layout(setting).latent_size[0] // 16) * (self.layout(setting).latent_size[1] // 16)
-        context = torch.zeros(2, tokens, self.unet.config.cross_attention_dim, device=device)
-        pose = torch.zeros(2, self.unet.config.block_out_channels[0], *self.layout(setting).latent_size,
-                           device=device)
-        runtime = self.runtime()
-        del inputs
-        return {"unet_cfg_step": count_flops(runtime.unet, batch_inputs, torch.zeros(1, device=device), context,
+        height, width = self.layout(self.info.released).latent_size
+        sample = torch.zeros(2, 9, height, width, device=device)  # the CFG batch of one request
+        context = torch.zeros(2, 257 + (height // 16) * (width // 16), self.unet.config.cross_attention_dim,
+                              device=device)
+        pose = torch.zeros(2, self.unet.config.block_out_channels[0], height, width, device=device)
+        return {"unet_cfg_step": count_flops(self.runtime().unet, sample, torch.zeros(1, device=device), context,
                                              pose, (2, 2)) / 1e12}

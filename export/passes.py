@@ -6,6 +6,7 @@ checking) work through a file path, so graphs over the 2 GB protobuf limit are h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -48,12 +49,10 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # our own log line reports the node count
-    try:
+    with contextlib.suppress(ImportError):
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)  # folding runs ORT sessions; their optimizer notes are noise
-    except ImportError:
-        pass
 
     out = polygraphy_fold(model, allow_onnxruntime_shape_inference=True)
     del out.metadata_props[:]
