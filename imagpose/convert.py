@@ -255,9 +255,14 @@ def convert_official_checkpoints(
     preset: str = "sd15",
     official_unet_config: dict | None = None,
     dtype: torch.dtype = torch.float32,
+    vae: str | Path | None = None,
+    image_encoder: str | Path | None = None,
 ) -> list[ConversionReport]:
     """Convert whichever official files are given and write them as ``OUT/{unet,pose_guider,flc_tokenizer}``.
 
+    With all three official files plus ``vae`` (a diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse) and
+    ``image_encoder`` (a transformers DINOv2 folder, e.g. dinov2-base), OUT is a complete pipeline folder
+    (``IMAGPosePipeline.from_pretrained(OUT)``, ``imagpose generate --model OUT``) with the official DDIM.
     The architecture comes from ``official_unet_config`` (an official UNet3D config dict) when given, else
     from the named preset. Everything is written into a temporary folder and renamed at the end, so a failed
     conversion leaves nothing behind.
@@ -266,6 +271,9 @@ def convert_official_checkpoints(
 
     if not any((unet, pose_guider, patch)):
         raise ConversionError("Nothing to convert: pass at least one of --unet, --pose-guider, --patch.")
+    full_pipeline = vae is not None or image_encoder is not None
+    if full_pipeline and not all((unet, pose_guider, patch, vae, image_encoder)):
+        raise ConversionError("A complete pipeline needs --unet, --pose-guider, --patch, --vae and --image-encoder.")
     spec = get_preset(preset)
     unet_config = unet_config_from_official(official_unet_config) if official_unet_config else dict(spec.unet)
     jobs = [("unet", unet, convert_unet, unet_config),
@@ -275,12 +283,40 @@ def convert_official_checkpoints(
     ours = any((out_dir / name / "config.json").exists() for name in ("unet", "pose_guider", "flc_tokenizer"))
     if out_dir.exists() and any(out_dir.iterdir()) and not ours:
         raise ConversionError(f"{out_dir} exists and is not an imagpose component folder; choose a new or empty one.")
-    reports = []
-    with atomic_directory(out_dir) as tmp:
-        for name, path, fn, config in jobs:
-            if path is None:
-                continue
-            model, report = fn(path, config, dtype)
-            model.save_pretrained(tmp / name)
+    reports, models = [], {}
+    for name, path, fn, config in jobs:
+        if path is not None:
+            models[name], report = fn(path, config, dtype)
             reports.append(report)
+    if full_pipeline:
+        from .pipeline import IMAGPosePipeline
+        from .schedulers import official_ddim_scheduler
+
+        pipe = IMAGPosePipeline(**models, vae=_load_vae(vae, dtype), image_encoder=_load_image_encoder(
+            image_encoder, dtype, models["unet"].config.cross_attention_dim), scheduler=official_ddim_scheduler())
+        pipe.save_pretrained(out_dir)  # atomic
+        return reports
+    with atomic_directory(out_dir) as tmp:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name)
     return reports
+
+
+def _load_vae(path, dtype):
+    from diffusers import AutoencoderKL
+
+    if not (Path(path) / "config.json").is_file():
+        raise ConversionError(f"--vae {path} is not a diffusers AutoencoderKL folder (no config.json).")
+    return AutoencoderKL.from_pretrained(path, torch_dtype=dtype).eval()
+
+
+def _load_image_encoder(path, dtype, context_dim: int):
+    from .models import IMAGPoseImageEncoder
+
+    if not (Path(path) / "config.json").is_file():
+        raise ConversionError(f"--image-encoder {path} is not a transformers DINOv2 folder (no config.json).")
+    encoder = IMAGPoseImageEncoder.from_pretrained(path, dtype=dtype).eval()
+    if encoder.config.hidden_size != context_dim:
+        raise ConversionError(f"The image encoder emits {encoder.config.hidden_size}-d tokens but the UNet's "
+                              f"cross-attention takes {context_dim}-d (the official code uses DINOv2-base, 768).")
+    return encoder

@@ -18,7 +18,11 @@ def add_arguments(parser) -> None:
                         help="official UNet3D config (JSON, as saved by the official code) instead of --preset")
     parser.add_argument("--preset", default="sd15", choices=["sd15", "tiny"], help="architecture of the checkpoint")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the output")
-    parser.add_argument("--out", required=True, help="output folder: OUT/{unet,pose_guider,flc_tokenizer}")
+    parser.add_argument("--vae", metavar="DIR", help="diffusers AutoencoderKL folder (sd-vae-ft-mse): with "
+                        "--image-encoder and all three checkpoints, OUT becomes a complete pipeline folder")
+    parser.add_argument("--image-encoder", metavar="DIR", help="transformers DINOv2 folder (dinov2-base)")
+    parser.add_argument("--out", required=True, help="output folder: OUT/{unet,pose_guider,flc_tokenizer}, or a "
+                                                     "pipeline folder with --vae and --image-encoder")
 
 
 def run(args) -> int:
@@ -32,8 +36,10 @@ def run(args) -> int:
         official_config = official_config.get("unet3d_config", official_config)
     reports = convert_official_checkpoints(args.out, unet=args.unet, pose_guider=args.pose_guider,
                                            patch=args.patch, preset=args.preset,
-                                           official_unet_config=official_config, dtype=DTYPES[args.dtype])
+                                           official_unet_config=official_config, dtype=DTYPES[args.dtype],
+                                           vae=args.vae, image_encoder=args.image_encoder)
     for report in reports:
         print("\n".join(report.lines()))
-    print(f"wrote {', '.join(r.component for r in reports)} to {args.out}")
+    what = "a pipeline folder (imagpose generate --model OUT)" if args.vae else ", ".join(r.component for r in reports)
+    print(f"wrote {what} to {args.out}")
     return 0

@@ -139,3 +139,21 @@ def test_convert_cli(tiny_state, tmp_path):
     assert (tmp_path / "o" / "unet" / "config.json").is_file()
     config.write_text(json.dumps({"block_out_channels": [1]}))
     assert main(["convert", "--unet", str(unet), "--unet-config", str(config), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_convert_to_a_complete_pipeline_folder(tiny_state, tmp_path, samples):
+    from imagpose import IMAGPosePipeline, scenarios
+
+    comps = build_components("tiny", seed=3)
+    comps["vae"].save_pretrained(tmp_path / "vae")
+    comps["image_encoder"].save_pretrained(tmp_path / "dino")
+    files = {name: _save_pth(tiny_state[key], tmp_path / f"{name}-1.pth")
+             for name, key in (("unet", "unet"), ("pose_guider", "pose_guider"), ("patch", "flc_tokenizer"))}
+    with pytest.raises(ConversionError, match="complete pipeline needs"):
+        convert_official_checkpoints(tmp_path / "p", unet=files["unet"], vae=tmp_path / "vae", preset="tiny")
+    convert_official_checkpoints(tmp_path / "pipe", **files, preset="tiny", vae=tmp_path / "vae",
+                                 image_encoder=tmp_path / "dino")
+    pipe = IMAGPosePipeline.from_pretrained(tmp_path / "pipe")
+    assert torch.equal(pipe.unet.conv_in.weight, tiny_state["unet"]["conv_in.weight"])
+    request = scenarios.t2(*samples("person_red_front"), samples("person_red_walking")[1], tile_size=(64, 64))
+    assert pipe(request, num_inference_steps=1, progress=False).results[0].targets[0].size == (64, 64)
