@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 FLOAT_RTOL = 1e-4
@@ -85,7 +86,6 @@ def compare_tensor(name: str, actual: torch.Tensor | None, expected: torch.Tenso
 
 
 def compare_png(name: str, actual_uint8: torch.Tensor, expected_path: Path, levels=PNG_LEVELS) -> Check:
-    import numpy as np
     from PIL import Image
 
     expected = torch.from_numpy(np.asarray(Image.open(expected_path).convert("RGB"), dtype=np.int16))
@@ -356,7 +356,7 @@ def verify_pipeline_fixture(folder: Path, attention_backend: str = "eager") -> V
             report.checks.append(Check(name, False, detail="no rule to reproduce this tensor"))
     png = folder / "images" / "output.png"
     if png.is_file():
-        uint8 = torch.from_numpy(__import__("numpy").asarray(tensor_to_pil(result.canvas[None])[0]))
+        uint8 = torch.from_numpy(np.array(tensor_to_pil(result.canvas[None])[0]))
         report.checks.append(compare_png("images/output.png", uint8, png))
     return report
 
