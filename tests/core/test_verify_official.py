@@ -19,23 +19,33 @@ def test_every_official_fixture_passes(folder):
     assert report.passed, report.format()
 
 
-def test_unet_fixture_checks_outputs_and_intermediates(fixture_root):
+@pytest.fixture
+def unet_fixture(fixture_root):
+    """The first official fixture folder of the unet kind."""
     folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
     if not folders:
         pytest.skip("no unet fixture")
-    report = verify_fixture(folders[0])
+    return folders[0]
+
+
+@pytest.fixture
+def unet_fixture_copy(unet_fixture, tmp_path):
+    """A writable copy of the unet fixture, for tests that alter what it stores."""
+    copy = tmp_path / unet_fixture.name
+    shutil.copytree(unet_fixture, copy)
+    return copy
+
+
+def test_unet_fixture_checks_outputs_and_intermediates(unet_fixture):
+    report = verify_fixture(unet_fixture)
     names = {c.name for c in report.checks}
     assert "outputs/out" in names
     assert any(n.startswith("intermediates/") and "motion_modules" in n for n in names)
 
 
-def test_verify_detects_a_perturbed_output(fixture_root, tmp_path):
+def test_verify_detects_a_perturbed_output(unet_fixture_copy):
     """The check can fail: perturb one stored output by 10x the tolerance and expect FAIL (and exit code 1)."""
-    folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
-    if not folders:
-        pytest.skip("no unet fixture")
-    copy = tmp_path / folders[0].name
-    shutil.copytree(folders[0], copy)
+    copy = unet_fixture_copy
     outputs = load_file(str(copy / "outputs.safetensors"))
     outputs["out"] = outputs["out"].clone()
     outputs["out"][0, 0, 0, 0, 0] += 10 * FLOAT_ATOL + 1e-3
@@ -62,15 +72,11 @@ def test_compare_tensor_rules():
     assert not compare_tensor("x", torch.tensor([float("nan"), 1, 1]), e).passed
 
 
-def test_hooks_inside_the_cva_are_compared_in_the_official_view_layout(fixture_root, tmp_path):
+def test_hooks_inside_the_cva_are_compared_in_the_official_view_layout(unet_fixture_copy):
     """Official CVA internals stack the views as frames; an intermediate stored that way must still match."""
     import torch
 
-    folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
-    if not folders:
-        pytest.skip("no unet fixture")
-    copy = tmp_path / folders[0].name
-    shutil.copytree(folders[0], copy)
+    copy = unet_fixture_copy
     inter = load_file(str(copy / "intermediates.safetensors"))
     canvas = inter["down_blocks.0.motion_modules.0.out"].squeeze(2)  # (B, C, H, W), official values
     h, w = canvas.shape[-2] // 2, canvas.shape[-1] // 2

@@ -87,33 +87,27 @@ def test_every_official_fixture_passes_with_the_triton_backend(folder, device):
     assert report.passed, report.format()
 
 
+class TritonCVA(torch.nn.Module):
+    """A 32-channel CVA module on the fused Triton path, called on a 2x2 grid."""
+
+    def __init__(self):
+        super().__init__()
+        self.cva = _cva(32)
+        self.cva.set_backend("triton")
+
+    def forward(self, canvas):
+        return self.cva(canvas, (2, 2))
+
+
 def test_onnx_export_of_the_triton_backend_is_refused():
     pytest.importorskip("onnx")
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cva = _cva(32)
-            self.cva.set_backend("triton")
-
-        def forward(self, canvas):
-            return self.cva(canvas, (2, 2))
-
     with pytest.raises(ValueError, match="set the 'eager' or 'sdpa' backend for export"):
-        torch.onnx.export(Wrapper(), (torch.randn(1, 32, 4, 4),), io.BytesIO(), dynamo=False)
+        torch.onnx.export(TritonCVA(), (torch.randn(1, 32, 4, 4),), io.BytesIO(), dynamo=False)
 
 
 def test_torch_export_traces_the_fused_path(device):
-    class Wrapper(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cva = _cva(32)
-            self.cva.set_backend("triton")
-
-        def forward(self, canvas):
-            return self.cva(canvas, (2, 2))
-
-    model = Wrapper().to(device)
+    model = TritonCVA().to(device)
     canvas = torch.randn(1, 32, 6, 10, generator=torch.Generator().manual_seed(4)).to(device)
     program = torch.export.export(model, (canvas,))
     ops = {str(node.target) for node in program.graph.nodes if str(node.target).startswith("imagpose.")}
