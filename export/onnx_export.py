@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from imagpose.errors import IMAGPoseError
 from imagpose.io import write_json
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, axis_values, model_config
@@ -37,7 +38,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26  # leave headroom under the 2 GiB protobuf limit for the graph itself
 
 
-class ExportError(RuntimeError):
+class ExportError(IMAGPoseError, RuntimeError):
     """An export that could not be produced or a cache that cannot be used."""
 
 

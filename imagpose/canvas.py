@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import InvalidArgumentError
 from .images import POSE_BACKGROUND, load_image, pil_to_tensor
 from .pose import Keypoints, keypoints_from_json, render_pose
 
@@ -32,7 +33,7 @@ SOURCE = "source"
 TARGET = "target"
 
 
-class CanvasError(ValueError):
+class CanvasError(InvalidArgumentError):
     """A request whose views cannot form a joint canvas."""
 
 

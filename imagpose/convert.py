@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputFileError
 from .io import atomic_directory, load_state_dict_file
 from .models import FLCTokenizer, IMAGPoseUNet, PoseGuider
 
 
-class ConversionError(ValueError):
+class ConversionError(InputFileError):
     """A checkpoint does not fit the model it is converted to; the message names the first bad key."""
 
 

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .errors import InputFileError
+
 PERSON_BACKGROUND = (255, 255, 255)
 POSE_BACKGROUND = (0, 0, 0)
 _REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InputFileError):
     """An input image that cannot be read or has an unsupported format."""
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputFileError
 
-class WeightsFileError(ValueError):
+
+class WeightsFileError(InputFileError):
     """A weight file is missing, unreadable, or would need unsafe unpickling."""
 
 

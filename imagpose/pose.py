@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import InputFileError
+
 KEYPOINT_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
     "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "right_eye", "left_eye",
@@ -55,7 +57,7 @@ JOINT_RADIUS = 4
 HAND_EPS = 0.01  # the official renderer's ``eps``: pixel coordinates must exceed it
 
 
-class PoseError(ValueError):
+class PoseError(InputFileError):
     """Keypoints that cannot be rendered (NaN, out of the image, wrong shape)."""
 
 

@@ -25,14 +25,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .canvas import PoseRequest, validate_request
+from .errors import IMAGPoseError
 from .pipeline import GenerationResult
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(IMAGPoseError, RuntimeError):
     """The request queue is full; retry later, raise ``max_queue``, or submit with ``block=True``."""
 
 
-class GeneratorClosedError(RuntimeError):
+class GeneratorClosedError(IMAGPoseError, RuntimeError):
     """The generator was closed before the request ran."""
 
 

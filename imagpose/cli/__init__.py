@@ -1,14 +1,23 @@
-"""The ``imagpose`` command line: one entry point, one module per subcommand."""
+"""The ``imagpose`` command line: one entry point, one module per subcommand.
+
+Errors the user can fix (:class:`~imagpose.errors.IMAGPoseError`) print one line and exit 2. Any other
+exception is a bug: its traceback is shown with a request to report it, and the exit code is 1. Ctrl-C
+exits 130; outputs are written atomically, so nothing half-written is left behind.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 
+from ..errors import IMAGPoseError
 from . import bench, convert, demo, env, export, generate, parity, verify
 
 SUBCOMMANDS = (demo, generate, convert, verify, export, parity, bench, env)
+BUG_REPORT = ("This is a bug in imagpose, not a problem with your input: please report it with the traceback "
+              "above and the output of `imagpose env`.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, ImportError, RuntimeError) as exc:
+    except IMAGPoseError as exc:
         if os.environ.get("IMAGPOSE_DEBUG"):
             raise
         print(f"imagpose {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"imagpose {args.command}: interrupted; no partial output was written.", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"imagpose {args.command}: {BUG_REPORT}", file=sys.stderr)
+        return 1

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.baselines.cfld import CFLD
-from bench.meter import FlopMeter, TimeMeter
+from imagpose.bench.baselines.cfld import CFLD
+from imagpose.bench.meter import FlopMeter, TimeMeter
 
 # baselines.md section 2 [measured on meta]: TFLOP per image of each conditioning network
 CONDITIONING_TFLOPS = {"swin": 0.0436, "appearance_encoder": 0.1438, "pose_encoder": 0.0395, "decoder": 0.0044}

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench.baselines.pidm import PIDM, ddim_timesteps
-from bench.meter import FlopMeter, TimeMeter
+from imagpose.bench.baselines.pidm import PIDM, ddim_timesteps
+from imagpose.bench.meter import FlopMeter, TimeMeter
 
 
 @pytest.fixture(scope="module")

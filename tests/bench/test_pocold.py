@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.baselines.pocold import SD15_PNDM, DoubleAttention, PoCoLD, pndm_rounds
-from bench.meter import FlopMeter, TimeMeter
+from imagpose.bench.baselines.pocold import SD15_PNDM, DoubleAttention, PoCoLD, pndm_rounds
+from imagpose.bench.meter import FlopMeter, TimeMeter
 
 INFO = PoCoLD.info
 
