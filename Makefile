@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-FIXTURES ?= ../shared/fixtures/official
+FIXTURES ?= tests/fixtures/official
 
 .PHONY: demo test test-slow bench verify lint clean
 

@@ -13,23 +13,31 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The official-code fixtures ship with the repository (tests/fixtures/official: tensors made by running the
+# official code). IMAGPOSE_FIXTURES points the same tests at another fixture set of that layout.
+SHIPPED_FIXTURES = REPO / "tests" / "fixtures" / "official"
+
+
 def official_fixture_root() -> Path:
-    return Path(os.environ.get("IMAGPOSE_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
+    return Path(os.environ.get("IMAGPOSE_FIXTURES", SHIPPED_FIXTURES))
 
 
 def official_fixture_params() -> list:
-    """pytest params, one per official fixture folder (a single skip when the fixtures are absent)."""
+    """pytest params, one per official fixture folder. A missing or empty fixture set is an error, not a skip:
+    the verification claims rest on these tests."""
     from imagpose.verify import find_fixtures
 
     root = official_fixture_root()
-    if not root.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures at {root}"))]
-    return [pytest.param(p, id=p.name) for p in find_fixtures(root)]
+    folders = find_fixtures(root) if root.is_dir() else []
+    if not folders:
+        raise pytest.UsageError(f"no official fixtures at {root}; they ship in tests/fixtures/official "
+                                "(or set IMAGPOSE_FIXTURES to a folder of that layout)")
+    return [pytest.param(p, id=p.name) for p in folders]
 
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread: on a shared 2-core box, OpenMP spin-waiting makes small ops ~10x slower."""
+    """One intra-op thread: with few cores shared between processes, OpenMP spin-waiting makes small ops ~10x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -40,7 +48,7 @@ def one_thread():
 def fixture_root() -> Path:
     root = official_fixture_root()
     if not root.is_dir():
-        pytest.skip(f"official fixtures not found at {root} (set IMAGPOSE_FIXTURES)")
+        pytest.fail(f"official fixtures not found at {root} (they ship in tests/fixtures/official)")
     return root
 
 

@@ -19,12 +19,25 @@ def test_every_official_fixture_passes(folder):
     assert report.passed, report.format()
 
 
+def test_the_shipped_fixture_set_is_complete():
+    """Every fixture kind ships with the repository, so the verification runs for every user of it."""
+    from tests.conftest import SHIPPED_FIXTURES
+
+    kinds = sorted(fixture_kind(p) for p in find_fixtures(SHIPPED_FIXTURES))
+    assert kinds == ["manifest", "pipeline", "unet"], kinds
+
+
+def test_a_missing_fixture_set_fails_instead_of_skipping(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGPOSE_FIXTURES", str(tmp_path / "absent"))
+    with pytest.raises(pytest.UsageError, match="no official fixtures"):
+        official_fixture_params()
+
+
 @pytest.fixture
 def unet_fixture(fixture_root):
     """The first official fixture folder of the unet kind."""
     folders = [p for p in find_fixtures(fixture_root) if fixture_kind(p) == "unet"]
-    if not folders:
-        pytest.skip("no unet fixture")
+    assert folders, f"no unet fixture under {fixture_root}"
     return folders[0]
 
 
