@@ -26,6 +26,7 @@ from .canvas import JointCanvas, PoseRequest, build_canvas
 from .conditions import Conditions, encode_conditions
 from .images import tensor_to_pil
 from .runtime import Runtime, TorchRuntime
+from .sampling_settings import check_sampling_settings
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 
@@ -146,15 +147,12 @@ class IMAGPosePipeline(DiffusionPipeline):
         return build_canvas(request, self.pad_multiple, self.vae_scale_factor)
 
     # ------------------------------------------------------------------ steps
-    def check_inputs(self, requests, num_inference_steps, guidance_scale, output_type, generator):
+    def check_inputs(self, requests, num_inference_steps, guidance_scale, eta, output_type, generator):
         if isinstance(requests, PoseRequest):
             requests = [requests]
         if not requests or not all(isinstance(r, PoseRequest) for r in requests):
             raise TypeError("requests must be a PoseRequest or a non-empty list of them (see imagpose.scenarios).")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
+        check_sampling_settings(num_inference_steps, guidance_scale, eta, self.scheduler.config.num_train_timesteps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if isinstance(generator, list) and len(generator) != len(requests):
@@ -238,7 +236,7 @@ class IMAGPosePipeline(DiffusionPipeline):
                 ``pipe.backend`` or PyTorch.
         """
         # 1. check inputs
-        requests = self.check_inputs(requests, num_inference_steps, guidance_scale, output_type, generator)
+        requests = self.check_inputs(requests, num_inference_steps, guidance_scale, eta, output_type, generator)
         generators, seeds = self.resolve_generators(requests, generator)
         runtime = self.runtime(backend)
 
