@@ -213,22 +213,12 @@ def convert_unet(state_or_path, config: dict, dtype=torch.float32) -> tuple[IMAG
     with torch.device("meta"):
         model = IMAGPoseUNet(**config)
     model = _cast(model.to_empty(device="cpu"), dtype)
-    _restore_buffers(model)
     load_strict(model, state, "unet")
     return model, report
 
 
 def _cast(model, dtype: torch.dtype):
     return model if dtype == torch.float32 else model.to(dtype)
-
-
-def _restore_buffers(model: IMAGPoseUNet) -> None:
-    """Meta-built modules have empty buffers; the checkpoint overwrites ``pe``, but fill them for safety."""
-    from .models.cva import ViewPositionEncoding, sinusoidal_view_encoding
-
-    for module in model.modules():
-        if isinstance(module, ViewPositionEncoding):
-            module.pe.copy_(sinusoidal_view_encoding(module.pe.shape[1], module.pe.shape[2]))
 
 
 def convert_pose_guider(state_or_path, config: dict, dtype=torch.float32) -> tuple[PoseGuider, ConversionReport]:

@@ -7,7 +7,7 @@ random weights (no download); trained weights come from ``IMAGPosePipeline.from_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -46,8 +46,6 @@ class Preset:
     pose_guider: dict
     flc: dict
     default_steps: int = 20
-    default_tile: tuple[int, int] = (512, 512)  # (height, width) in pixels
-    extra: dict = field(default_factory=dict)
 
 
 PRESETS = {
@@ -84,7 +82,6 @@ PRESETS = {
                          block_out_channels=[4, 8, 16, 32]),
         flc=dict(in_channels=4, embed_dim=32, patch_size=16),
         default_steps=20,
-        default_tile=(256, 176),
     ),
     "mid": Preset(
         name="mid",
@@ -97,7 +94,6 @@ PRESETS = {
                          block_out_channels=[16, 32, 96, 128]),
         flc=dict(in_channels=4, embed_dim=384, patch_size=16),
         default_steps=20,
-        default_tile=(256, 256),
     ),
 }
 
