@@ -19,18 +19,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def device_problem(tensor: torch.Tensor) -> str | None:
-    """Why Triton cannot run on ``tensor``'s device, or None when it can."""
-    if tensor.device.type == "cuda" or (tensor.device.type == "cpu" and interpreting()):
+def device_problem(device: torch.device) -> str | None:
+    """Why Triton cannot run on ``device``, or None when it can."""
+    if device.type == "cuda" or (device.type == "cpu" and interpreting()):
         return None
-    return (f"Triton kernels need a CUDA tensor (got {tensor.device.type}); CPU tensors only run under the "
+    return (f"Triton kernels need a CUDA tensor (got {device.type}); CPU tensors only run under the "
             "Triton interpreter (TRITON_INTERPRET=1 set before imagpose.kernels is imported)")
 
 
 def check_launch(*tensors: torch.Tensor) -> None:
     """Raise ValueError when a tensor cannot go to a kernel: wrong device or too large for int32 offsets."""
     for tensor in tensors:
-        problem = device_problem(tensor)
+        problem = device_problem(tensor.device)
         if problem is not None:
             raise ValueError(problem)
         if tensor.numel() >= MAX_OFFSET:

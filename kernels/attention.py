@@ -12,8 +12,7 @@ Design and limits:
     * V <= 32 (the view-PE table size), any head dim <= 256 (masked to the next power of two: 40 -> 64,
       80 -> 128, 160 -> 256, so d = 40/80/160 waste 37.5% of the lanes but no memory traffic); fp32/fp16/bf16
       inputs, fp32 math, output in the input dtype; int32 offsets (tensors < 2**31 elements).
-    * Tile sizes are a heuristic (``_launch.rows_per_program``), not autotuned: no GPU was available when this
-      was written.
+    * Tile sizes are a heuristic (``_launch.rows_per_program``), not autotuned.
     * The backward is a Triton kernel too: it recomputes the softmax statistics (no logsumexp is saved) and
       produces dq, dk, dv in one pass over the key views.
 """
@@ -24,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from imagpose.models import cva_ops
+
 from ._launch import block, check_launch, rows_per_program
 
 MAX_VIEWS = 32
@@ -33,15 +34,14 @@ LOG2E = 1.4426950408889634  # 1 / ln 2: softmax in base 2 (exp2)
 
 def cross_view_attention_ref(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
                              upcast: bool = True) -> torch.Tensor:
-    """PyTorch reference: ``softmax(Q K^T * scale) V`` over the view axis; (N, heads, V, d) -> (N, heads, V, d).
+    """PyTorch reference, the eager CVA op: ``softmax(Q K^T * scale) V`` over the views; (N, heads, V, d) -> same.
 
     ``upcast=True`` computes in fp32 and returns fp32 (the reference the kernel is held to);
     ``upcast=False`` computes in the input dtype, like the CVA's eager backend.
     """
     if upcast:
         query, key, value = query.float(), key.float(), value.float()
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale  # (N, heads, V, V)
-    return torch.matmul(scores.softmax(dim=-1), value)
+    return cva_ops.eager_attention(query, key, value, scale)
 
 
 # ----------------------------------------------------------------------------- kernels

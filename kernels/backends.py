@@ -1,12 +1,15 @@
-"""CVA attention backends provided by this package, registered in ``imagpose.models.attention`` on import.
+"""CVA backends provided by this package, registered in ``imagpose.models.attention`` when it is imported.
 
-    triton    :func:`imagpose.kernels.attention.cross_view_attention` (fused kernel, Triton backward);
-              CUDA, or CPU under the Triton interpreter; fp32/fp16/bf16; V <= 32; head_dim <= 256.
+    triton    all four CVA ops as fused kernels: :func:`~imagpose.kernels.group_norm.group_norm_to_tokens`,
+              :func:`~imagpose.kernels.layer_norm.layer_norm_view_pe`,
+              :func:`~imagpose.kernels.attention.cross_view_attention` (Triton backward) and
+              :func:`~imagpose.kernels.join.tokens_to_canvas`; no layout copies between them.
+              CUDA, or CPU under the Triton interpreter; fp32/fp16/bf16; V <= 32; head_dim <= 256; C <= 8192.
               Not traceable by ONNX export (a Triton kernel has no ONNX form): export with eager or sdpa.
-    xformers  ``xformers.ops.memory_efficient_attention``, registered only when xformers is importable;
-              CUDA, fp16/bf16. The batch (N = B*h*w positions) is split into chunks of 65535 because
-              xformers fails with "invalid configuration argument" from 65536 on (facebookresearch/xformers#845).
-              Not traceable by ONNX export either.
+    xformers  ``xformers.ops.memory_efficient_attention`` for the attention, the PyTorch reference for the other
+              ops; registered only when xformers is importable; CUDA, fp16/bf16. The batch (N = B*h*w positions)
+              is split into chunks of 65535 because xformers fails with "invalid configuration argument" from
+              65536 on (facebookresearch/xformers#845). Not traceable by ONNX export either.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import importlib.util
 
 import torch
 
-from imagpose.models.attention import ViewAttentionBackend, register_view_attention_backend
+from imagpose.models.attention import CVABackend, CVACall, register_cva_backend
 
 from ._launch import device_problem
 from .attention import MAX_HEAD_DIM, MAX_VIEWS, cross_view_attention
+from .group_norm import group_norm_to_tokens
+from .join import tokens_to_canvas
+from .layer_norm import MAX_CHANNELS, layer_norm_view_pe
 
 XFORMERS_MAX_BATCH = 65535
 
@@ -26,20 +32,24 @@ XFORMERS_MAX_BATCH = 65535
 def _dtype_in(*dtypes: torch.dtype):
     names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
 
-    def constraint(query: torch.Tensor) -> str | None:
-        return None if query.dtype in dtypes else f"dtype {query.dtype} is not one of {names}"
+    def constraint(call: CVACall) -> str | None:
+        return None if call.dtype in dtypes else f"dtype {call.dtype} is not one of {names}"
 
     return constraint
 
 
-def _cuda(query: torch.Tensor) -> str | None:
-    return None if query.device.type == "cuda" else f"needs a CUDA tensor, got {query.device.type}"
+def _triton_device(call: CVACall) -> str | None:
+    return device_problem(call.device)
 
 
-def _views_and_head_dim(query: torch.Tensor) -> str | None:
-    num_views, head_dim = query.shape[2], query.shape[3]
-    if num_views > MAX_VIEWS or head_dim > MAX_HEAD_DIM:
-        return f"V={num_views}, head_dim={head_dim}: the kernel supports V <= {MAX_VIEWS}, head_dim <= {MAX_HEAD_DIM}"
+def _cuda(call: CVACall) -> str | None:
+    return None if call.device.type == "cuda" else f"needs a CUDA tensor, got {call.device.type}"
+
+
+def _kernel_sizes(call: CVACall) -> str | None:
+    if call.num_views > MAX_VIEWS or call.head_dim > MAX_HEAD_DIM or call.channels > MAX_CHANNELS:
+        return (f"V={call.num_views}, head_dim={call.head_dim}, C={call.channels}: the kernels support "
+                f"V <= {MAX_VIEWS}, head_dim <= {MAX_HEAD_DIM}, C <= {MAX_CHANNELS}")
     return None
 
 
@@ -56,20 +66,23 @@ def xformers_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return out.transpose(1, 2)
 
 
-TRITON_BACKEND = ViewAttentionBackend(
-    "triton", cross_view_attention,
-    constraints=(device_problem, _dtype_in(torch.float32, torch.float16, torch.bfloat16), _views_and_head_dim),
-    traceable=False,  # the registry refuses it inside ONNX export
+TRITON_BACKEND = CVABackend(
+    "triton",
+    attention=cross_view_attention,
+    group_norm_to_tokens=group_norm_to_tokens,
+    layer_norm_view_pe=layer_norm_view_pe,
+    tokens_to_canvas=tokens_to_canvas,
+    constraints=(_triton_device, _dtype_in(torch.float32, torch.float16, torch.bfloat16), _kernel_sizes),
+    traceable=False,
 )
-XFORMERS_BACKEND = ViewAttentionBackend(
-    "xformers", xformers_attention,
-    constraints=(_cuda, _dtype_in(torch.float16, torch.bfloat16)),
+XFORMERS_BACKEND = CVABackend(
+    "xformers", attention=xformers_attention, constraints=(_cuda, _dtype_in(torch.float16, torch.bfloat16)),
     traceable=False,
 )
 
 
 def register_backends() -> None:
     """Register "triton", and "xformers" when it is importable."""
-    register_view_attention_backend(TRITON_BACKEND)
+    register_cva_backend(TRITON_BACKEND)
     if importlib.util.find_spec("xformers") is not None:
-        register_view_attention_backend(XFORMERS_BACKEND)
+        register_cva_backend(XFORMERS_BACKEND)

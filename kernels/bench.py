@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from imagpose.models.attention import eager_attention, sdpa_attention
+from imagpose.models.cva_ops import eager_attention, sdpa_attention
 
 from .attention import cross_view_attention
 from .group_norm import group_norm_to_tokens, group_norm_to_tokens_ref

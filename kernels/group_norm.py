@@ -19,9 +19,10 @@ The backward recomputes the PyTorch reference under autograd (no Triton backward
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from imagpose.models import cva_ops
 
 from ._autograd import reference_grads
 from ._launch import block, check_launch, columns_per_program, rows_per_program
@@ -29,21 +30,13 @@ from ._launch import block, check_launch, columns_per_program, rows_per_program
 
 def group_norm_to_tokens_ref(canvas: torch.Tensor, grid: tuple[int, int], num_groups: int, weight: torch.Tensor,
                              bias: torch.Tensor, eps: float, upcast: bool = True) -> torch.Tensor:
-    """PyTorch reference (the eager CVA code): canvas (B, C, R*h, Cg*w) -> tokens (B*h*w, V, C).
+    """PyTorch reference, the eager CVA op: canvas (B, C, R*h, Cg*w) -> tokens (B*h*w, V, C).
 
     ``upcast=True`` computes in fp32 and returns fp32; ``upcast=False`` computes in the input dtype.
     """
     if upcast:
         canvas, weight, bias = canvas.float(), weight.float(), bias.float()
-    batch, channels, height, width = canvas.shape
-    rows, cols = grid
-    h, w, num_views = height // rows, width // cols, rows * cols
-    # (B, C, R*h, Cg*w) -> (B, R, Cg, C, h, w) -> (B*V, C, h, w): GroupNorm statistics per view
-    views = canvas.reshape(batch, channels, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5)
-    views = F.group_norm(views.reshape(batch * num_views, channels, h, w), num_groups, weight, bias, eps)
-    # (B*V, C, h, w) -> (B, h*w, V, C) -> (B*h*w, V, C)
-    tokens = views.reshape(batch, num_views, channels, h * w).permute(0, 3, 1, 2)
-    return tokens.reshape(batch * h * w, num_views, channels)
+    return cva_ops.group_norm_to_tokens(canvas, grid, num_groups, weight, bias, eps)
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -14,23 +14,21 @@ import torch
 import triton
 import triton.language as tl
 
+from imagpose.models import cva_ops
+
 from ._autograd import reference_grads
 from ._launch import block, check_launch, columns_per_program, rows_per_program
 
 
 def tokens_to_canvas_ref(tokens: torch.Tensor, residual: torch.Tensor, grid: tuple[int, int],
                          upcast: bool = True) -> torch.Tensor:
-    """PyTorch reference (the eager CVA code): tokens (B*h*w, V, C), residual (B, C, R*h, Cg*w) -> canvas.
+    """PyTorch reference, the eager CVA op: tokens (B*h*w, V, C), residual (B, C, R*h, Cg*w) -> canvas.
 
     ``upcast=True`` computes in fp32 and returns fp32; ``upcast=False`` computes in the input dtype.
     """
     if upcast:
         tokens, residual = tokens.float(), residual.float()
-    batch, channels, height, width = residual.shape
-    rows, cols = grid
-    # (B*h*w, V, C) -> (B, h, w, R, Cg, C) -> (B, C, R, h, Cg, w) = (B, C, R*h, Cg*w)
-    out = tokens.reshape(batch, height // rows, width // cols, rows, cols, channels).permute(0, 5, 3, 1, 4, 2)
-    return out.reshape(batch, channels, height, width) + residual
+    return cva_ops.tokens_to_canvas(tokens, residual, grid)
 
 
 # ----------------------------------------------------------------------------- kernel

@@ -13,9 +13,10 @@ buffer and gets no gradient.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from imagpose.models import cva_ops
 
 from ._autograd import reference_grads
 from ._launch import block, check_launch, rows_per_program
@@ -25,15 +26,14 @@ MAX_CHANNELS = 8192
 
 def layer_norm_view_pe_ref(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                            pe: torch.Tensor | None, upcast: bool = True) -> torch.Tensor:
-    """PyTorch reference (the eager CVA code): tokens (N, V, C), pe (1, max_views, C) or None -> (N, V, C).
+    """PyTorch reference, the eager CVA op: tokens (N, V, C), pe (1, max_views, C) or None -> (N, V, C).
 
     ``upcast=True`` computes in fp32 and returns fp32; ``upcast=False`` computes in the input dtype.
     """
     if upcast:
         tokens, weight, bias = tokens.float(), weight.float(), bias.float()
         pe = pe.float() if pe is not None else None
-    out = F.layer_norm(tokens, (tokens.shape[-1],), weight, bias, eps)
-    return out + pe[:, : tokens.shape[1]] if pe is not None else out
+    return cva_ops.layer_norm_view_pe(tokens, weight, bias, eps, pe)
 
 
 # ----------------------------------------------------------------------------- kernel

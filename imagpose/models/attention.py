@@ -1,101 +1,116 @@
-"""Attention backends for the cross-view attention (CVA).
+"""The CVA backend registry: which implementation of the cross-view attention's ops a CVA module runs.
 
-The CVA attends over the V co-located tokens of the V views at every spatial position, so its attention
-call has a tiny sequence (V = 4 for the official 2x2 grid) and a huge batch (B * h * w). Every CVA module
-calls :func:`view_attention`, which dispatches to a named backend. Backends declare their constraints and
-raise ``ValueError`` when a call does not satisfy them: there is no silent fallback, so a benchmark can
-trust which path ran.
+One CVA forward (``cva.CrossViewTransformer.forward``) calls four ops, and a backend supplies all four:
+``group_norm_to_tokens``, ``layer_norm_view_pe``, ``attention`` and ``tokens_to_canvas`` (shapes in ``cva_ops``).
+A backend that only replaces the attention keeps the PyTorch reference ops for the other three. Backends declare
+their constraints; a CVA forward checks them before it runs anything and raises
+:class:`~imagpose.errors.InvalidArgumentError` naming the unmet one: there is no silent fallback, so a benchmark
+can trust which path ran. A backend that is not traceable is refused inside ONNX export.
 
 Backends registered here:
-    eager  plain ``softmax(q k^T * scale) v`` in the input dtype (the reference, the official processor)
-    sdpa   ``torch.nn.functional.scaled_dot_product_attention``
+    eager  the PyTorch reference ops (the official code's computation, in the input dtype)
+    sdpa   the reference ops with ``torch.nn.functional.scaled_dot_product_attention``
 
-Other packages (``imagpose.kernels``) add backends with :func:`register_view_attention_backend`.
+Other imagpose packages add backends with :func:`register_cva_backend`; ``PROVIDERS`` names the module whose import
+registers each of them, and :func:`get_cva_backend` imports it the first time one of its names is requested.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-# q, k, v: (N, heads, V, head_dim) -> (N, heads, V, head_dim)
+from ..errors import InvalidArgumentError, MissingDependencyError
+from . import cva_ops
+
+DEFAULT_CVA_BACKEND = "eager"
+
+# Backends provided outside the core, like entry points: backend name -> module whose import registers it.
+PROVIDERS = {"triton": "imagpose.kernels", "xformers": "imagpose.kernels"}
+
+# canvas (B, C, R*h, Cg*w), grid (R, Cg), num_groups, weight (C,), bias (C,), eps -> tokens (B*h*w, V, C)
+GroupNormToTokensFn = Callable[[torch.Tensor, tuple[int, int], int, torch.Tensor, torch.Tensor, float], torch.Tensor]
+# tokens (N, V, C), weight (C,), bias (C,), eps, pe (1, max_views, C) or None -> (N, V, C)
+LayerNormViewPEFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, "torch.Tensor | None"], torch.Tensor]
+# q, k, v (N, heads, V, head_dim), scale -> (N, heads, V, head_dim)
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-ConstraintFn = Callable[[torch.Tensor], "str | None"]
+# tokens (B*h*w, V, C), residual canvas (B, C, R*h, Cg*w), grid (R, Cg) -> canvas (B, C, R*h, Cg*w)
+TokensToCanvasFn = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class ViewAttentionBackend:
-    """A named attention implementation plus the constraints it declares.
+class CVACall:
+    """What a backend's constraints see of one CVA forward."""
 
-    ``constraints`` are functions of the query tensor that return an explanation string when the call is not
-    supported, or ``None`` when it is.
-    """
+    device: torch.device
+    dtype: torch.dtype  # the canvas dtype
+    num_views: int  # V = R * Cg
+    channels: int  # token width (the CVA's inner dim)
+    head_dim: int
+
+
+ConstraintFn = Callable[[CVACall], "str | None"]  # an explanation when the call is not supported, else None
+
+
+@dataclass(frozen=True)
+class CVABackend:
+    """A named implementation of the CVA's four ops plus the constraints it declares."""
 
     name: str
-    fn: AttentionFn
-    constraints: tuple[ConstraintFn, ...] = field(default_factory=tuple)
-    traceable: bool = True  # usable inside torch.onnx.export / torch.export graphs
+    attention: AttentionFn
+    group_norm_to_tokens: GroupNormToTokensFn = cva_ops.group_norm_to_tokens
+    layer_norm_view_pe: LayerNormViewPEFn = cva_ops.layer_norm_view_pe
+    tokens_to_canvas: TokensToCanvasFn = cva_ops.tokens_to_canvas
+    constraints: tuple[ConstraintFn, ...] = ()
+    traceable: bool = True  # usable inside torch.onnx.export graphs
 
-    def check(self, query: torch.Tensor) -> None:
+    def check(self, call: CVACall) -> None:
+        """Raise InvalidArgumentError when this backend cannot run ``call`` (or cannot be exported right now)."""
+        if not self.traceable and torch.onnx.is_in_onnx_export():
+            traceable = ", ".join(name for name in cva_backends() if _BACKENDS[name].traceable)
+            raise InvalidArgumentError(
+                f"The CVA backend {self.name!r} has no ONNX form; export with a traceable backend ({traceable}): "
+                "unet.set_cva_backend(name) before the export."
+            )
         for constraint in self.constraints:
-            problem = constraint(query)
+            problem = constraint(call)
             if problem is not None:
-                raise ValueError(f"CVA attention backend {self.name!r} cannot run this call: {problem}")
+                raise InvalidArgumentError(f"The CVA backend {self.name!r} cannot run this call: {problem}; "
+                                           "choose another backend with unet.set_cva_backend(name).")
 
 
-_BACKENDS: dict[str, ViewAttentionBackend] = {}
+_BACKENDS: dict[str, CVABackend] = {}
 
 
-def register_view_attention_backend(backend: ViewAttentionBackend) -> None:
+def register_cva_backend(backend: CVABackend) -> None:
+    """Register ``backend`` under its name; registering the same backend again is a no-op."""
+    registered = _BACKENDS.get(backend.name)
+    if registered is not None and registered != backend:
+        raise ValueError(f"A different CVA backend is already registered as {backend.name!r}.")
     _BACKENDS[backend.name] = backend
 
 
-def view_attention_backends() -> list[str]:
+def cva_backends() -> list[str]:
+    """Names of the registered backends (those of ``PROVIDERS`` once their module is imported)."""
     return sorted(_BACKENDS)
 
 
-def get_view_attention_backend(name: str) -> ViewAttentionBackend:
-    if name not in _BACKENDS and name in ("triton", "xformers"):
-        import imagpose.kernels  # noqa: F401  (registers the Triton and, when installed, xformers backends)
+def get_cva_backend(name: str) -> CVABackend:
+    if name not in _BACKENDS and name in PROVIDERS:
+        importlib.import_module(PROVIDERS[name])
+        if name not in _BACKENDS:
+            raise MissingDependencyError(
+                f"The CVA backend {name!r} is not available: {PROVIDERS[name]} registers it only when the package "
+                f"of the same name is installed; install it or choose one of {', '.join(cva_backends())}."
+            )
     if name not in _BACKENDS:
-        raise ValueError(
-            f"Unknown CVA attention backend {name!r}; available: {', '.join(view_attention_backends())}."
-        )
+        available = sorted(set(_BACKENDS) | set(PROVIDERS))
+        raise InvalidArgumentError(f"Unknown CVA backend {name!r}; available: {', '.join(available)}.")
     return _BACKENDS[name]
 
 
-def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """Reference attention: ``softmax(Q K^T * scale) V``. Shapes (N, heads, V, head_dim)."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale  # (N, heads, V, V)
-    return torch.matmul(scores.softmax(dim=-1), value)
-
-
-def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(query, key, value, scale=scale)
-
-
-register_view_attention_backend(ViewAttentionBackend("eager", eager_attention))
-register_view_attention_backend(ViewAttentionBackend("sdpa", sdpa_attention))
-
-
-def view_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, backend: str = "eager"
-) -> torch.Tensor:
-    """Attention over the view axis.
-
-    Args:
-        query, key, value: ``(N, heads, V, head_dim)``; N = batch * spatial positions, V = number of views.
-        scale: softmax scale, ``head_dim ** -0.5`` in IMAGPose.
-        backend: a registered backend name (see :func:`view_attention_backends`).
-    Returns:
-        ``(N, heads, V, head_dim)``.
-    """
-    impl = get_view_attention_backend(backend)
-    if not impl.traceable and torch.onnx.is_in_onnx_export():
-        raise ValueError(f"CVA attention backend {backend!r} has no ONNX form; export with the 'eager' or 'sdpa' "
-                         "backend (unet.set_cva_backend).")
-    impl.check(query)
-    return impl.fn(query, key, value, scale)
+register_cva_backend(CVABackend(DEFAULT_CVA_BACKEND, cva_ops.eager_attention))
+register_cva_backend(CVABackend("sdpa", cva_ops.sdpa_attention))

@@ -4,9 +4,10 @@ The official module is AnimateDiff's ``VanillaTemporalModule`` applied to the 2x
 map is split into its views (the grid tiles, row-major: TL, TR, BL, BR), the views are treated as the
 "frames" of a video, and every spatial position attends over its V co-located view tokens. Here the split is
 a reshape/permute of the canvas (views adjacent in memory), not slice copies into a zero canvas, and any
-R x C grid works (V = R * C <= ``max_views``, the size of the sinusoidal view-position table). With the
-"triton" backend the same computation runs through fused kernels that read and write the canvas and token
-layouts in place (``imagpose.kernels``, ``CrossViewTransformer._forward_fused``).
+R x C grid works (V = R * C <= ``max_views``, the size of the sinusoidal view-position table).
+
+The forward calls four ops (split + GroupNorm to tokens, LayerNorm + view PE, attention, join + residual) of the
+module's CVA backend (``attention.py``, ``set_backend``); the default runs their PyTorch reference (``cva_ops.py``).
 
 Notation (<variable> -> paper / official name):
     canvas     (B, C, R*h, C_g*w)   the global feature map F, one image per request
@@ -26,7 +27,8 @@ import torch
 from diffusers.models.attention import FeedForward
 from torch import nn
 
-from .attention import view_attention
+from ..errors import InvalidArgumentError
+from .attention import DEFAULT_CVA_BACKEND, AttentionFn, CVABackend, CVACall, get_cva_backend
 
 
 def sinusoidal_view_encoding(max_views: int, dim: int) -> torch.Tensor:
@@ -40,18 +42,20 @@ def sinusoidal_view_encoding(max_views: int, dim: int) -> torch.Tensor:
 
 
 class ViewPositionEncoding(nn.Module):
+    """Holds the view PE table; the backend's ``layer_norm_view_pe`` adds its first V rows to the tokens."""
+
     def __init__(self, dim: int, max_views: int):
         super().__init__()
         self.register_buffer("pe", sinusoidal_view_encoding(max_views, dim))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, V, C)
-        num_views = tokens.shape[1]
+    def table(self, num_views: int) -> torch.Tensor:
+        """The whole (1, max_views, C) table, once it is known to cover ``num_views`` views."""
         if num_views > self.pe.shape[1]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"The grid has {num_views} views but the CVA view position encoding supports at most "
                 f"{self.pe.shape[1]}; use a smaller grid."
             )
-        return tokens + self.pe[:, :num_views]
+        return self.pe
 
 
 class ViewSelfAttention(nn.Module):
@@ -67,22 +71,15 @@ class ViewSelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner_dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, dim), nn.Dropout(0.0)])
         self.pos_encoder = ViewPositionEncoding(dim, max_views) if position_encoding else None
-        self.backend = "eager"
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, V, C) -> (N, V, C)
-        if self.pos_encoder is not None:
-            tokens = self.pos_encoder(tokens)
-        return self.attend(tokens)
-
-    def attend(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, V, C) tokens that already carry the view PE
+    def forward(self, tokens: torch.Tensor, attention: AttentionFn) -> torch.Tensor:
+        """tokens (N, V, C) that already carry the view PE -> (N, V, C); ``attention`` is the backend's op."""
         n, num_views, _ = tokens.shape
 
         def heads(x: torch.Tensor) -> torch.Tensor:  # (N, V, heads*d) -> (N, heads, V, d)
             return x.reshape(n, num_views, self.num_heads, -1).transpose(1, 2)
 
-        out = view_attention(
-            heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens)), self.scale, self.backend
-        )
+        out = attention(heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens)), self.scale)
         out = out.transpose(1, 2).reshape(n, num_views, -1)
         return self.to_out[1](self.to_out[0](out))
 
@@ -101,9 +98,12 @@ class CrossViewBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, backend: CVABackend) -> torch.Tensor:  # (N, V, C) -> (N, V, C)
+        num_views = tokens.shape[1]
         for attention, norm in zip(self.attention_blocks, self.norms):
-            tokens = attention(norm(tokens)) + tokens
+            pe = attention.pos_encoder.table(num_views) if attention.pos_encoder is not None else None
+            normed = backend.layer_norm_view_pe(tokens, norm.weight, norm.bias, norm.eps, pe)
+            tokens = attention(normed, backend.attention) + tokens
         return self.ff(self.ff_norm(tokens)) + tokens
 
 
@@ -112,6 +112,7 @@ class CrossViewTransformer(nn.Module):
                  max_views: int, norm_groups: int, position_encoding: bool):
         super().__init__()
         inner_dim = num_heads * head_dim
+        self.head_dim = head_dim
         self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
@@ -119,50 +120,25 @@ class CrossViewTransformer(nn.Module):
              for _ in range(num_layers)]
         )
         self.proj_out = nn.Linear(inner_dim, channels)
-        self.backend = "eager"
+        self.backend = get_cva_backend(DEFAULT_CVA_BACKEND)
 
     def forward(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        batch, channels, height, width = canvas.shape
+        """canvas (B, C, R*h, Cg*w) -> (B, C, R*h, Cg*w), through the four ops of ``self.backend``."""
+        height, width = canvas.shape[-2:]
         rows, cols = grid
         if height % rows or width % cols:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"CVA cannot split a {height}x{width} feature map into a {rows}x{cols} grid of equal views; "
                 "tile sizes must be multiples of 8 * 2**(UNet levels - 1) (the pipeline pads them for you)."
             )
-        if self.backend == "triton":
-            return self._forward_fused(canvas, grid)
-        h, w, num_views = height // rows, width // cols, rows * cols
-        # split: (B, C, R*h, Cg*w) -> (B, R, Cg, C, h, w) -> (B*V, C, h, w); GroupNorm statistics per view
-        views = canvas.reshape(batch, channels, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5)
-        views = self.norm(views.reshape(batch * num_views, channels, h, w))
-        # (B*V, C, h, w) -> (B, h, w, V, C) -> (B*h*w, V, C): one sequence of V view tokens per position
-        tokens = views.reshape(batch, num_views, channels, h * w).permute(0, 3, 1, 2)
-        tokens = self.proj_in(tokens.reshape(batch * h * w, num_views, channels))
-        for block in self.transformer_blocks:
-            tokens = block(tokens)
-        tokens = self.proj_out(tokens)
-        # join: (B*h*w, V, C) -> (B, h, w, R, Cg, C) -> (B, C, R*h, Cg*w); residual is the canvas input
-        out = tokens.reshape(batch, h, w, rows, cols, channels).permute(0, 5, 3, 1, 4, 2)
-        return out.reshape(batch, channels, height, width) + canvas
-
-    def _forward_fused(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """The "triton" backend: the same computation, with split + GroupNorm, every LayerNorm + view PE, the view
-        attention and join + residual as fused Triton kernels (``imagpose.kernels``), no layout copies."""
-        from imagpose.kernels import group_norm_to_tokens, layer_norm_view_pe, tokens_to_canvas
-
-        if torch.onnx.is_in_onnx_export():
-            raise ValueError("The 'triton' CVA backend runs Triton kernels, which ONNX export cannot trace; "
-                             "set the 'eager' or 'sdpa' backend for export.")
+        backend = self.backend
+        backend.check(CVACall(canvas.device, canvas.dtype, rows * cols, self.proj_in.out_features, self.head_dim))
         norm = self.norm
-        tokens = group_norm_to_tokens(canvas, grid, norm.num_groups, norm.weight, norm.bias, norm.eps)  # (B*h*w, V, C)
-        tokens = self.proj_in(tokens)
+        tokens = backend.group_norm_to_tokens(canvas, grid, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        tokens = self.proj_in(tokens)  # (B*h*w, V, C)
         for block in self.transformer_blocks:
-            for attention, layer_norm in zip(block.attention_blocks, block.norms):
-                pe = attention.pos_encoder.pe if attention.pos_encoder is not None else None
-                normed = layer_norm_view_pe(tokens, layer_norm.weight, layer_norm.bias, layer_norm.eps, pe)
-                tokens = attention.attend(normed) + tokens
-            tokens = block.ff(block.ff_norm(tokens)) + tokens
-        return tokens_to_canvas(self.proj_out(tokens), canvas, grid)
+            tokens = block(tokens, backend)
+        return backend.tokens_to_canvas(self.proj_out(tokens), canvas, grid)  # join + canvas residual
 
 
 class CrossViewAttention(nn.Module):
@@ -178,11 +154,8 @@ class CrossViewAttention(nn.Module):
         )
 
     def set_backend(self, backend: str) -> None:
-        """Attention backend of every view attention; "triton" also switches the module to fused kernels."""
-        self.temporal_transformer.backend = backend
-        for module in self.modules():
-            if isinstance(module, ViewSelfAttention):
-                module.backend = backend
+        """Run this module through the registered CVA backend of that name (``attention.cva_backends()``)."""
+        self.temporal_transformer.backend = get_cva_backend(backend)
 
     def forward(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """canvas (B, C, H, W) -> (B, C, H, W)."""

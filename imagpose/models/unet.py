@@ -22,6 +22,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .attention import get_cva_backend
 from .cva import CrossViewAttention
 from .unet_blocks import DownStage, MidStage, StageSpec, UpStage
 
@@ -146,10 +147,8 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         return [(name, m) for name, m in self.named_modules() if isinstance(m, CrossViewAttention)]
 
     def set_cva_backend(self, backend: str) -> None:
-        """Select the attention backend of every CVA module (see ``imagpose.models.attention``)."""
-        from .attention import get_view_attention_backend
-
-        get_view_attention_backend(backend)  # fail early on an unknown name
+        """Run every CVA module through the registered CVA backend of that name (``models.attention``)."""
+        get_cva_backend(backend)  # fail early on an unknown name, also in a UNet without CVA modules
         for _, module in self.cva_modules():
             module.set_backend(backend)
 

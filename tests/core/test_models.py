@@ -1,7 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
 
-from imagpose.models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
+from imagpose.errors import InvalidArgumentError
+from imagpose.models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider, cva_ops
+from imagpose.models import attention as cva_registry
+from imagpose.models.attention import CVABackend, cva_backends, get_cva_backend, register_cva_backend
 from imagpose.models.cva import CrossViewAttention
 from imagpose.presets import build_components, get_preset, randomize_weights
 
@@ -18,7 +23,7 @@ def _slice_reference(cva: CrossViewAttention, canvas: torch.Tensor, grid) -> tor
     x = tt.proj_in(x)
     x = x.reshape(b, len(views), h * w, c).transpose(1, 2).reshape(b * h * w, len(views), c)  # (b d) f c
     for block in tt.transformer_blocks:
-        x = block(x)
+        x = block(x, get_cva_backend("eager"))
     x = tt.proj_out(x).reshape(b, h * w, len(views), c).transpose(1, 2)  # b f d c
     out = torch.zeros_like(canvas)
     for i in range(len(views)):
@@ -59,8 +64,83 @@ def test_cva_backends_agree_and_unknown_backend_is_refused():
         sdpa = cva(canvas, (2, 3))
     torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-5)
     unet = IMAGPoseUNet(**get_preset("tiny").unet)
-    with pytest.raises(ValueError, match="Unknown CVA attention backend"):
+    with pytest.raises(InvalidArgumentError, match="Unknown CVA backend 'does-not-exist'; available: eager"):
         unet.set_cva_backend("does-not-exist")
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Backends registered inside a test stay inside it."""
+    monkeypatch.setattr(cva_registry, "_BACKENDS", dict(cva_registry._BACKENDS))
+
+
+def _recording_backend(name: str, calls: list[str], traceable: bool = True) -> CVABackend:
+    """The reference ops, each noting its name in ``calls`` when the CVA calls it."""
+
+    def recording(op_name, fn):
+        def op(*args):
+            calls.append(op_name)
+            return fn(*args)
+        return op
+
+    return CVABackend(name, recording("attention", cva_ops.eager_attention),
+                      group_norm_to_tokens=recording("group_norm_to_tokens", cva_ops.group_norm_to_tokens),
+                      layer_norm_view_pe=recording("layer_norm_view_pe", cva_ops.layer_norm_view_pe),
+                      tokens_to_canvas=recording("tokens_to_canvas", cva_ops.tokens_to_canvas),
+                      traceable=traceable)
+
+
+def test_a_registered_backend_supplies_every_op_of_the_cva_forward(scratch_registry):
+    """The CVA runs the four ops its backend supplies, and nothing else: a backend made of the reference ops gives
+    the eager output bit for bit."""
+    calls = []
+    register_cva_backend(_recording_backend("recording", calls))
+    cva = CrossViewAttention(32, num_heads=8, num_layers=2).eval()
+    randomize_weights(cva, torch.Generator().manual_seed(5))
+    canvas = torch.randn(2, 32, 8, 12)
+    with torch.no_grad():
+        eager = cva(canvas, (2, 3))
+        cva.set_backend("recording")
+        recorded = cva(canvas, (2, 3))
+    block = ["layer_norm_view_pe", "attention"] * 2  # two attention sub-blocks per layer
+    assert calls == ["group_norm_to_tokens", *block, *block, "tokens_to_canvas"]
+    assert torch.equal(recorded, eager)
+
+
+def test_a_backend_without_onnx_form_is_refused_inside_onnx_export(scratch_registry, monkeypatch):
+    calls = []
+    register_cva_backend(_recording_backend("untraceable", calls, traceable=False))
+    cva = CrossViewAttention(32, num_heads=8)
+    cva.set_backend("untraceable")
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    with pytest.raises(InvalidArgumentError, match="'untraceable' has no ONNX form; export with a traceable backend "
+                                                   r"\(eager, .*sdpa"):
+        cva(torch.randn(1, 32, 4, 4), (2, 2))
+    assert calls == []  # refused before any op ran
+
+
+def test_backend_constraints_are_checked_before_any_op_runs(scratch_registry):
+    calls = []
+    backend = _recording_backend("two-views-only", calls)
+    register_cva_backend(dataclasses.replace(
+        backend, constraints=(lambda call: None if call.num_views == 2 else f"V={call.num_views} is not 2",)))
+    cva = CrossViewAttention(32, num_heads=8)
+    cva.set_backend("two-views-only")
+    with torch.no_grad():
+        cva(torch.randn(1, 32, 4, 4), (1, 2))
+    assert calls[0] == "group_norm_to_tokens" and calls[-1] == "tokens_to_canvas"
+    calls.clear()
+    with pytest.raises(InvalidArgumentError, match="'two-views-only' cannot run this call: V=4 is not 2"):
+        cva(torch.randn(1, 32, 4, 4), (2, 2))
+    assert calls == []
+
+
+def test_a_name_is_registered_once(scratch_registry):
+    eager = get_cva_backend("eager")
+    register_cva_backend(eager)  # the same backend again: nothing changes
+    assert get_cva_backend("eager") is eager and cva_backends().count("eager") == 1
+    with pytest.raises(ValueError, match="different CVA backend is already registered as 'eager'"):
+        register_cva_backend(dataclasses.replace(eager, attention=cva_ops.sdpa_attention))
 
 
 def test_cva_rejects_uneven_split_and_too_many_views():

@@ -1,19 +1,23 @@
-"""The "triton" and "xformers" CVA attention backends in the registry: constraints, refusals, chunking."""
+"""The "triton" and "xformers" CVA backends in the registry: registration, constraints, refusals, chunking."""
 
+import importlib
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
-import imagpose.kernels  # noqa: F401  (registers the backends)
-from imagpose.kernels.backends import XFORMERS_BACKEND, XFORMERS_MAX_BATCH, xformers_attention
-from imagpose.models.attention import (
-    eager_attention,
-    get_view_attention_backend,
-    view_attention,
-    view_attention_backends,
-)
+import imagpose.kernels
+from imagpose.errors import InvalidArgumentError
+from imagpose.kernels import backends
+from imagpose.kernels.backends import TRITON_BACKEND, XFORMERS_BACKEND, XFORMERS_MAX_BATCH, xformers_attention
+from imagpose.models.attention import CVACall, cva_backends, get_cva_backend
+from imagpose.models.cva import CrossViewAttention
+from imagpose.models.cva_ops import eager_attention
+
+KERNELS_FOLDER = Path(imagpose.kernels.__file__).resolve().parent
 
 
 def _qkv(positions, views, heads, head_dim, dtype=torch.float32, device="cpu"):
@@ -21,41 +25,67 @@ def _qkv(positions, views, heads, head_dim, dtype=torch.float32, device="cpu"):
             .reshape(positions, views, heads, head_dim).transpose(1, 2) for _ in range(3)]
 
 
-def test_triton_backend_is_registered_and_not_onnx_traceable(device):
-    backend = get_view_attention_backend("triton")
-    assert "triton" in view_attention_backends() and not backend.traceable
+def test_triton_backend_supplies_the_four_kernels_and_is_not_onnx_traceable(device):
+    backend = get_cva_backend("triton")
+    assert backend is TRITON_BACKEND and "triton" in cva_backends() and not backend.traceable
+    assert (backend.group_norm_to_tokens, backend.layer_norm_view_pe, backend.attention, backend.tokens_to_canvas) \
+        == (imagpose.kernels.group_norm_to_tokens, imagpose.kernels.layer_norm_view_pe,
+            imagpose.kernels.cross_view_attention, imagpose.kernels.tokens_to_canvas)
     q, k, v = _qkv(5, 4, 2, 8, device=device)
-    torch.testing.assert_close(view_attention(q, k, v, 8**-0.5, "triton"), eager_attention(q, k, v, 8**-0.5))
+    torch.testing.assert_close(backend.attention(q, k, v, 8**-0.5), eager_attention(q, k, v, 8**-0.5))
 
 
-@pytest.mark.parametrize("shape, dtype, match", [
-    ((3, 4, 2, 8), torch.float64, "dtype torch.float64"),
-    ((3, 33, 1, 8), torch.float32, "V=33"),
-    ((3, 4, 1, 320), torch.float32, "head_dim=320"),
+@pytest.mark.parametrize("channels, heads, grid, dtype, match", [
+    (32, 8, (2, 2), torch.float64, "dtype torch.float64"),
+    (32, 8, (3, 11), torch.float32, "V=33"),
+    (320, 1, (2, 2), torch.float32, "head_dim=320"),
 ], ids=["float64", "33 views", "head_dim 320"])
-def test_triton_backend_names_the_failed_constraint(shape, dtype, match, device):
-    with pytest.raises(ValueError, match=f"backend 'triton' cannot run this call: .*{match}"):
-        view_attention(*_qkv(*shape, dtype=dtype, device=device), 1.0, "triton")
+def test_triton_backend_names_the_failed_constraint_before_running(channels, heads, grid, dtype, match, device):
+    cva = CrossViewAttention(channels, num_heads=heads, max_views=64).to(device, dtype)
+    cva.set_backend("triton")
+    canvas = torch.randn(1, channels, 2 * grid[0], 2 * grid[1], dtype=dtype, device=device)
+    with pytest.raises(InvalidArgumentError, match=f"backend 'triton' cannot run this call: .*{match}"):
+        cva(canvas, grid)
 
 
 def test_triton_backend_refuses_cpu_without_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="need a CUDA tensor"):
-        view_attention(*_qkv(3, 4, 2, 8), 1.0, "triton")
+    with pytest.raises(InvalidArgumentError, match="need a CUDA tensor"):
+        TRITON_BACKEND.check(CVACall(torch.device("cpu"), torch.float32, 4, 64, 8))
 
 
 def test_triton_backend_refuses_onnx_export(monkeypatch, device):
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    with pytest.raises(ValueError, match="export with the 'eager' or 'sdpa' backend"):
-        view_attention(*_qkv(3, 4, 2, 8, device=device), 1.0, "triton")
+    with pytest.raises(InvalidArgumentError, match=r"export with a traceable backend \(eager, sdpa\)"):
+        TRITON_BACKEND.check(CVACall(torch.device(device), torch.float32, 4, 64, 8))
+
+
+def test_importing_the_package_again_registers_nothing_new():
+    registered = {name: get_cva_backend(name) for name in cva_backends()}
+    importlib.reload(imagpose.kernels)
+    backends.register_backends()
+    assert {name: get_cva_backend(name) for name in cva_backends()} == registered
+    assert get_cva_backend("triton") is TRITON_BACKEND
+
+
+def test_transformers_and_diffusers_do_not_import_our_kernels():
+    """Both probe for Hugging Face's unrelated ``kernels`` package; the probe must not find this folder."""
+    import diffusers.models.attention_dispatch  # noqa: F401
+    import transformers.integrations.hub_kernels  # noqa: F401
+    from transformers.utils import import_utils
+
+    import_utils.is_kernels_available.cache_clear()  # probe again, now that our kernels are loaded
+    import_utils.is_kernels_available()
+    foreign = sorted(name for name, module in list(sys.modules.items())
+                     if getattr(module, "__file__", None) and Path(module.__file__).resolve().is_relative_to(
+                         KERNELS_FOLDER) and not name.startswith("imagpose.kernels"))
+    assert foreign == [], f"our kernels folder was imported under other names: {foreign}"
 
 
 def test_xformers_is_registered_exactly_when_importable():
-    import importlib.util
-
-    assert ("xformers" in view_attention_backends()) == (importlib.util.find_spec("xformers") is not None)
-    with pytest.raises(ValueError, match="needs a CUDA tensor"):
-        XFORMERS_BACKEND.check(_qkv(3, 4, 2, 8, torch.float16)[0])
+    assert ("xformers" in cva_backends()) == (importlib.util.find_spec("xformers") is not None)
+    with pytest.raises(InvalidArgumentError, match="needs a CUDA tensor"):
+        XFORMERS_BACKEND.check(CVACall(torch.device("cpu"), torch.float16, 4, 64, 8))
 
 
 def test_xformers_backend_chunks_the_batch_below_65536(monkeypatch):

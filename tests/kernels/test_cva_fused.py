@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 
+from imagpose.errors import InvalidArgumentError
 from imagpose.models.cva import CrossViewAttention
 from imagpose.presets import build_pipeline, randomize_weights
 from imagpose.verify import verify_fixture
@@ -102,7 +103,7 @@ class TritonCVA(torch.nn.Module):
 def test_onnx_export_of_the_triton_backend_is_refused():
     pytest.importorskip("onnx")
 
-    with pytest.raises(ValueError, match="set the 'eager' or 'sdpa' backend for export"):
+    with pytest.raises(InvalidArgumentError, match=r"'triton' has no ONNX form; export with a traceable backend"):
         torch.onnx.export(TritonCVA(), (torch.randn(1, 32, 4, 4),), io.BytesIO(), dynamo=False)
 
 
