@@ -89,7 +89,9 @@ def register_cva_backend(backend: CVABackend) -> None:
     """Register ``backend`` under its name; registering the same backend again is a no-op."""
     registered = _BACKENDS.get(backend.name)
     if registered is not None and registered != backend:
-        raise ValueError(f"A different CVA backend is already registered as {backend.name!r}.")
+        # e.g. one package loaded under two import names: its functions are distinct objects
+        raise ValueError(f"A different CVA backend is already registered as {backend.name!r} (attention from "
+                         f"{registered.attention.__module__}, now from {backend.attention.__module__}).")
     _BACKENDS[backend.name] = backend
 
 
