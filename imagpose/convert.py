@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputFileError
-from .io import atomic_directory, load_state_dict_file
+from .io import OutputFolder, load_state_dict_file
 from .models import FLCTokenizer, IMAGPoseUNet, PoseGuider
 
 
@@ -255,8 +255,8 @@ def convert_official_checkpoints(
     ``image_encoder`` (a transformers DINOv2 folder, e.g. dinov2-base), OUT is a complete pipeline folder
     (``IMAGPosePipeline.from_pretrained(OUT)``, ``imagpose generate --model OUT``) with the official DDIM.
     The architecture comes from ``official_unet_config`` (an official UNet3D config dict) when given, else
-    from the named preset. Everything is written into a temporary folder and renamed at the end, so a failed
-    conversion leaves nothing behind.
+    from the named preset. OUT may hold other files: they are kept (see :class:`imagpose.io.OutputFolder`); it is
+    checked before any checkpoint is read, and a failed conversion leaves it as it was.
     """
     from .presets import get_preset
 
@@ -270,26 +270,22 @@ def convert_official_checkpoints(
     jobs = [("unet", unet, convert_unet, unet_config),
             ("pose_guider", pose_guider, convert_pose_guider, dict(spec.pose_guider)),
             ("flc_tokenizer", patch, convert_flc, dict(spec.flc))]
-    out_dir = Path(out_dir)
-    ours = any((out_dir / name / "config.json").exists() for name in ("unet", "pose_guider", "flc_tokenizer"))
-    if out_dir.exists() and any(out_dir.iterdir()) and not ours:
-        raise ConversionError(f"{out_dir} exists and is not an imagpose component folder; choose a new or empty one.")
-    reports, models = [], {}
-    for name, path, fn, config in jobs:
-        if path is not None:
-            models[name], report = fn(path, config, dtype)
-            reports.append(report)
-    if full_pipeline:
-        from .pipeline import IMAGPosePipeline
-        from .schedulers import official_ddim_scheduler
+    with OutputFolder(out_dir) as out:
+        reports, models = [], {}
+        for name, path, fn, config in jobs:
+            if path is not None:
+                models[name], report = fn(path, config, dtype)
+                reports.append(report)
+        if full_pipeline:
+            from .pipeline import IMAGPosePipeline
+            from .schedulers import official_ddim_scheduler
 
-        pipe = IMAGPosePipeline(**models, vae=_load_vae(vae, dtype), image_encoder=_load_image_encoder(
-            image_encoder, dtype, models["unet"].config.cross_attention_dim), scheduler=official_ddim_scheduler())
-        pipe.save_pretrained(out_dir)  # atomic
-        return reports
-    with atomic_directory(out_dir) as tmp:
-        for name, model in models.items():
-            model.save_pretrained(tmp / name)
+            pipe = IMAGPosePipeline(**models, vae=_load_vae(vae, dtype), image_encoder=_load_image_encoder(
+                image_encoder, dtype, models["unet"].config.cross_attention_dim), scheduler=official_ddim_scheduler())
+            pipe.save_pretrained(out.path())
+        else:
+            for name, model in models.items():
+                model.save_pretrained(out.path(name))
     return reports
 
 

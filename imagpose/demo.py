@@ -7,6 +7,7 @@ Pass ``model=`` (a pipeline folder) to run real weights.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from PIL import Image
 from . import scenarios
 from .canvas import PoseRequest, View
 from .images import tensor_to_pil
-from .io import atomic_directory, write_json
+from .io import OutputFolder
 from .samples import sample
 
 
@@ -63,49 +64,48 @@ def demo_scenarios(seed: int = 0) -> list[DemoScenario]:
     return out
 
 
-def run_demo(pipe, out_dir: str | Path, steps: int = 20, guidance_scale: float = 2.0, seed: int = 0,
+def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance_scale: float = 2.0, seed: int = 0,
              model_label: str = "tiny (random weights)", progress: bool = True, backend: str = "torch") -> dict:
-    """Run every demo scenario and write ``out_dir/<scenario>/{target_*.png, canvas.png, inputs.png}`` and
-    ``out_dir/summary.json``. Returns the summary."""
-    items = demo_scenarios(seed)
-    supported = pipe.backend.supported_grids() if hasattr(pipe.backend, "supported_grids") else set()
-    skipped = [i.name for i in items if supported and tuple(i.request.grid) not in supported]
-    items = [i for i in items if i.name not in skipped]
-    requests = [item.request for item in items]
-    canvases = [pipe.build_canvas(r) for r in requests]
-    start = time.perf_counter()
-    output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, progress=progress)
-    seconds = time.perf_counter() - start
-    summary = {
-        "model": model_label,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "seconds_total": round(seconds, 3),
-        "device": str(pipe.device),
-        "backend": backend,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "note": "random weights produce noise-like images: the demo checks the paths, not image quality"
-        if "random" in model_label else "",
-        "scenarios": [],
-        "skipped": {name: f"the {backend} UNet was exported for the grid(s) {sorted(supported)}"
-                    for name in skipped},
-    }
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    """Run every demo scenario and write ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and
+    ``out_dir/summary.json``, beside what ``out_dir`` already holds. ``out_dir`` is a folder, or an open
+    :class:`~imagpose.io.OutputFolder` (the caller checked it early and commits it). Returns the summary."""
+    opened = isinstance(out_dir, OutputFolder)
+    with contextlib.nullcontext(out_dir) if opened else OutputFolder(out_dir) as folder:
+        items = demo_scenarios(seed)
+        supported = pipe.backend.supported_grids() if hasattr(pipe.backend, "supported_grids") else set()
+        skipped = [i.name for i in items if supported and tuple(i.request.grid) not in supported]
+        items = [i for i in items if i.name not in skipped]
+        requests = [item.request for item in items]
+        canvases = [pipe.build_canvas(r) for r in requests]
+        start = time.perf_counter()
+        output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, progress=progress)
+        seconds = time.perf_counter() - start
+        summary = {
+            "model": model_label,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "seconds_total": round(seconds, 3),
+            "device": str(pipe.device),
+            "backend": backend,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "note": "random weights produce noise-like images: the demo checks the paths, not image quality"
+            if "random" in model_label else "",
+            "scenarios": [],
+            "skipped": {name: f"the {backend} UNet was exported for the grid(s) {sorted(supported)}"
+                        for name in skipped},
+        }
         for item, canvas, result in zip(items, canvases, output.results):
-            folder = tmp / item.name
-            folder.mkdir()
             files = []
             for index, image in zip(result.target_indices, result.targets):
-                image.save(folder / f"target_tile{index}.png")
+                folder.save_image(f"{item.name}/target_tile{index}.png", image)
                 files.append(f"{item.name}/target_tile{index}.png")
-            result.canvas.save(folder / "canvas.png")
+            folder.save_image(f"{item.name}/canvas.png", result.canvas)
             inputs = tensor_to_pil(torch.stack([canvas.person, canvas.pose]))
             strip = Image.new("RGB", (inputs[0].width * 2, inputs[0].height))
             strip.paste(inputs[0], (0, 0))
             strip.paste(inputs[1], (inputs[0].width, 0))
-            strip.save(folder / "inputs.png")
+            folder.save_image(f"{item.name}/inputs.png", strip)
             layout = canvas.layout
             summary["scenarios"].append({
                 "name": item.name,
@@ -119,5 +119,5 @@ def run_demo(pipe, out_dir: str | Path, steps: int = 20, guidance_scale: float =
                 "canvas": f"{item.name}/canvas.png",
                 "inputs": f"{item.name}/inputs.png (masked person canvas | pose canvas)",
             })
-        write_json(tmp / "summary.json", summary)
+        folder.write_json("summary.json", summary)
     return summary

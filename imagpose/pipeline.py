@@ -95,43 +95,62 @@ class IMAGPosePipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path, torch_dtype: torch.dtype | None = None, **kwargs) -> IMAGPosePipeline:
-        """Load a pipeline folder written by ``save_pretrained`` (or ``imagpose convert``). Local folders only."""
-        import json
+        """Load a pipeline folder written by ``save_pretrained`` (or ``imagpose convert``). Local folders only.
+
+        Every file is checked before a loader reads it: a missing, unparsable or truncated file raises an
+        ``InputFileError`` that names it (a missing one also is a ``FileNotFoundError``).
+        """
         from pathlib import Path
 
         from diffusers import AutoencoderKL, DDIMScheduler
 
+        from .errors import InputFileError
+        from .io import MissingInputFileError, check_model_folder, read_json_file
         from .models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
 
         if kwargs:
             raise TypeError(f"Unsupported from_pretrained arguments: {sorted(kwargs)}.")
         path = Path(path)
         if not (path / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"{path} is not an imagpose pipeline folder (no model_index.json). Create one with "
-                "`imagpose convert` or IMAGPosePipeline.save_pretrained().")
-        index = json.loads((path / "model_index.json").read_text())
-        loaders = {"unet": IMAGPoseUNet, "vae": AutoencoderKL, "image_encoder": IMAGPoseImageEncoder,
-                   "flc_tokenizer": FLCTokenizer, "pose_guider": PoseGuider, "scheduler": DDIMScheduler}
-        missing = [name for name in loaders if name not in index or not (path / name).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"{path} lacks the component folder(s) {missing}.")
-        components = {}
-        for name, loader in loaders.items():
-            if name == "scheduler":
-                components[name] = loader.from_pretrained(path / name)
-            elif name == "image_encoder":
-                components[name] = loader.from_pretrained(path / name, dtype=torch_dtype or torch.float32).eval()
-            else:
-                components[name] = loader.from_pretrained(path / name, torch_dtype=torch_dtype or torch.float32).eval()
-        return cls(**components)
+            raise MissingInputFileError(
+                f"{path} is not an imagpose pipeline folder ({path / 'model_index.json'} is missing). Create one "
+                "with `imagpose convert` or IMAGPosePipeline.save_pretrained().")
+        fix = "save the pipeline again (IMAGPosePipeline.save_pretrained() or `imagpose convert`)"
+        index = read_json_file(path / "model_index.json", fix)
+        diffusers_weights = "diffusion_pytorch_model.safetensors"
+        components = {  # name: (loader, config file, weights file)
+            "unet": (IMAGPoseUNet, "config.json", diffusers_weights),
+            "vae": (AutoencoderKL, "config.json", diffusers_weights),
+            "image_encoder": (IMAGPoseImageEncoder, "config.json", "model.safetensors"),
+            "flc_tokenizer": (FLCTokenizer, "config.json", diffusers_weights),
+            "pose_guider": (PoseGuider, "config.json", diffusers_weights),
+            "scheduler": (DDIMScheduler, "scheduler_config.json", None),
+        }
+        for name, (_, config_name, weights_name) in components.items():
+            if name not in index:
+                raise InputFileError(f"{path / 'model_index.json'} lists no {name!r} component; {fix}.")
+            check_model_folder(path / name, config_name, weights_name, fix)
+        dtype = torch_dtype or torch.float32
+        loaded = {}
+        for name, (loader, _, _) in components.items():
+            try:
+                if name == "scheduler":
+                    loaded[name] = loader.from_pretrained(path / name)
+                elif name == "image_encoder":
+                    loaded[name] = loader.from_pretrained(path / name, dtype=dtype).eval()
+                else:
+                    loaded[name] = loader.from_pretrained(path / name, torch_dtype=dtype).eval()
+            except OSError as exc:  # diffusers and transformers report files they cannot use as OSError
+                raise InputFileError(f"{path / name} cannot be loaded ({exc}); {fix}.") from exc
+        return cls(**loaded)
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
-        """diffusers ``save_pretrained``, written to a temporary folder and renamed into place at the end."""
-        from .io import atomic_directory
+        """diffusers ``save_pretrained`` into ``save_directory``, beside what is already there: staged inside it
+        and moved into place file by file at the end (see :class:`imagpose.io.OutputFolder`)."""
+        from .io import OutputFolder
 
-        with atomic_directory(save_directory) as tmp:
-            super().save_pretrained(tmp, **kwargs)
+        with OutputFolder(save_directory) as out:
+            super().save_pretrained(out.path(), **kwargs)
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -4,8 +4,6 @@ deliberately dropped, every shape is checked, and the first mismatching key is n
 
 from __future__ import annotations
 
-import json
-
 NAME = "convert"
 HELP = "convert official checkpoints (denoising_unet/motion_module, pose_guider, patch) to imagpose format"
 
@@ -21,18 +19,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vae", metavar="DIR", help="diffusers AutoencoderKL folder (sd-vae-ft-mse): with "
                         "--image-encoder and all three checkpoints, OUT becomes a complete pipeline folder")
     parser.add_argument("--image-encoder", metavar="DIR", help="transformers DINOv2 folder (dinov2-base)")
-    parser.add_argument("--out", required=True, help="output folder: OUT/{unet,pose_guider,flc_tokenizer}, or a "
-                                                     "pipeline folder with --vae and --image-encoder")
+    parser.add_argument("--out", required=True,
+                        help="output folder: OUT/{unet,pose_guider,flc_tokenizer}, or a pipeline folder with --vae "
+                             "and --image-encoder; created if missing, other files in it are kept")
 
 
 def run(args) -> int:
     from ..convert import convert_official_checkpoints
+    from ..io import read_json_file
     from .common import DTYPES
 
     official_config = None
     if args.unet_config:
-        with open(args.unet_config) as handle:
-            official_config = json.load(handle)
+        official_config = read_json_file(args.unet_config, "pass the official UNet3D config (a JSON object)")
         official_config = official_config.get("unet3d_config", official_config)
     reports = convert_official_checkpoints(args.out, unet=args.unet, pose_guider=args.pose_guider,
                                            patch=args.patch, preset=args.preset,

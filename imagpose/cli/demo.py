@@ -12,7 +12,9 @@ HELP = "run all scenarios on the shipped sample inputs (tiny random-weight model
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="outputs/demo", help="output folder (replaced atomically)")
+    parser.add_argument("--out", default="outputs/demo",
+                        help="output folder, created if missing; outputs are added beside its files (replacing only "
+                             "earlier outputs of the same names) once the run succeeds")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)
@@ -20,16 +22,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..demo import run_demo
+    from ..io import OutputFolder
     from ..presets import get_preset
 
-    pipe = load_pipeline(args)
-    pipe.set_backend(resolve_backend(pipe, args))
-    steps = args.steps or (get_preset(args.preset).default_steps if not args.model else 20)
-    label = args.model or f"{args.preset} (random weights, seed {args.weights_seed})"
-    print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
-          f"backend {args.backend}")
-    summary = run_demo(pipe, args.out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
-                       model_label=label, progress=not args.no_progress, backend=args.backend)
+    with OutputFolder(args.out) as out:  # checked before the model loads; written when the run succeeds
+        pipe = load_pipeline(args)
+        pipe.set_backend(resolve_backend(pipe, args))
+        steps = args.steps or (get_preset(args.preset).default_steps if not args.model else 20)
+        label = args.model or f"{args.preset} (random weights, seed {args.weights_seed})"
+        print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
+              f"backend {args.backend}")
+        summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
+                           model_label=label, progress=not args.no_progress, backend=args.backend)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))
