@@ -8,7 +8,8 @@ official ``transforms.Resize((H, W))``); keypoint poses are rendered directly at
 
 Tiles whose sides are not multiples of ``pad_multiple`` (8 x 2**(UNet levels - 1): 64 for SD1.5, e.g. the
 paper's 256x176 and 512x352) are padded symmetrically - person tiles by edge replication, pose tiles with
-black - and cropped back after decoding. The official code cannot run such tiles at all.
+black - and cropped back after decoding. The official code cannot run such tiles at all. Each side of the latent
+canvas must hold one FLC patch (16 latent pixels): :func:`check_layout` names the smallest tile for the grid.
 
 Shapes (Hc, Wc = canvas pixels, f = VAE factor 8):
     person (3, Hc, Wc) float32 in [0, 1]      pose (3, Hc, Wc) float32 in [0, 1]
@@ -31,6 +32,8 @@ from .pose import Keypoints, keypoints_from_json, render_pose
 
 SOURCE = "source"
 TARGET = "target"
+MIN_TILE = 8  # pixels per tile side
+FLC_PATCH_SIZE = 16  # the official FLC PatchEmbedding: Conv2d(4, D, 16, stride 16)
 
 
 class CanvasError(InvalidArgumentError):
@@ -184,10 +187,17 @@ def _pad(tile: np.ndarray, layout: GridLayout, mode: str) -> np.ndarray:
     return np.pad(tile, widths, mode=mode)
 
 
+def check_grid(grid: tuple[int, int]) -> None:
+    """A grid holds at least one source and one target view."""
+    rows, cols = grid
+    if rows < 1 or cols < 1 or rows * cols < 2:
+        raise CanvasError(f"A grid needs at least 2 views (one source and one target), got {rows}x{cols}; the "
+                          "official model uses 2x2.")
+
+
 def validate_request(request: PoseRequest) -> None:
+    check_grid(request.grid)
     rows, cols = request.grid
-    if rows < 1 or cols < 1:
-        raise CanvasError(f"grid must be at least 1x1, got {request.grid}.")
     if len(request.views) != rows * cols:
         raise CanvasError(
             f"A {rows}x{cols} grid needs exactly {rows * cols} views, got {len(request.views)}; use a scenario "
@@ -199,12 +209,45 @@ def validate_request(request: PoseRequest) -> None:
         raise CanvasError("The request has no target view (a view with a pose only); add at least one.")
     if request.reference is not None and request.reference not in request.source_indices:
         raise CanvasError(f"reference={request.reference} is not a source view (sources: {request.source_indices}).")
-    if request.tile_size is not None and (request.tile_size[0] < 8 or request.tile_size[1] < 8):
-        raise CanvasError(f"tile_size must be at least 8x8 pixels, got {request.tile_size}.")
+    if request.tile_size is not None and (request.tile_size[0] < MIN_TILE or request.tile_size[1] < MIN_TILE):
+        raise CanvasError(f"tile_size must be at least {MIN_TILE}x{MIN_TILE} pixels, got {request.tile_size}.")
 
 
-def build_canvas(request: PoseRequest, pad_multiple: int = 64, vae_scale: int = 8) -> JointCanvas:
-    """Assemble the joint canvas of a request (pure image work, no model)."""
+def check_layout(layout: GridLayout, flc_patch_size: int = FLC_PATCH_SIZE) -> None:
+    """Refuse a canvas too small for the model, with the smallest tile that works on this grid.
+
+    The FLC tokenizer cuts the reference latent, resized to the whole latent canvas, into ``flc_patch_size``
+    squares, so each side of the latent canvas (rows x padded tile height / VAE factor, likewise for width) must
+    hold at least one patch; smaller canvases fail inside its convolution.
+    """
+    latent_h, latent_w = layout.latent_size
+    if latent_h >= flc_patch_size and latent_w >= flc_patch_size:
+        return
+    need = flc_patch_size * layout.vae_scale  # canvas pixels per side
+    min_h = _min_tile_side(need, layout.rows, layout.pad_multiple)
+    min_w = _min_tile_side(need, layout.cols, layout.pad_multiple)
+    canvas_h, canvas_w = layout.canvas_size
+    raise CanvasError(
+        f"A {layout.rows}x{layout.cols} grid of {layout.tile_height}x{layout.tile_width} tiles makes a "
+        f"{canvas_h}x{canvas_w} canvas (tiles padded to multiples of {layout.pad_multiple}) whose {latent_h}x{latent_w}"
+        f" latent is smaller than the FLC tokenizer's {flc_patch_size}x{flc_patch_size} patch; on a "
+        f"{layout.rows}x{layout.cols} grid this model needs tiles of at least {min_h}x{min_w} pixels (HEIGHTxWIDTH)."
+    )
+
+
+def _min_tile_side(need: int, count: int, pad_multiple: int) -> int:
+    """Smallest tile side whose padded size, ``count`` times over, covers ``need`` canvas pixels."""
+    padded = -(-need // count)
+    multiples = -(-padded // pad_multiple)
+    return max((multiples - 1) * pad_multiple + 1, MIN_TILE)
+
+
+def build_canvas(request: PoseRequest, pad_multiple: int = 64, vae_scale: int = 8,
+                 flc_patch_size: int = FLC_PATCH_SIZE) -> JointCanvas:
+    """Assemble the joint canvas of a request (pure image work, no model).
+
+    ``pad_multiple``, ``vae_scale`` and ``flc_patch_size`` are the model's (``IMAGPosePipeline.build_canvas``).
+    """
     validate_request(request)
     images: dict[int, Image.Image] = {}
     poses: dict[int, Image.Image | Keypoints] = {}
@@ -223,6 +266,7 @@ def build_canvas(request: PoseRequest, pad_multiple: int = 64, vae_scale: int = 
     first_source = request.source_indices[0]
     tile_h, tile_w = request.tile_size or images[first_source].size[::-1]
     layout = GridLayout(request.grid[0], request.grid[1], tile_h, tile_w, pad_multiple, vae_scale)
+    check_layout(layout, flc_patch_size)
 
     canvas_h, canvas_w = layout.canvas_size
     person = np.zeros((canvas_h, canvas_w, 3), dtype=np.uint8)

@@ -1,5 +1,9 @@
 """Image input: loading, colour-mode rules and tensor conversion.
 
+Files are decoded as they are displayed: the EXIF orientation of a phone photo is applied on load (images
+passed as PIL images or arrays are taken as they are). Files declaring more than ``PIL.Image.MAX_IMAGE_PIXELS``
+pixels are refused before decoding (decompression bombs).
+
 Colour-mode rule (stated once, applied everywhere):
     - RGB is used as is; CMYK / YCbCr / palette without transparency are converted to RGB;
     - grayscale (``L``, ``1``) is replicated to 3 channels;
@@ -12,11 +16,12 @@ Colour-mode rule (stated once, applied everywhere):
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputFileError
 
@@ -33,15 +38,7 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray, what: str =
                background: tuple[int, int, int] = PERSON_BACKGROUND) -> Image.Image:
     """Return an RGB PIL image from a path, a PIL image or an (H, W[, C]) uint8 array (see module rule)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageInputError(f"{what}: file not found: {path}")
-        try:
-            with Image.open(path) as handle:
-                handle.load()
-                image = handle.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ImageInputError(f"{what}: {path} is not a readable image ({exc}).") from exc
+        image = _open_file(Path(source), what)
     elif isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
@@ -52,6 +49,30 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray, what: str =
     else:
         raise ImageInputError(f"{what}: expected a path, PIL image or uint8 array, got {type(source).__name__}.")
     return to_rgb(image, what, background)
+
+
+def _open_file(path: Path, what: str) -> Image.Image:
+    """Decode an image file as it is displayed (EXIF orientation applied), refusing decompression bombs."""
+    if not path.exists():
+        raise ImageInputError(f"{what}: file not found: {path}; check the path.")
+    if path.is_dir():
+        raise ImageInputError(f"{what}: {path} is a directory; pass an image file.")
+    if not path.is_file():
+        raise ImageInputError(f"{what}: {path} is not a regular file (a device, pipe or socket); pass an image file.")
+    try:
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse there too, before anything is decoded
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as handle:
+                handle.load()
+                return ImageOps.exif_transpose(handle)  # phone photos: pixels as shown, not as stored
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageInputError(
+            f"{what}: {path} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS) and "
+            "was not decoded: it could be a decompression bomb. Downscale it (it is resized to the tile size "
+            "anyway), or raise PIL.Image.MAX_IMAGE_PIXELS for a file you trust.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageInputError(f"{what}: {path} is not a readable image ({exc}).") from exc
 
 
 def to_rgb(image: Image.Image, what: str = "image", background=PERSON_BACKGROUND) -> Image.Image:

@@ -17,13 +17,15 @@ Accepted inputs (:func:`load_pose`):
       normalised to [0, 1];
     - JSON: our format ``{"format": "openpose18", "width", "height", "keypoints": [[x, y, c], ...],
       "hands": optional [[[x, y, c] x 21] x 2]}`` or OpenPose's ``{"people": [{"pose_keypoints_2d": [...]}]}``
-      (its image size from ``canvas_width``/``canvas_height`` or the ``width``/``height`` arguments).
+      (its image size from ``canvas_width``/``canvas_height`` or the ``width``/``height`` arguments). A JSON
+      file is a regular file of UTF-8 text of at most 10 MB; anything else raises :class:`PoseError` naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,9 @@ STICK_WIDTH = 4
 LIMB_DIMMING = 0.6
 JOINT_RADIUS = 4
 HAND_EPS = 0.01  # the official renderer's ``eps``: pixel coordinates must exceed it
+HAND_JOINTS = 21
+# Keypoint files are a few kB; the cap keeps a wrong path (a video, a log) from being read into memory.
+MAX_POSE_JSON_BYTES = 10 * 2**20
 
 
 class PoseError(InputFileError):
@@ -107,7 +112,7 @@ class Keypoints:
         hand_xy = None
         if hands is not None:
             hand_arr = np.asarray(hands, dtype=np.float64)
-            if hand_arr.shape[:2] != (2, 21) or hand_arr.shape[2] not in (2, 3):
+            if hand_arr.ndim != 3 or hand_arr.shape[:2] != (2, HAND_JOINTS) or hand_arr.shape[2] not in (2, 3):
                 raise PoseError(f"Hands must have shape (2, 21, 2|3), got {hand_arr.shape}.")
             if not np.isfinite(hand_arr).all():
                 raise PoseError("Hand keypoints contain NaN/inf; mark missing joints with -1.")
@@ -133,34 +138,144 @@ class Keypoints:
         return data
 
 
-def keypoints_from_json(data: dict | str | Path, width: int | None = None, height: int | None = None,
+def keypoints_from_json(data: dict | str | os.PathLike, width: int | None = None, height: int | None = None,
                         min_confidence: float = 0.3) -> Keypoints:
-    """Parse our ``openpose18`` JSON or an OpenPose output JSON (first person) into :class:`Keypoints`."""
+    """Parse our ``openpose18`` JSON or an OpenPose output JSON (first person) into :class:`Keypoints`.
+
+    ``width`` and ``height`` give the image size the keypoints were measured on when the JSON does not.
+    Raises :class:`PoseError` naming the file and the problem for anything that is not such a JSON.
+    """
     source = "<dict>"
-    if not isinstance(data, dict):
+    if isinstance(data, (str, os.PathLike)):
         source = str(data)
-        try:
-            data = json.loads(Path(data).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PoseError(f"Cannot read pose JSON {source}: {exc}") from exc
+        data = _read_json(Path(data))
+    try:
+        points, hands, (width_key, height_key) = _parse_pose_json(data)
+        w, h = data.get(width_key, width), data.get(height_key, height)
+        if w is None or h is None:
+            raise PoseError(f"does not give the image size the keypoints were measured on (no '{width_key}'/"
+                            f"'{height_key}'); pass width and height (CLI: --pose-size WIDTHxHEIGHT).")
+        return Keypoints.from_array(points, _pixels(w, width_key), _pixels(h, height_key),
+                                    min_confidence=min_confidence, hands=hands)
+    except PoseError as exc:
+        raise PoseError(f"Pose JSON {source}: {exc}") from exc
+
+
+def _read_json(path: Path):
+    """The parsed JSON of a keypoint file: a regular file of at most MAX_POSE_JSON_BYTES bytes of UTF-8 text."""
+    if not path.exists():
+        raise PoseError(f"Pose JSON {path}: file not found; check the path.")
+    if path.is_dir():
+        raise PoseError(f"Pose JSON {path} is a directory; pass a keypoint .json file.")
+    if not path.is_file():
+        raise PoseError(f"Pose JSON {path} is not a regular file (a device, pipe or socket); pass a keypoint .json "
+                        "file.")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_POSE_JSON_BYTES + 1)  # bounded, whatever the file system reports as its size
+    except OSError as exc:
+        raise PoseError(f"Pose JSON {path} cannot be read ({exc.strerror or exc}).") from exc
+    if len(raw) > MAX_POSE_JSON_BYTES:
+        raise PoseError(f"Pose JSON {path} is larger than the {MAX_POSE_JSON_BYTES // 2**20} MB a keypoint file "
+                        "can be (18 joints take well under 1 kB); check that it is the right file.")
+    try:
+        text = raw.decode("utf-8-sig")  # JSON is UTF-8 (RFC 8259); a byte-order mark is tolerated
+    except UnicodeDecodeError as exc:
+        raise PoseError(f"Pose JSON {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        "save it as UTF-8 JSON.") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PoseError(f"Pose JSON {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") \
+            from exc
+
+
+def _parse_pose_json(data) -> tuple[np.ndarray, np.ndarray | None, tuple[str, str]]:
+    """(points (18, 2|3), hands (2, 21, 2|3) or None, the keys of the image width and height in this format)."""
+    if not isinstance(data, dict):
+        raise PoseError(f"must be a JSON object ({{...}}), got {_json_type(data)}; expected our 'openpose18' format "
+                        "or OpenPose output with 'people'.")
     if data.get("format") == "openpose18":
-        w, h = data.get("width", width), data.get("height", height)
-        points, hands = data.get("keypoints"), data.get("hands")
-    elif "people" in data:
-        if not data["people"]:
-            raise PoseError(f"OpenPose JSON {source} has no person.")
-        person = data["people"][0]
-        points = np.asarray(person.get("pose_keypoints_2d", []), dtype=np.float64).reshape(-1, 3)
-        w, h = data.get("canvas_width", width), data.get("canvas_height", height)
+        if "keypoints" not in data:
+            raise PoseError("has no 'keypoints' (18 [x, y, confidence] lists).")
+        points = _joint_rows(data["keypoints"], "keypoints", len(KEYPOINT_NAMES))
+        hands = data.get("hands")
+        if hands is not None:
+            if not isinstance(hands, list) or len(hands) != 2:
+                raise PoseError(f"'hands' must be a list of 2 hands (left, right), got {_json_type(hands)}.")
+            left, right = (_joint_rows(hand, f"hands[{i}]", HAND_JOINTS) for i, hand in enumerate(hands))
+            if left.shape != right.shape:
+                raise PoseError("'hands' mixes [x, y] and [x, y, confidence] joints; use one form for both hands.")
+            hands = np.stack([left, right])
+        return points, hands, ("width", "height")
+    if "people" in data:
+        people = data["people"]
+        if not isinstance(people, list):
+            raise PoseError(f"'people' must be a list of persons, got {_json_type(people)}.")
+        if not people:
+            raise PoseError("has no person ('people' is empty).")
+        person = people[0]
+        if not isinstance(person, dict):
+            raise PoseError(f"person 0 is not a JSON object (got {_json_type(person)}).")
+        if "pose_keypoints_2d" not in person:
+            raise PoseError("person 0 has no 'pose_keypoints_2d'.")
+        points = _joint_triples(person["pose_keypoints_2d"], "pose_keypoints_2d", len(KEYPOINT_NAMES))
         hands = None
         if person.get("hand_left_keypoints_2d") and person.get("hand_right_keypoints_2d"):
-            hands = [np.asarray(person["hand_left_keypoints_2d"]).reshape(21, 3),
-                     np.asarray(person["hand_right_keypoints_2d"]).reshape(21, 3)]
-    else:
-        raise PoseError(f"Pose JSON {source} is neither 'openpose18' format nor OpenPose output ('people').")
-    if w is None or h is None:
-        raise PoseError(f"Pose JSON {source} does not give the image size; pass width and height.")
-    return Keypoints.from_array(points, int(w), int(h), min_confidence=min_confidence, hands=hands)
+            hands = np.stack([_joint_triples(person[key], key, HAND_JOINTS)
+                              for key in ("hand_left_keypoints_2d", "hand_right_keypoints_2d")])
+        return points, hands, ("canvas_width", "canvas_height")
+    raise PoseError("is neither our 'openpose18' format nor OpenPose output ('people').")
+
+
+def _joint_rows(value, name: str, joints: int) -> np.ndarray:
+    """``[[x, y(, confidence)], ...]`` -> (joints, 2|3)."""
+    if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+        raise PoseError(f"'{name}' must be a list of [x, y] or [x, y, confidence] lists, got {_json_type(value)}.")
+    lengths = sorted({len(row) for row in value})
+    if len(lengths) > 1 or (lengths and lengths[0] not in (2, 3)):
+        raise PoseError(f"'{name}' is ragged: every joint needs [x, y] or [x, y, confidence], got rows of "
+                        f"{' and '.join(map(str, lengths))} values.")
+    _check_joint_count(len(value), name, joints)
+    return _numbers([v for row in value for v in row], name).reshape(joints, -1)
+
+
+def _joint_triples(value, name: str, joints: int) -> np.ndarray:
+    """OpenPose's flat ``[x0, y0, c0, x1, ...]`` -> (joints, 3)."""
+    if not isinstance(value, list):
+        raise PoseError(f"'{name}' must be a flat list of x, y, confidence numbers, got {_json_type(value)}.")
+    if len(value) % 3:
+        raise PoseError(f"'{name}' has {len(value)} values, not a multiple of 3 (x, y, confidence per joint).")
+    _check_joint_count(len(value) // 3, name, joints)
+    return _numbers(value, name).reshape(joints, 3)
+
+
+def _check_joint_count(count: int, name: str, joints: int) -> None:
+    if count != joints:
+        expected = ("a hand needs 21 joints" if joints == HAND_JOINTS else "OpenPose-18 needs 18 joints (OpenPose's "
+                    "default BODY_25 model writes 25: run OpenPose with --model_pose COCO)")
+        raise PoseError(f"'{name}' has {count} joints; {expected}.")
+
+
+def _numbers(values: list, name: str) -> np.ndarray:
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PoseError(f"'{name}' holds {value!r}, which is not a number; coordinates and confidences must be "
+                            "numbers (mark a missing joint with -1).")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _pixels(value, name: str) -> int:
+    """A positive integer image side in pixels (an integral float such as 176.0 is accepted)."""
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value <= 0:
+        raise PoseError(f"'{name}' must be a positive integer number of pixels, got {value!r}.")
+    return int(value)
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def render_pose(keypoints: Keypoints, width: int | None = None, height: int | None = None,

@@ -16,10 +16,12 @@ Each helper fills a grid (2x2 by default, the official layout; row-major tiles) 
 
 from __future__ import annotations
 
-from .canvas import PoseRequest, View
+from .canvas import PoseRequest, View, check_grid
+from .errors import InvalidArgumentError
 
 
 def _num_views(grid: tuple[int, int]) -> int:
+    check_grid(grid)
     return grid[0] * grid[1]
 
 
@@ -39,9 +41,10 @@ def t3(sources, target_pose, grid=(2, 2), **kwargs) -> PoseRequest:
     """``sources``: list of (image, pose) pairs, at most rows*cols - 1."""
     n = _num_views(grid)
     if not sources:
-        raise ValueError("t3 needs at least one (image, pose) source.")
+        raise InvalidArgumentError("t3 needs at least one (image, pose) source.")
     if len(sources) > n - 1:
-        raise ValueError(f"t3 on a {grid[0]}x{grid[1]} grid takes at most {n - 1} sources, got {len(sources)}.")
+        raise InvalidArgumentError(f"t3 on a {grid[0]}x{grid[1]} grid takes at most {n - 1} sources, got "
+                                   f"{len(sources)}; pass fewer sources or a larger grid.")
     views = [View.source(*sources[i % len(sources)]) for i in range(n - 1)]
     return PoseRequest(views + [View.target(target_pose)], grid=grid, **kwargs)
 
@@ -50,10 +53,10 @@ def imagpose_star(source_image, source_pose, target_poses, grid=(2, 2), **kwargs
     """One source, up to rows*cols - 1 targets generated in one pass."""
     n = _num_views(grid)
     if not target_poses:
-        raise ValueError("imagpose_star needs at least one target pose.")
+        raise InvalidArgumentError("imagpose_star needs at least one target pose.")
     if len(target_poses) > n - 1:
-        raise ValueError(
-            f"imagpose_star on a {grid[0]}x{grid[1]} grid takes at most {n - 1} targets, got {len(target_poses)}.")
+        raise InvalidArgumentError(f"imagpose_star on a {grid[0]}x{grid[1]} grid takes at most {n - 1} targets, got "
+                                   f"{len(target_poses)}; pass fewer targets or a larger grid.")
     source = View.source(source_image, source_pose)
     views = [source] + [View.target(p) for p in target_poses]
     views += [source] * (n - len(views))

@@ -9,6 +9,7 @@ Three fixture kinds are recognised by their files, whatever their config, seed o
     manifest  *.keys.json: full-size state-dict keys and shapes, compared with our models built on "meta"
 Official weights always go through :mod:`imagpose.convert`. Tolerances are the fixture README's: float
 tensors ``|a - e| <= atol + rtol |e|`` with rtol = atol = 1e-4, uint8 images within 1 level, ints exact.
+A fixture with a missing or unreadable part raises :class:`~imagpose.errors.InputFileError` naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import InputFileError
+from .io import load_state_dict_file
 
 FLOAT_RTOL = 1e-4
 FLOAT_ATOL = 1e-4
@@ -119,12 +123,43 @@ def official_cva_layout(ours: torch.Tensor, expected: torch.Tensor, grid: tuple[
     return ours
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- reading fixtures
+REFETCH = "copy the fixture folder again (tests/fixtures/official ships complete ones)"
+
+
+def _read_json(path: Path, required: tuple[str, ...] = ()):
+    """The JSON of a fixture file; with ``required``, an object holding those keys."""
+    if not path.is_file():
+        raise InputFileError(f"Fixture file {path} is missing; {REFETCH}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{path} is not valid JSON ({exc}); {REFETCH}.") from exc
+    _require(data, required, path)
+    return data
+
+
+def _require(data, keys: tuple[str, ...], path: Path) -> None:
+    if keys and not isinstance(data, dict):
+        raise InputFileError(f"{path} must hold a JSON object with {', '.join(keys)}; {REFETCH}.")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise InputFileError(f"{path} has no {missing[0]!r}; {REFETCH}.")
+
+
+def _read_tensors(path: Path, required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputFileError(f"Fixture file {path} is missing; {REFETCH}.")
+    tensors = load_state_dict_file(path)
+    _require(tensors, required, path)
+    return tensors
+
+
 def _weights(folder: Path, stem: str) -> Path:
     for suffix in (".safetensors", ".pth", ".pt", ".bin"):
         if (folder / f"{stem}{suffix}").is_file():
             return folder / f"{stem}{suffix}"
-    raise FileNotFoundError(f"No {stem}.safetensors/.pth weight file in {folder}.")
+    raise InputFileError(f"{folder} has no {stem}.safetensors/.pth weight file; {REFETCH}.")
 
 
 def load_official_models(folder: Path, attention_backend: str = "eager"):
@@ -138,7 +173,7 @@ def load_official_models(folder: Path, attention_backend: str = "eager"):
         unet_config_from_official,
     )
 
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_json(folder / "config.json", ("unet3d_config", "pose_guider_init", "patch_init"))
     unet_cfg = unet_config_from_official(config["unet3d_config"], config.get("unet_additional_kwargs"))
     unet, _ = convert_unet(_weights(folder, "denoising_unet"), unet_cfg)
     pose_guider, _ = convert_pose_guider(_weights(folder, "pose_guider"),
@@ -195,14 +230,13 @@ def _deterministic():
 
 # ----------------------------------------------------------------------------- unet fixture
 def verify_unet_fixture(folder: Path, attention_backend: str = "eager") -> VerifyReport:
-    from safetensors.torch import load_file
-
     report = VerifyReport(str(folder), "unet")
     unet, pose_guider, flc = load_official_models(folder, attention_backend)
-    inputs = load_file(str(folder / "inputs.safetensors"))
-    outputs = load_file(str(folder / "outputs.safetensors"))
+    inputs = _read_tensors(folder / "inputs.safetensors",
+                           ("patch_input", "pose_image", "sample", "timestep", "encoder_hidden_states"))
+    outputs = _read_tensors(folder / "outputs.safetensors")
     inter_path = folder / "intermediates.safetensors"
-    intermediates = load_file(str(inter_path)) if inter_path.is_file() else {}
+    intermediates = _read_tensors(inter_path) if inter_path.is_file() else {}
 
     recorder = _Recorder()
     modules = dict(unet.named_modules())
@@ -244,6 +278,11 @@ def verify_unet_fixture(folder: Path, attention_backend: str = "eager") -> Verif
 
 
 # ----------------------------------------------------------------------------- pipeline fixture
+PIPELINE_FOLDERS = ("images", "vae", "image_encoder", "scheduler")
+PIPELINE_CALL_KEYS = ("tiles", "tile_height", "tile_width", "height", "width", "ref_image", "num_inference_steps",
+                      "guidance_scale", "generator_seed")
+
+
 def _unet_weights_folder(folder: Path, config: dict) -> Path:
     if (folder / "config.json").is_file() and any(folder.glob("denoising_unet.*")):
         return folder
@@ -251,14 +290,18 @@ def _unet_weights_folder(folder: Path, config: dict) -> Path:
     candidate = (folder / pointer).resolve()
     if pointer and (candidate / "config.json").is_file():
         return candidate
-    raise FileNotFoundError(f"Cannot find the UNet weights of {folder} (config 'unet_weights'={pointer!r}).")
+    raise InputFileError(f"Cannot find the UNet weights of {folder}: neither in it nor at its config's "
+                         f"'unet_weights'={pointer!r} (resolved to {candidate}); keep the fixture next to the unet "
+                         "fixture it points to.")
 
 
 def build_fixture_request(folder: Path, call: dict):
     """The fixture's tiles as our own request: flag 1 -> source (person + pose), flag 0 -> target (pose)."""
     from .canvas import PoseRequest, View
 
+    call_path = folder / "call_args.json"
     tiles = call["tiles"]
+    _require(tiles, ("person", "pose", "flag"), call_path)
     tile_h, tile_w = int(call["tile_height"]), int(call["tile_width"])
     rows, cols = int(call["height"]) // tile_h, int(call["width"]) // tile_w
     images = folder / "images"
@@ -269,25 +312,28 @@ def build_fixture_request(folder: Path, call: dict):
         elif person == "black":
             views.append(View.target(images / pose))
         else:
-            raise ValueError(f"Tile with flag 0 shows {person!r}; official targets are black tiles.")
+            raise InputFileError(f"{call_path}: a tile with flag 0 shows {person!r}; official targets are black tiles.")
     ref_name = Path(call["ref_image"]).name
     reference = next((i for i, p in enumerate(tiles["person"]) if p == ref_name), None)
     if reference is None:
-        raise ValueError(f"ref_image {ref_name} is not one of the source tiles {tiles['person']}.")
+        raise InputFileError(f"{call_path}: ref_image {ref_name} is not one of the source tiles {tiles['person']}.")
     return PoseRequest(views, grid=(rows, cols), tile_size=(tile_h, tile_w), reference=reference)
 
 
 def verify_pipeline_fixture(folder: Path, attention_backend: str = "eager") -> VerifyReport:
     from diffusers import AutoencoderKL, DDIMScheduler
-    from safetensors.torch import load_file
 
     from .images import tensor_to_pil
     from .models import IMAGPoseImageEncoder
     from .pipeline import IMAGPosePipeline
 
     report = VerifyReport(str(folder), "pipeline")
-    config = json.loads((folder / "config.json").read_text())
-    call = json.loads((folder / "call_args.json").read_text())
+    for part in PIPELINE_FOLDERS:
+        if not (folder / part).is_dir():
+            raise InputFileError(f"Pipeline fixture {folder} has no {part}/ folder; {REFETCH}.")
+    config = _read_json(folder / "config.json")
+    call = _read_json(folder / "call_args.json", PIPELINE_CALL_KEYS)
+    expected_all = _read_tensors(folder / "tensors.safetensors")
     unet, pose_guider, flc = load_official_models(_unet_weights_folder(folder, config), attention_backend)
     pipe = IMAGPosePipeline(
         unet=unet, vae=AutoencoderKL.from_pretrained(folder / "vae").eval(),
@@ -342,7 +388,6 @@ def verify_pipeline_fixture(folder: Path, attention_backend: str = "eager") -> V
     if unet_in is not None:
         ours["initial_noise"] = unet_in[:1, :4]
     step_rule = re.compile(r"^step(\d+)\.(unet_in|unet_out|latents_after)$")
-    expected_all = load_file(str(folder / "tensors.safetensors"))
     for name, expected in expected_all.items():
         match = step_rule.match(name)
         if match:
@@ -362,7 +407,7 @@ def verify_pipeline_fixture(folder: Path, attention_backend: str = "eager") -> V
 
 
 # ----------------------------------------------------------------------------- manifest fixture
-def _manifest_model(keys: list[dict], summary: dict):
+def _manifest_model(keys: list[dict], summary: dict, summary_path: Path):
     """Build (on meta) the model of ours that corresponds to a key manifest, judged by its keys."""
     from .convert import flc_config_from_official, pose_guider_config_from_official, unet_config_from_official
     from .models import FLCTokenizer, IMAGPoseUNet, PoseGuider
@@ -370,24 +415,30 @@ def _manifest_model(keys: list[dict], summary: dict):
     names = {k["key"] for k in keys}
     with torch.device("meta"):
         if "time_embedding.linear_1.weight" in names:
+            _require(summary, ("unet3d_config",), summary_path)
             config = unet_config_from_official(summary["unet3d_config"], summary.get("unet_additional_kwargs"))
             if not any(".motion_modules." in n for n in names):  # stage-1 2D UNet: no CVA
                 levels = len(config["block_out_channels"])
                 config.update(cva_down_blocks=[False] * levels, cva_mid_block=False, cva_up_blocks=[False] * levels)
             return IMAGPoseUNet(**config)
         if names == {"proj.weight", "proj.bias"}:
+            _require(summary, ("patch_init",), summary_path)
             return FLCTokenizer(**flc_config_from_official(summary["patch_init"]))
         if "conv_out.weight" in names and any(n.startswith("blocks.") for n in names):
+            _require(summary, ("pose_guider_init",), summary_path)
             return PoseGuider(**pose_guider_config_from_official(summary["pose_guider_init"]))
     return None
 
 
 def verify_manifest_fixture(folder: Path) -> VerifyReport:
     report = VerifyReport(str(folder), "manifest")
-    summary = json.loads((folder / "summary.json").read_text())
+    summary_path = folder / "summary.json"
+    summary = _read_json(summary_path)
     for path in sorted(folder.glob("*.keys.json")):
-        keys = json.loads(path.read_text())
-        model = _manifest_model(keys, summary)
+        keys = _read_json(path)
+        if not isinstance(keys, list) or not all(isinstance(k, dict) and {"key", "shape"} <= set(k) for k in keys):
+            raise InputFileError(f"{path} must be a list of {{'key', 'shape'}} objects; {REFETCH}.")
+        model = _manifest_model(keys, summary, summary_path)
         name = path.name
         if model is None:
             report.checks.append(Check(name, False, detail="no component of ours matches these keys"))
@@ -420,13 +471,19 @@ def fixture_kind(folder: Path) -> str | None:
 def find_fixtures(root: str | Path) -> list[Path]:
     """``root`` itself if it is a fixture folder, else its fixture subfolders (sorted)."""
     root = Path(root)
+    if not root.exists():
+        raise InputFileError(f"Fixture folder not found: {root}; pass the folder of the official fixtures "
+                             "(tests/fixtures/official in the imagpose repository).")
     if not root.is_dir():
-        raise FileNotFoundError(f"Fixture folder not found: {root}")
+        raise InputFileError(f"{root} is not a folder; pass a fixture folder or a folder of them.")
     if fixture_kind(root):
         return [root]
     found = sorted(p for p in root.iterdir() if p.is_dir() and fixture_kind(p))
     if not found:
-        raise FileNotFoundError(f"{root} holds no official fixture folder (unet, pipeline or manifest layout).")
+        raise InputFileError(
+            f"{root} holds no official fixture folder: a fixture is a unet (inputs.safetensors + outputs.safetensors), "
+            "pipeline (call_args.json + tensors.safetensors) or manifest (*.keys.json + summary.json) folder; pass "
+            "one of them or a folder of them (tests/fixtures/official in the imagpose repository).")
     return found
 
 
@@ -439,4 +496,4 @@ def verify_fixture(folder: str | Path, attention_backend: str = "eager") -> Veri
         return verify_pipeline_fixture(folder, attention_backend)
     if kind == "manifest":
         return verify_manifest_fixture(folder)
-    raise FileNotFoundError(f"{folder} is not an official fixture folder.")
+    raise InputFileError(f"{folder} is not an official fixture folder (unet, pipeline or manifest layout).")

@@ -1,12 +1,18 @@
-"""Flag groups shared by several subcommands."""
+"""Flag groups shared by several subcommands, and the checks that refuse bad values before any model is built."""
 
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
+from ..errors import DeviceError, InvalidArgumentError
+from ..sampling_settings import check_sampling_settings
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The pipeline's defaults, used to check one sampling setting on its own while the command line is parsed
+SAMPLING_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 2.0, "eta": 0.0}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
@@ -17,74 +23,149 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "
     group.add_argument("--preset", default=default_preset, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given")
     group.add_argument("--weights-seed", type=int, default=0, help="seed of the random preset weights")
-    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda or cuda:1")
     group.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="model precision")
-    group.add_argument("--attention-backend", default="eager", help="CVA attention backend (eager, sdpa, ...)")
+    group.add_argument("--attention-backend", default="eager",
+                       help="CVA attention backend: eager, sdpa, triton (needs triton) or xformers (needs xformers)")
+    group.add_argument("--max-memory-gib", type=positive_gib, default=None, metavar="GIB",
+                       help="refuse requests whose estimated memory exceeds this many GiB (default: no limit)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--steps", type=int, default=default_steps,
+    group.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=default_steps,
                        help="DDIM steps (default: the preset's, 20 as in the paper)")
-    group.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale w")
+    group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
+                       help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
     group.add_argument("--seed", type=int, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def sampling_setting(name: str, parse):
+    """argparse type for one sampling setting, checked by :func:`check_sampling_settings` (where the valid ranges
+    live; the other settings at the pipeline's defaults), so a bad value stops the command while it is parsed."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
+        try:
+            check_sampling_settings(**{**SAMPLING_DEFAULTS, name: value})
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        return value
+
+    return convert
+
+
+def positive_gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, e.g. 24 or 7.5, got {text!r}")
+    return value
+
+
 def load_pipeline(args):
+    from ..models.attention import get_cva_backend
     from ..pipeline import IMAGPosePipeline
     from ..presets import build_pipeline
 
+    check_device(args.device)
+    get_cva_backend(args.attention_backend)  # an unknown or uninstalled backend fails before the model is built
     dtype = DTYPES[args.dtype]
     if args.model:
         pipe = IMAGPosePipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
     else:
         pipe = build_pipeline(args.preset, seed=args.weights_seed, device=args.device, dtype=dtype)
     pipe.unet.set_cva_backend(args.attention_backend)
+    if args.max_memory_gib is not None:
+        pipe.set_memory_limit(int(args.max_memory_gib * 2**30))
     return pipe
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``--device name``, or :class:`DeviceError` naming the devices available here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        problem = "is not a torch device name"
+    else:
+        if device.type == "cpu" and device.index in (None, 0):
+            return device
+        if device.type == "cuda" and torch.cuda.is_available():
+            if device.index is None or device.index < torch.cuda.device_count():
+                return device
+            problem = f"names a GPU this machine does not have ({torch.cuda.device_count()} visible)"
+        elif device.type == "cuda":
+            build = "was built without CUDA" if torch.version.cuda is None else "sees no CUDA GPU"
+            problem = f"is not available: torch {torch.__version__} {build}"
+        elif device.type == "mps" and torch.backends.mps.is_available():
+            return device
+        else:
+            problem = "is not available here"
+    raise DeviceError(f"--device {name} {problem}; available: {', '.join(available_devices())}.")
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """'256x176' -> (256, 176): height x width."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 256x176, got {text!r}") from exc
-    return height, width
+    return parse_positive_pair(text, "HEIGHTxWIDTH", "256x176")
 
 
 def parse_grid(text: str) -> tuple[int, int]:
     """'2x3' -> (2, 3): rows x cols."""
+    return parse_positive_pair(text, "ROWSxCOLS", "2x2")
+
+
+def parse_positive_pair(text: str, form: str, example: str) -> tuple[int, int]:
+    """'AxB' -> (A, B), two positive integers, for argparse; ``form`` and ``example`` name the expected form."""
     try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, e.g. 2x2, got {text!r}") from exc
-    return rows, cols
+        first, second = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        first = second = 0
+    if first < 1 or second < 1:
+        raise argparse.ArgumentTypeError(f"expected {form} as two positive integers, e.g. {example}, got {text!r}")
+    return first, second
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runtime backend")
     group.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
-                       help="runtime for the networks (onnxruntime exports missing ONNX files first)")
-    group.add_argument("--onnx-dir", default=None, help="ONNX folder for --backend onnxruntime "
-                                                        "(default outputs/onnx/<preset or model name>)")
-    group.add_argument("--engine-dir", default=None, help="TensorRT engine folder for --backend tensorrt")
+                       help="runtime for the networks; onnxruntime and tensorrt first export the ONNX files (and "
+                            "build the engines) into --work-dir, reused while they match the model")
+    group.add_argument("--work-dir", default=None,
+                       help="folder for the exported ONNX files and TensorRT engines "
+                            "(default outputs/runtimes/<preset or model folder name>)")
 
 
 def resolve_backend(pipe, args, grid=(2, 2)):
-    """The runtime named by --backend for ``pipe`` (None for torch)."""
+    """The runtime named by --backend for ``pipe`` (None for torch), in the pipeline's precision.
+
+    TensorRT gets one static engine per component for --tile-size (64x64 where the command has none); requests
+    of other shapes are refused with an error naming the engines that exist.
+    """
     if args.backend == "torch":
         return None
     from pathlib import Path
 
-    from ..export import ExportOptions, ShapeBucket, export_pipeline
-    from ..export.runtime import load_backend
+    from ..errors import InvalidArgumentError
+    from ..export import ShapeBucket
+    from ..export.runtime import prepare_runtime
 
-    if args.backend == "onnxruntime":
-        name = Path(args.model).name if args.model else args.preset
-        onnx_dir = Path(args.onnx_dir or f"outputs/onnx/{name}")
-        export_pipeline(pipe, onnx_dir, ExportOptions(bucket=ShapeBucket(1, 64, 64, *grid)))
-        return load_backend("onnxruntime", pipe, onnx_dir)
-    if not args.engine_dir:
-        raise ValueError("--backend tensorrt needs --engine-dir (built with `imagpose export trt`).")
-    return load_backend("tensorrt", pipe, args.engine_dir)
+    if args.dtype not in ("fp32", "fp16"):
+        raise InvalidArgumentError(f"--backend {args.backend} runs fp32 or fp16 graphs, not --dtype {args.dtype}.")
+    work_dir = Path(args.work_dir or Path("outputs/runtimes") / (Path(args.model).name if args.model else args.preset))
+    tile = (getattr(args, "tile_size", None) or (64, 64)) if args.backend == "tensorrt" else (64, 64)
+    return prepare_runtime(args.backend, pipe, work_dir, ShapeBucket(1, *tile, *grid), dtype=args.dtype)

@@ -15,6 +15,7 @@ from .common import (
     add_sampling_arguments,
     load_pipeline,
     parse_grid,
+    parse_positive_pair,
     parse_size,
     resolve_backend,
 )
@@ -34,9 +35,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS view grid")
     parser.add_argument("--tile-size", type=parse_size, default=None,
                         help="HEIGHTxWIDTH tile size in pixels (default: the first source image's size)")
-    parser.add_argument("--out", default="outputs/generate",
-                        help="output folder, created if missing; outputs are added beside its files (replacing only "
-                             "earlier outputs of the same names) once the run succeeds")
+    parser.add_argument("--pose-size", type=lambda text: parse_positive_pair(text, "WIDTHxHEIGHT", "176x256"),
+                        default=None, metavar="WIDTHxHEIGHT",
+                        help="image size the target keypoint .json files were measured on, for OpenPose output "
+                             "without canvas_width/canvas_height (source keypoints default to their image's size)")
+    parser.add_argument("--out", default="outputs/generate", help="output folder (replaced atomically)")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)
@@ -45,45 +48,59 @@ def add_arguments(parser) -> None:
 def build_request(args):
     from .. import scenarios
     from ..canvas import View
+    from ..errors import InvalidArgumentError
+    from ..pose import keypoints_from_json
 
-    sources, targets = [tuple(s) for s in args.source], list(args.target)
+    sources = [tuple(s) for s in args.source]
+    keypoint_files = [t for t in args.target if Path(t).suffix.lower() == ".json"]
+    if args.pose_size and not keypoint_files:
+        raise InvalidArgumentError("--pose-size gives the image size of keypoint .json targets, but no --target is a "
+                                   ".json file; drop --pose-size.")
+    # keypoint targets are read now, so a bad file stops the command before the model is built
+    targets = [keypoints_from_json(t, *(args.pose_size or (None, None))) if t in keypoint_files else t
+               for t in args.target]
     scenario = args.scenario
     if scenario == "auto":
         scenario = "t2" if len(sources) == 1 and len(targets) == 1 else ("t3" if len(targets) == 1 else "star")
     common = dict(grid=args.grid, tile_size=args.tile_size, seed=args.seed)
     if scenario in ("t1", "t2"):
         if len(sources) != 1 or len(targets) != 1:
-            raise ValueError(f"--scenario {scenario} takes exactly one --source and one --target.")
+            raise InvalidArgumentError(f"--scenario {scenario} takes exactly one --source and one --target, got "
+                                       f"{len(sources)} and {len(targets)}; use t3 (several sources), star (several "
+                                       "targets) or mixed.")
         return getattr(scenarios, scenario)(*sources[0], targets[0], **common)
     if scenario == "t3":
         if len(targets) != 1:
-            raise ValueError("--scenario t3 takes exactly one --target.")
+            raise InvalidArgumentError(f"--scenario t3 takes exactly one --target, got {len(targets)}; use mixed for "
+                                       "several sources and targets.")
         return scenarios.t3(sources, targets[0], **common)
     if scenario == "star":
         if len(sources) != 1:
-            raise ValueError("--scenario star (IMAGPose*) takes exactly one --source.")
+            raise InvalidArgumentError(f"--scenario star (IMAGPose*) takes exactly one --source, got {len(sources)}; "
+                                       "use mixed for several sources and targets.")
         return scenarios.imagpose_star(*sources[0], targets, **common)
     views = [View.source(*s) for s in sources] + [View.target(t) for t in targets]
     return scenarios.mixed(views, **common)
 
 
 def run(args) -> int:
-    from ..io import OutputFolder
+    from ..io import atomic_directory, write_json
 
-    with OutputFolder(args.out) as out:  # checked before anything is read or loaded; written when it succeeds
-        request = build_request(args)
-        pipe = load_pipeline(args)
-        backend = resolve_backend(pipe, args, tuple(args.grid))
-        steps = args.steps or 20
-        result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance,
-                      progress=not args.no_progress, backend=backend).results[0]
-        files = [f"target_tile{index}.png" for index in result.target_indices]
-        for name, image in zip(files, result.targets):
-            out.save_image(name, image)
-        out.save_image("canvas.png", result.canvas)
-        out.write_json("result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
-                                       "steps": steps, "guidance_scale": args.guidance, "grid": list(args.grid),
-                                       "model": args.model or f"{args.preset} (random)"})
-    target = Path(args.out)
-    print(json.dumps({"out": str(target), "targets": [str(target / f) for f in files], "seed": result.seed}))
+    request = build_request(args)
+    pipe = load_pipeline(args)
+    backend = resolve_backend(pipe, args, tuple(args.grid))
+    steps = args.steps or 20
+    result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance,
+                  progress=not args.no_progress, backend=backend).results[0]
+    out = Path(args.out)
+    with atomic_directory(out) as tmp:
+        files = []
+        for index, image in zip(result.target_indices, result.targets):
+            image.save(tmp / f"target_tile{index}.png")
+            files.append(f"target_tile{index}.png")
+        result.canvas.save(tmp / "canvas.png")
+        write_json(tmp / "result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
+                                         "steps": steps, "guidance_scale": args.guidance,
+                                         "grid": list(args.grid), "model": args.model or f"{args.preset} (random)"})
+    print(json.dumps({"out": str(out), "targets": [str(out / f) for f in files], "seed": result.seed}))
     return 0

@@ -17,8 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..models.attention import get_cva_backend
     from ..verify import find_fixtures, verify_fixture
 
+    get_cva_backend(args.attention_backend)  # an unknown or uninstalled backend fails before any fixture runs
     failed = 0
     for folder in find_fixtures(args.fixture_dir):
         start = time.perf_counter()

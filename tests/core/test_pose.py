@@ -75,3 +75,9 @@ def test_hands_are_drawn_in_rainbow_with_blue_joints():
     without = np.asarray(render_pose(kp, draw_hands=False))
     assert (with_hands != without).any()
     assert tuple(with_hands[120, 80]) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("hands", [np.zeros((2, 21)), np.zeros((2, 20, 3)), np.zeros((1, 21, 3))])
+def test_hands_of_the_wrong_shape(hands):
+    with pytest.raises(PoseError, match=r"Hands must have shape \(2, 21, 2\|3\)"):
+        Keypoints.from_array(FRONT, 176, 256, hands=hands)
