@@ -39,7 +39,9 @@ def add_arguments(parser) -> None:
                         default=None, metavar="WIDTHxHEIGHT",
                         help="image size the target keypoint .json files were measured on, for OpenPose output "
                              "without canvas_width/canvas_height (source keypoints default to their image's size)")
-    parser.add_argument("--out", default="outputs/generate", help="output folder (replaced atomically)")
+    parser.add_argument("--out", default="outputs/generate",
+                        help="output folder, created if missing; outputs are added beside its files (replacing only "
+                             "earlier outputs of the same names) once the run succeeds")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)
@@ -84,23 +86,22 @@ def build_request(args):
 
 
 def run(args) -> int:
-    from ..io import atomic_directory, write_json
+    from ..io import OutputFolder
 
-    request = build_request(args)
-    pipe = load_pipeline(args)
-    backend = resolve_backend(pipe, args, tuple(args.grid))
-    steps = args.steps or 20
-    result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance,
-                  progress=not args.no_progress, backend=backend).results[0]
-    out = Path(args.out)
-    with atomic_directory(out) as tmp:
-        files = []
-        for index, image in zip(result.target_indices, result.targets):
-            image.save(tmp / f"target_tile{index}.png")
-            files.append(f"target_tile{index}.png")
-        result.canvas.save(tmp / "canvas.png")
-        write_json(tmp / "result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
-                                         "steps": steps, "guidance_scale": args.guidance,
-                                         "grid": list(args.grid), "model": args.model or f"{args.preset} (random)"})
-    print(json.dumps({"out": str(out), "targets": [str(out / f) for f in files], "seed": result.seed}))
+    with OutputFolder(args.out) as out:  # checked before anything is read or loaded; written when it succeeds
+        request = build_request(args)
+        pipe = load_pipeline(args)
+        backend = resolve_backend(pipe, args, tuple(args.grid))
+        steps = args.steps or 20
+        result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance,
+                      progress=not args.no_progress, backend=backend).results[0]
+        files = [f"target_tile{index}.png" for index in result.target_indices]
+        for name, image in zip(files, result.targets):
+            out.save_image(name, image)
+        out.save_image("canvas.png", result.canvas)
+        out.write_json("result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
+                                       "steps": steps, "guidance_scale": args.guidance, "grid": list(args.grid),
+                                       "model": args.model or f"{args.preset} (random)"})
+    target = Path(args.out)
+    print(json.dumps({"out": str(target), "targets": [str(target / f) for f in files], "seed": result.seed}))
     return 0
