@@ -24,8 +24,8 @@ FRONT = [[88, 42, 1], [88, 62, 1], [68, 64, 1], [62, 98, 1], [58, 130, 1], [108,
 FLAT = [float(v) for point in FRONT for v in point]
 
 
-def user_error(capsys, argv: list[str]) -> str:
-    """Run the CLI in-process; assert a user error (exit 2, no traceback) and return its one error line."""
+def _cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process; assert a user error (exit 2, no traceback) and return all of stderr."""
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse refuses the value while parsing
@@ -33,16 +33,22 @@ def user_error(capsys, argv: list[str]) -> str:
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err, err
+    return err
+
+
+def user_error(capsys, argv: list[str]) -> str:
+    """An argparse error: argparse prints its usage, then the one ``imagpose <command>: error:`` line returned."""
+    err = _cli_error(capsys, argv)
     lines = [line for line in err.splitlines() if line.startswith("imagpose")]
     assert len(lines) == 1 and lines[0].startswith(f"imagpose {argv[0]}: error:"), err
     return lines[0]
 
 
 def handler_error(capsys, argv: list[str]) -> str:
-    """A user error raised after parsing: exactly one line on stderr."""
-    line = user_error(capsys, argv)
-    assert capsys.readouterr().err == ""
-    return line
+    """A user error raised after parsing: exactly one line on stderr, returned."""
+    err = _cli_error(capsys, argv)
+    assert len(err.splitlines()) == 1 and err.startswith(f"imagpose {argv[0]}: error:"), err
+    return err.strip()
 
 
 # ----------------------------------------------------------------------------- 1. EXIF orientation
@@ -147,6 +153,15 @@ def test_pose_json_paths_that_are_not_regular_files_or_too_big(tmp_path):
 def test_pose_json_from_a_device_is_refused_without_reading_it():
     with pytest.raises(PoseError, match="not a regular file"):
         keypoints_from_json("/dev/zero")
+
+
+def test_sizeless_source_keypoints_take_their_image_size(samples, tmp_path):
+    image, _ = samples("person_blue_front")  # 176x256
+    _, target = samples("person_blue_walking")
+    source_pose = tmp_path / "openpose_source.json"
+    source_pose.write_text(json.dumps({"people": [{"pose_keypoints_2d": FLAT}]}))
+    canvas = build_canvas(scenarios.t2(image, source_pose, target), pad_multiple=64)
+    assert (canvas.layout.tile_height, canvas.layout.tile_width) == (256, 176)
 
 
 def test_openpose_json_without_canvas_size_uses_the_given_size():
