@@ -4,8 +4,7 @@ Import-light: ONNX, ONNX Runtime and TensorRT are imported by the functions that
 """
 
 from .components import COMPONENTS, CONTRACTS, ExportContract, ShapeBucket, TensorSpec, axis_values, model_config
-from .onnx_export import ExportError, ExportOptions, ExportResult, export_component, export_pipeline, read_metadata
+from .onnx_export import ExportError, ExportOptions, ExportResult, export_component, export_pipeline
 
 __all__ = ["COMPONENTS", "CONTRACTS", "ExportContract", "ExportError", "ExportOptions", "ExportResult",
-           "ShapeBucket", "TensorSpec", "axis_values", "export_component", "export_pipeline", "model_config",
-           "read_metadata"]
+           "ShapeBucket", "TensorSpec", "axis_values", "export_component", "export_pipeline", "model_config"]

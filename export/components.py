@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from imagpose.canvas import GridLayout
-from imagpose.runtime import TorchRuntime
+from imagpose.errors import InvalidArgumentError
+from imagpose.runtime import RUNTIME_METHODS, TorchRuntime
 
-COMPONENTS = ("unet", "vae_encoder", "vae_decoder", "image_encoder", "pose_guider", "flc_tokenizer")
+COMPONENTS = tuple(RUNTIME_METHODS)
 DYNAMIC_SYMBOLS = ("B", "2B", "H", "W", "PH", "PW", "N", "F")
 
 
@@ -43,8 +44,8 @@ class ShapeBucket:
             rows, cols = (int(v) for v in grid.lower().split("x"))
             return cls(int(batch), th, tw, rows, cols)
         except ValueError as exc:
-            raise ValueError(f"Bucket {text!r} must look like BATCH,TILE_HxTILE_W,ROWSxCOLS "
-                             "e.g. 1,512x512,2x2") from exc
+            raise InvalidArgumentError(f"Bucket {text!r} must look like BATCH,TILE_HxTILE_W,ROWSxCOLS "
+                                       "e.g. 1,512x512,2x2") from exc
 
     def layout(self, pad_multiple: int) -> GridLayout:
         return GridLayout(self.rows, self.cols, self.tile_height, self.tile_width, pad_multiple)
@@ -166,7 +167,7 @@ class ComponentModule(nn.Module):
     def __init__(self, pipe, component: str, grid: tuple[int, int] = (2, 2)):
         super().__init__()
         if component not in COMPONENTS:
-            raise ValueError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
+            raise InvalidArgumentError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
         self.component, self.grid = component, tuple(grid)
         # register only the modules this component uses, so the exported graph holds only their weights
         needs = {"unet": ("unet",), "vae_encoder": ("vae",), "vae_decoder": ("vae",),
@@ -178,9 +179,10 @@ class ComponentModule(nn.Module):
                                     pipe.flc_tokenizer, pipe.pose_guider)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        r = self.runtime
-        if self.component == "unet":
-            sample, timestep, context, pose = inputs
-            return r.unet(sample, timestep, context, pose, self.grid)
-        return {"vae_encoder": r.vae_encode, "vae_decoder": r.vae_decode, "image_encoder": r.image_encoder,
-                "pose_guider": r.pose_guider, "flc_tokenizer": r.flc}[self.component](inputs[0])
+        return call_runtime(self.runtime, self.component, inputs, self.grid)
+
+
+def call_runtime(runtime, component: str, inputs, grid: tuple[int, int]) -> torch.Tensor:
+    """Run ``component`` on any Runtime: its method from ``RUNTIME_METHODS``; only the UNet takes the grid."""
+    method = getattr(runtime, RUNTIME_METHODS[component])
+    return method(*inputs, grid) if component == "unet" else method(*inputs)

@@ -6,9 +6,12 @@
 Exporter: opset 17 goes through the TorchScript exporter (``dynamo=False``), whose GroupNorm form TensorRT
 parses; opset >= 18 goes through the dynamo exporter (opset 17 through dynamo produces an invalid graph).
 Every file carries metadata (versions, opset, config, a hash of weights + config + options) in
-``metadata_props`` and in a ``<component>.json`` sidecar. A second export with nothing changed reuses the
-files; any change of weights, config, options or versions re-exports. Files are written into a temporary
-folder and moved into place, sidecar last, so a half-written graph is never taken for a valid one.
+``metadata_props`` and in a ``<component>.json`` sidecar, which also records the SHA-256 of every written file
+(``.onnx`` and ``.onnx.data``). A second export with nothing changed reuses the files after checking them
+against those digests; any change of weights, config, options or versions, or of the files themselves,
+re-exports. Files are written into a temporary folder and moved into place, sidecar last, so a half-written
+graph is never taken for a valid one. The weights' digests are computed once per module (``digests.py``), so a
+cache hit costs one read of the exported files, not a pass over the weights.
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ from pathlib import Path
 
 import torch
 
-from imagpose.errors import IMAGPoseError
+from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.io import write_json
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, axis_values, model_config
+from .digests import changed_files, file_record, weights_digest
 from .passes import infer_and_check, initializer_bytes, name_dynamic_axes, run_passes, save_model
 
 log = logging.getLogger("imagpose.export")
-EXPORT_FORMAT_VERSION = 1  # bump when the export code changes what it writes
+EXPORT_FORMAT_VERSION = 2  # bump when the export code changes what it writes
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26  # leave headroom under the 2 GiB protobuf limit for the graph itself
 
@@ -63,9 +67,9 @@ class ExportOptions:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
+            raise InvalidArgumentError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
         if not 17 <= self.opset <= 23:
-            raise ValueError(f"opset must be in 17..23 (17 for TensorRT's GroupNorm form), got {self.opset}.")
+            raise InvalidArgumentError(f"opset must be in 17..23 (17 for TensorRT's GroupNorm form), got {self.opset}.")
 
     @property
     def exporter(self) -> str:
@@ -87,16 +91,7 @@ class ExportResult:
         return self.path.stat().st_size + (self.data_path.stat().st_size if self.data_path else 0)
 
 
-# ----------------------------------------------------------------------------- hashing / cache
-def weights_hash(module: torch.nn.Module) -> str:
-    digest = hashlib.blake2b(digest_size=20)
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
+# ----------------------------------------------------------------------------- fingerprint / cache
 def _component_config(module: torch.nn.Module) -> dict:
     config = getattr(module, "config", {})
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -118,7 +113,7 @@ def fingerprint(pipe, component: str) -> dict:
     """Hashes of the weights and the configs of the modules a component is made of."""
     module = ComponentModule(pipe, component)
     return {"configs": {name: _component_config(child) for name, child in module.named_children()},
-            "weights": {name: weights_hash(child) for name, child in module.named_children()}}
+            "weights": {name: weights_digest(child) for name, child in module.named_children()}}
 
 
 def describe(pipe, component: str, options: ExportOptions) -> dict:
@@ -137,23 +132,41 @@ def describe(pipe, component: str, options: ExportOptions) -> dict:
     return data
 
 
-def _cached(out_dir: Path, component: str, description: dict) -> ExportResult | None:
-    sidecar = out_dir / f"{component}.json"
-    if not sidecar.is_file():
-        return None
+def _read_sidecar(path: Path) -> dict | None:
     try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
-    if meta.get("cache_key") != description["cache_key"]:
+
+
+def _cached(out_dir: Path, component: str, description: dict) -> ExportResult | None:
+    """The export in ``out_dir`` if it was made from the same description and its files are unchanged."""
+    meta = _read_sidecar(out_dir / f"{component}.json")
+    if meta is None or meta.get("cache_key") != description["cache_key"]:
         return None
-    path = out_dir / meta["file"]
-    data = out_dir / meta["data_file"] if meta.get("data_file") else None
-    if not path.is_file() or (data is not None and not data.is_file()):
+    problems = changed_files(out_dir, meta["files"])
+    if problems:
+        log.warning("%s: not reused, re-exporting: %s", component, "; ".join(problems))
         return None
-    if path.stat().st_size != meta["file_bytes"] or (data and data.stat().st_size != meta["data_bytes"]):
-        return None
-    return ExportResult(component, path, data, True, meta, meta.get("node_counts", {}))
+    data = out_dir / meta["data_file"] if meta["data_file"] else None
+    return ExportResult(component, out_dir / meta["file"], data, True, meta, meta["node_counts"])
+
+
+def verify_export(out_dir: Path, component: str) -> dict:
+    """The sidecar of an exported component, after checking that its files are the ones the export wrote."""
+    sidecar = out_dir / f"{component}.json"
+    meta = _read_sidecar(sidecar)
+    if meta is None:
+        raise ExportError(f"{sidecar} not found or unreadable: {out_dir} holds no usable export of {component}; "
+                          f"export it with `imagpose export onnx --out {out_dir}`.")
+    if meta.get("versions", {}).get("export_format") != EXPORT_FORMAT_VERSION:
+        raise ExportError(f"{sidecar} was written by another version of the exporter; re-export {out_dir} with "
+                          "`imagpose export onnx --force`.")
+    problems = changed_files(out_dir, meta["files"])
+    if problems:
+        raise ExportError(f"{'; '.join(problems)}. Exported files are only used as written; re-export with "
+                          f"`imagpose export onnx --out {out_dir} --force`.")
+    return meta
 
 
 # ----------------------------------------------------------------------------- export
@@ -185,7 +198,7 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
     import onnx
 
     if component not in COMPONENTS:
-        raise ValueError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
+        raise InvalidArgumentError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     description = describe(pipe, component, options)
@@ -227,8 +240,8 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
         del model
         infer_and_check(path)
         final_data = out_dir / data.name if data else None
-        sidecar = {**description, "file": path.name, "data_file": data.name if data else None,
-                   "file_bytes": path.stat().st_size, "data_bytes": data.stat().st_size if data else 0,
+        files = {p.name: file_record(p) for p in (path, data) if p is not None}  # digests of what was written
+        sidecar = {**description, "file": path.name, "data_file": data.name if data else None, "files": files,
                    "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
         (out_dir / f"{component}.json").unlink(missing_ok=True)  # invalidate the old export first
         if data:
@@ -254,19 +267,3 @@ def export_pipeline(pipe, out_dir: str | Path, options: ExportOptions = ExportOp
                 "grid": [options.bucket.rows, options.bucket.cols]}
     write_json(Path(out_dir) / "manifest.json", manifest)
     return results
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The ``imagpose.*`` metadata of an exported file (without loading its weights)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"ONNX file not found: {path}. Export it with `imagpose export onnx`.")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for corrupt files
-        raise ExportError(f"{path} is not a readable ONNX file ({exc}); re-export it with `imagpose export onnx`."
-                          ) from exc
-    return {p.key.removeprefix("imagpose."): json.loads(p.value) for p in model.metadata_props
-            if p.key.startswith("imagpose.")}

@@ -2,8 +2,9 @@
 
 Per component: the same inputs (the contract's sample inputs at one shape bucket) through the reference and
 the backend; max |diff| and SQNR in dB (``20 log10(|ref| / |ref - test|)``, scale-free, torchao's
-``compute_error``). End to end: the same requests and seeds through the whole pipeline; SSIM and PSNR of the
-final canvases (the worst request), max |diff| of the final latents.
+``compute_error``). End to end: the same requests and seeds through the whole pipeline; SSIM (torchmetrics,
+Gaussian window 11, sigma 1.5, data range 1, mean over the windows inside the image) and PSNR (torchmetrics,
+data range 1) of the final canvases (the worst request), max |diff| of the final latents.
 
 Tolerances (stated, and relative to what PyTorch itself achieves in the backend's precision):
     fp32 backends   every component SQNR >= 60 dB; final images SSIM >= 0.999
@@ -13,19 +14,23 @@ Tolerances (stated, and relative to what PyTorch itself achieves in the backend'
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .components import COMPONENTS, CONTRACTS, ShapeBucket, axis_values, model_config
+from imagpose.errors import IMAGPoseError, InvalidArgumentError
+
+from .components import COMPONENTS, CONTRACTS, ShapeBucket, axis_values, call_runtime, model_config
 
 FP32_MIN_SQNR_DB = 60.0
 FP32_MIN_SSIM = 0.999
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """torchao's ``compute_error``, hand-written: torchao is not a dependency and no library we use has SQNR."""
     reference, test = reference.double().flatten(), test.double().flatten()
     noise = torch.linalg.vector_norm(reference - test)
     if noise == 0:
@@ -34,30 +39,26 @@ def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
 
 
 def psnr(reference: torch.Tensor, test: torch.Tensor, data_range: float = 1.0) -> float:
-    mse = F.mse_loss(test.double(), reference.double()).item()
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(test.double(), reference.double(), data_range=data_range))
 
 
 def ssim(reference: torch.Tensor, test: torch.Tensor, data_range: float = 1.0) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) over (B, C, H, W)."""
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) over (B, C, H, W).
+
+    torchmetrics reflect-pads the images and averages over every pixel; the mean here is over the windows that
+    lie inside the image (Wang et al., scikit-image), so the 5-pixel border of its SSIM map is cropped.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     x, y = reference.double(), test.double()
     if x.dim() == 3:
         x, y = x[None], y[None]
-    coords = torch.arange(11, dtype=torch.float64) - 5
-    g = torch.exp(-(coords**2) / (2 * 1.5**2))
-    g = g / g.sum()
-    window = (g[:, None] * g[None, :]).expand(x.shape[1], 1, 11, 11).contiguous()
-
-    def blur(t):
-        return F.conv2d(t, window, groups=x.shape[1])
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    sigma_x = blur(x * x) - mu_x**2
-    sigma_y = blur(y * y) - mu_y**2
-    sigma_xy = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
-    return float(ssim_map.mean())
+    _, ssim_map = structural_similarity_index_measure(y, x, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                                                      data_range=data_range, k1=0.01, k2=0.03,
+                                                      return_full_image=True)
+    return float(ssim_map[..., 5:-5, 5:-5].mean())
 
 
 @dataclass
@@ -115,14 +116,6 @@ class ParityReport:
                 "end_to_end": [{**asdict(e), "passed": e.passed} for e in self.end_to_end]}
 
 
-def _call(runtime, component: str, inputs, grid):
-    if component == "unet":
-        return runtime.unet(*inputs, grid)
-    return {"vae_encoder": runtime.vae_encode, "vae_decoder": runtime.vae_decode,
-            "image_encoder": runtime.image_encoder, "pose_guider": runtime.pose_guider,
-            "flc_tokenizer": runtime.flc}[component](*inputs)
-
-
 @torch.no_grad()
 def component_parity(pipe, name: str, backend, bucket: ShapeBucket, min_sqnr_db: float = FP32_MIN_SQNR_DB,
                      components=COMPONENTS, seed: int = 0) -> list[ComponentParity]:
@@ -133,8 +126,8 @@ def component_parity(pipe, name: str, backend, bucket: ShapeBucket, min_sqnr_db:
         shape_bucket = bucket if component == "unet" else replace(bucket, cfg=False)
         inputs = CONTRACTS[component].sample_inputs(axis_values(shape_bucket, config), device=pipe.device,
                                                     seed=seed)
-        ref = _call(reference, component, inputs, grid).float().cpu()
-        test = _call(backend, component, inputs, grid).float().cpu()
+        ref = call_runtime(reference, component, inputs, grid).float().cpu()
+        test = call_runtime(backend, component, inputs, grid).float().cpu()
         out.append(ComponentParity(name, component, float((ref - test).abs().max()), sqnr_db(ref, test),
                                    min_sqnr_db))
     return out
@@ -164,7 +157,8 @@ def run_parity(pipe, backends: dict, bucket: ShapeBucket, requests, steps: int =
     lowp_components, lowp_e2e = {}, None
     if lowp_backends:
         if lowp_reference is None:
-            raise ValueError("fp16 backends need lowp_reference (the PyTorch model in fp16) to set tolerances.")
+            raise InvalidArgumentError("fp16 backends need lowp_reference (the PyTorch model in fp16) to set "
+                                       "their tolerances.")
         lowp_components = {c.component: c for c in component_parity(pipe, "torch-fp16", lowp_reference, bucket)}
         lowp_e2e = end_to_end_parity(pipe, "torch-fp16", lowp_reference, requests, steps)
         report.components += list(lowp_components.values())
@@ -246,3 +240,38 @@ class CVABackendRuntime:
             return self.inner.unet(*args)
         finally:
             self.pipe.unet.set_cva_backend("eager")
+
+
+def fast_path_parity(backends, device: str, work_dir: str | Path, steps: int = 10) -> dict:
+    """Per-step SQNR and final SSIM/PSNR of each fast path vs fp32 torch, on the tiny preset (T2, 64x64 tiles).
+
+    ``backends``: any of "onnxruntime", "tensorrt" (an fp16 engine) and "triton" (the fused CVA kernels); other
+    names ("eager", "torch": the reference itself) are skipped. Exported files and engines go under
+    ``work_dir`` (see :func:`imagpose.export.runtime.prepare_runtime`). A fast path that cannot run here
+    (missing dependency, no GPU) is reported in its row instead of stopping the others.
+    """
+    from imagpose import scenarios
+    from imagpose.presets import build_pipeline
+    from imagpose.samples import sample
+
+    from .runtime import prepare_runtime
+
+    pipe = build_pipeline("tiny", device=device)
+    request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=(64, 64),
+                           seed=0)
+    bucket = ShapeBucket(1, 64, 64, 2, 2)
+    rows = []
+    for backend in backends:
+        try:
+            if backend == "onnxruntime":
+                runtime = prepare_runtime("onnxruntime", pipe, work_dir, bucket)
+            elif backend == "tensorrt":
+                runtime = prepare_runtime("tensorrt", pipe, work_dir, bucket, dtype="fp16")
+            elif backend == "triton":
+                runtime = CVABackendRuntime(pipe, "triton")
+            else:
+                continue
+            rows.append(trajectory_parity(pipe, backend, runtime, request, steps=steps))
+        except IMAGPoseError as exc:
+            rows.append({"backend": backend, "error": f"{type(exc).__name__}: {exc}"})
+    return {"rows": rows, "text": "\n".join(json.dumps(row) for row in rows)}

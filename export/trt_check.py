@@ -7,7 +7,7 @@ known traps for SD-class UNets:
     - ops missing from the parser, or listed as unsupported                          -> blocker
     - default-domain opset outside the version's range                                -> blocker
     - custom domains (xformers, com.microsoft contrib ops, ...) without a plugin        -> blocker
-    - GroupNormalization in its opset-21 form (per-channel scale; TensorRT #4336)       -> blocker
+    - GroupNormalization in its opset-21 form (per-channel scale; the parser has the 18 form) -> blocker
     - tensor types TensorRT does not have (e.g. BF16 before 10, DOUBLE cast down)       -> blocker / warning
     - a file over 2 GB that stores its weights inline (protobuf limit)                  -> blocker
     - restrictions the parser states: `axes` of Slice/Squeeze/Unsqueeze/Pad as initialisers, Resize modes
@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from imagpose.errors import InvalidArgumentError
 
 SUPPORT_FILE = Path(__file__).with_name("data") / "trt_onnx_support.json"
 DEFAULT_TRT_VERSION = "10.1"
@@ -48,7 +50,7 @@ class Finding:
 def support_table(version: str) -> dict:
     tables = json.loads(SUPPORT_FILE.read_text())
     if version not in tables:
-        raise ValueError(f"No TensorRT support table for {version!r}; known: {', '.join(sorted(tables))}.")
+        raise InvalidArgumentError(f"No TensorRT support table for {version!r}; known: {', '.join(sorted(tables))}.")
     return tables[version]
 
 
@@ -58,12 +60,18 @@ def check_onnx_for_trt(path: str | Path, trt_version: str = DEFAULT_TRT_VERSION)
 
     table = support_table(trt_version)
     path = Path(path)
+    if path.is_dir():
+        return [Finding("blocker", "-", "", f"{path} is a folder, not an ONNX file")]
     if not path.is_file():
         return [Finding("blocker", "-", "", f"file not found: {path}")]
+    if path.stat().st_size == 0:
+        return [Finding("blocker", "-", "", f"{path} is empty (0 bytes), not an ONNX model")]
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError and friends for corrupt files
         return [Finding("blocker", "-", "", f"not a readable ONNX file ({exc})")]
+    if not model.opset_import or not model.graph.node:  # protobuf parses many non-ONNX byte strings as empty models
+        return [Finding("blocker", "-", "", f"{path} holds no ONNX graph (no opset or no nodes), not an ONNX model")]
     findings: list[Finding] = []
     findings += _check_size(model, path)
     findings += _check_opsets(model, table, trt_version)
@@ -115,7 +123,8 @@ def _check_node(node, table, version, constant_names, opset) -> list[Finding]:
         findings.append(Finding("warning", node.op_type, node.name, "experimental support"))
     if node.op_type == "GroupNormalization" and opset >= 21:
         findings.append(Finding("blocker", node.op_type, node.name, "opset-21 GroupNormalization (per-channel scale) "
-                                "is not parsed (TensorRT #4336); export with opset 17 (InstanceNorm form) or 18-20"))
+                                "is not parsed (TensorRT implements the opset-18 form); export with opset 17 "
+                                "(InstanceNorm form) or 18-20"))
     if node.op_type in _AXES_AS_INPUT:
         index = _AXES_AS_INPUT[node.op_type]
         if len(node.input) > index and node.input[index] and node.input[index] not in constant_names:

@@ -26,6 +26,11 @@ import torch
 # decoding); both are 0.18215 for every SD1.x VAE.
 OFFICIAL_ENCODE_SCALE = 0.18215
 
+# Exportable component -> the Runtime method that runs it: the one table the exporter, the exported runtimes and
+# the parity harness share. Only the UNet also takes the view grid; every other method takes one tensor.
+RUNTIME_METHODS = {"unet": "unet", "vae_encoder": "vae_encode", "vae_decoder": "vae_decode",
+                   "image_encoder": "image_encoder", "pose_guider": "pose_guider", "flc_tokenizer": "flc"}
+
 
 class Runtime(Protocol):
     name: str

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagpose.errors import MissingDependencyError
+
 from ..components import COMPONENTS, CONTRACTS
-from ..onnx_export import ExportError, fingerprint, read_metadata
+from ..onnx_export import ExportError, fingerprint, verify_export
 from .base import ExportedRuntime
 
 _NP_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
@@ -27,14 +29,17 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             "The onnxruntime backend needs ONNX Runtime: pip install -c constraints.txt 'imagpose[cpu]' "
             "(CPU) or 'imagpose[gpu]' (CUDA; never both in one environment).") from exc
     return onnxruntime
 
 
 class OnnxRuntimeBackend(ExportedRuntime):
-    """One ONNX Runtime session per exported component (``out_dir/manifest.json`` of ``export_pipeline``)."""
+    """One ONNX Runtime session per exported component (``out_dir/manifest.json`` of ``export_pipeline``).
+
+    Every file is checked against the SHA-256 its export recorded before a session opens it.
+    """
 
     name = "onnxruntime"
 
@@ -56,13 +61,13 @@ class OnnxRuntimeBackend(ExportedRuntime):
         if session_options is None:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # errors only; ORT's optimizer warnings are noise here
-        self.sessions, self.metadata, self.input_types = {}, {}, {}
+        self.sessions, self.sidecars, self.input_types = {}, {}, {}
         for component in components:
             entry = self.manifest["components"].get(component)
             if entry is None:
                 raise ExportError(f"{component} is not in {manifest_path}; export it with `imagpose export onnx`.")
             path = self.onnx_dir / entry["file"]
-            self.metadata[component] = read_metadata(path)
+            self.sidecars[component] = verify_export(self.onnx_dir, component)
             try:
                 session = ort.InferenceSession(str(path), sess_options=session_options, providers=list(providers),
                                                provider_options=provider_options)
@@ -82,8 +87,7 @@ class OnnxRuntimeBackend(ExportedRuntime):
 
     def check_matches(self, pipe) -> None:
         """Raise ExportError if a file was exported from other weights or another config than ``pipe``."""
-        for component in self.sessions:
-            sidecar = json.loads((self.onnx_dir / f"{component}.json").read_text())
+        for component, sidecar in self.sidecars.items():
             ours = fingerprint(pipe, component)
             if ours["weights"] != sidecar["weights"] or ours["configs"] != sidecar["configs"]:
                 raise ExportError(

@@ -1,10 +1,16 @@
-"""TensorRT backend: engines from ``imagpose export trt`` behind the pipeline's Runtime interface.
+"""TensorRT backend: engines built by ``build_engines`` behind the pipeline's Runtime interface.
 
-Static engines (one per shape bucket) get pre-allocated CUDA I/O buffers bound once with
-``set_tensor_address``; a call copies its inputs into them and runs ``execute_async_v3`` on a torch CUDA
-stream, optionally as a captured CUDA graph (``cuda_graph=True``, one graph per static engine, captured on the
-second call). Dynamic engines set the input shapes per call. A request whose shapes no engine covers gets an
-error naming the buckets that exist and the command that builds the missing one.
+Engines are deserialised by polygraphy (``engine_from_bytes``). Static engines (one per shape bucket) get
+pre-allocated CUDA I/O buffers bound once with ``set_tensor_address``; a call copies its inputs into them and
+runs ``execute_async_v3`` on a torch CUDA stream, optionally as a captured CUDA graph (``cuda_graph=True``,
+one graph per static engine, captured on the second call) - polygraphy's ``TrtRunner`` allocates its outputs
+per call, which a CUDA graph cannot replay, so this path is our own, as in NVIDIA's diffusion demo. Dynamic
+engines run through polygraphy's ``TrtRunner``, which sets the input shapes and allocates the outputs per call.
+
+Before anything runs, every engine of ``engines.json`` is checked: built by this TensorRT version for this GPU,
+and its file unchanged since the build (SHA-256). ``for_pipeline`` also checks the weights fingerprint and
+configs recorded in each engine's sidecar against the pipeline. A request whose shapes no engine covers gets
+an error naming the engines that exist.
 """
 
 from __future__ import annotations
@@ -16,9 +22,43 @@ from pathlib import Path
 import torch
 
 from ..components import CONTRACTS
-from ..onnx_export import ExportError
-from ..trt_build import import_tensorrt
+from ..digests import changed_files
+from ..onnx_export import ExportError, fingerprint
+from ..trt_build import BuildTarget, import_tensorrt
 from .base import ExportedRuntime
+
+
+def read_engine_index(engine_dir: str | Path, target: BuildTarget) -> dict[str, list[dict]]:
+    """The engines of ``engine_dir/engines.json`` by component, each checked: built for ``target``, file unchanged."""
+    engine_dir = Path(engine_dir)
+    index_path = engine_dir / "engines.json"
+    if not index_path.is_file():
+        raise ExportError(f"{engine_dir} has no engines.json; build engines with `imagpose export trt` "
+                          "(or imagpose.export.runtime.prepare_runtime).")
+    entries: dict[str, list[dict]] = {}
+    for entry in json.loads(index_path.read_text())["engines"]:
+        built = BuildTarget(entry["key_fields"]["tensorrt"], entry["key_fields"]["gpu"],
+                            tuple(entry["key_fields"]["compute_capability"]))
+        if built != target:
+            raise ExportError(f"{engine_dir / entry['engine']} was built with {built.describe()}; this is "
+                              f"{target.describe()}. Engines only run where they were built: rebuild them here "
+                              "with `imagpose export trt`.")
+        problems = changed_files(engine_dir, entry["files"])
+        if problems:
+            raise ExportError(f"{'; '.join(problems)}. Rebuild the engines with `imagpose export trt`.")
+        entries.setdefault(entry["component"], []).append(entry)
+    return entries
+
+
+def check_engines_match(entries: dict[str, list[dict]], pipe, engine_dir: str | Path) -> None:
+    """Raise ExportError if an engine was built from other weights or another config than ``pipe`` (from what
+    each engine's sidecar recorded, so this works after the ONNX files are gone)."""
+    for component, component_entries in entries.items():
+        ours = fingerprint(pipe, component)
+        for entry in component_entries:
+            if entry["weights"] != ours["weights"] or entry["configs"] != ours["configs"]:
+                raise ExportError(f"{Path(engine_dir) / entry['engine']} was built from other weights or another "
+                                  "config than this pipeline; re-export the ONNX files and rebuild the engines.")
 
 
 def select_engine(entries: list[dict], shapes: dict[str, tuple[int, ...]], component: str) -> dict:
@@ -35,36 +75,38 @@ def select_engine(entries: list[dict], shapes: dict[str, tuple[int, ...]], compo
             return entry
     ranges = [f"{e['engine']}: {e['profile']}" for e in entries] or ["(none built)"]
     raise ExportError(
-        f"No {component} engine covers input shapes {shapes}; engines: {'; '.join(ranges)}. Build one with "
-        "`imagpose export trt --bucket BATCH,TILE_HxTILE_W,ROWSxCOLS` (or --dynamic).")
+        f"No {component} engine covers input shapes {shapes}; engines: {'; '.join(ranges)}. Build one for this "
+        "shape with `imagpose export trt --bucket BATCH,TILE_HxTILE_W,ROWSxCOLS` (or --dynamic).")
+
+
+def _torch_dtype(trt_dtype) -> torch.dtype:
+    from polygraphy.datatype import DataType
+
+    return DataType.to_dtype(DataType.from_dtype(trt_dtype, source_module="tensorrt"), "torch")
 
 
 @dataclass
 class _LoadedEngine:
     entry: dict
     engine: object
-    context: object
+    dtypes: dict  # I/O tensor name -> torch dtype
+    context: object = None  # static engines: our execution context and bound buffers
     inputs: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     graph: object = None
     calls: int = 0
+    runner: object = None  # dynamic engines: a polygraphy TrtRunner
 
 
 class TensorRTBackend(ExportedRuntime):
     name = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, device: str = "cuda", cuda_graph: bool = False):
-        self.trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise ExportError("The tensorrt backend needs a CUDA GPU; use backend 'onnxruntime' or 'torch' here.")
-        self.engine_dir, self.device, self.cuda_graph = Path(engine_dir), torch.device(device), cuda_graph
-        index_path = self.engine_dir / "engines.json"
-        if not index_path.is_file():
-            raise ExportError(f"{self.engine_dir} has no engines.json; build engines with `imagpose export trt`.")
-        self.entries: dict[str, list[dict]] = {}
-        for entry in json.loads(index_path.read_text())["engines"]:
-            self.entries.setdefault(entry["component"], []).append(entry)
-        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        import_tensorrt()
+        self.device = torch.device(device)
+        self.target = BuildTarget.current(self.device)
+        self.engine_dir, self.cuda_graph = Path(engine_dir), cuda_graph
+        self.entries = read_engine_index(self.engine_dir, self.target)
         self.loaded: dict[str, _LoadedEngine] = {}
         self.stream = torch.cuda.Stream(self.device)
         grids = {tuple((e["bucket"] or {}).get(k) for k in ("rows", "cols")) for e in self.entries.get("unet", [])}
@@ -72,52 +114,44 @@ class TensorRTBackend(ExportedRuntime):
 
     @classmethod
     def for_pipeline(cls, pipe, engine_dir, **kwargs) -> TensorRTBackend:
+        """Open ``engine_dir`` and check that every engine was built from this pipeline's weights and config."""
         backend = cls(engine_dir, **kwargs)
-        from ..onnx_export import fingerprint
-
-        for component, entries in backend.entries.items():
-            sidecar = Path(entries[0]["onnx"]).with_suffix(".json")
-            if sidecar.is_file() and json.loads(sidecar.read_text())["weights"] != fingerprint(pipe, component)[
-                    "weights"]:
-                raise ExportError(f"The {component} engines were built from other weights than this pipeline; "
-                                  "re-export and rebuild them.")
+        check_engines_match(backend.entries, pipe, engine_dir)
         return backend
 
     def _load(self, entry: dict) -> _LoadedEngine:
         key = entry["engine"]
         if key in self.loaded:
             return self.loaded[key]
+        trt = import_tensorrt()
+        from polygraphy.backend.common import bytes_from_path
+        from polygraphy.backend.trt import TrtRunner, engine_from_bytes
+        from polygraphy.exception import PolygraphyException
+
         path = self.engine_dir / entry["engine"]
-        engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise ExportError(f"TensorRT cannot load {path} (built for another GPU or TensorRT version?); rebuild it.")
-        loaded = _LoadedEngine(entry, engine, engine.create_execution_context())
-        if entry.get("bucket") is not None:  # static: allocate and bind every I/O buffer once
-            for name in self._io_names(engine):
+        try:
+            engine = engine_from_bytes(bytes_from_path(str(path)))
+        except PolygraphyException as exc:
+            raise ExportError(f"TensorRT cannot load {path} ({exc}); rebuild it with `imagpose export trt`.") from exc
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        loaded = _LoadedEngine(entry, engine, {name: _torch_dtype(engine.get_tensor_dtype(name)) for name in names})
+        if entry["bucket"] is None:
+            loaded.runner = TrtRunner(engine)
+            loaded.runner.activate()
+        else:  # static: allocate and bind every I/O buffer once
+            loaded.context = engine.create_execution_context()
+            for name in names:
                 shape = tuple(engine.get_tensor_shape(name))
-                dtype = self._torch_dtype(engine.get_tensor_dtype(name))
-                buffer = torch.empty(shape, dtype=dtype, device=self.device)
-                is_input = engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
+                buffer = torch.empty(shape, dtype=loaded.dtypes[name], device=self.device)
+                is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
                 (loaded.inputs if is_input else loaded.outputs)[name] = buffer
                 loaded.context.set_tensor_address(name, buffer.data_ptr())
         self.loaded[key] = loaded
         return loaded
 
-    @staticmethod
-    def _io_names(engine) -> list[str]:
-        return [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-
-    def _torch_dtype(self, trt_dtype):
-        table = {self.trt.float32: torch.float32, self.trt.float16: torch.float16, self.trt.int32: torch.int32,
-                 self.trt.int64: torch.int64, self.trt.bool: torch.bool}
-        if hasattr(self.trt, "bfloat16"):
-            table[self.trt.bfloat16] = torch.bfloat16
-        return table[trt_dtype]
-
-    def _execute(self, loaded: _LoadedEngine) -> None:
-        stream = self.stream.cuda_stream
-        if self.cuda_graph and loaded.entry.get("bucket") is not None:
-            if loaded.graph is None and loaded.calls >= 1:
+    def _execute_static(self, loaded: _LoadedEngine) -> None:
+        if self.cuda_graph:
+            if loaded.graph is None and loaded.calls >= 1:  # the first call runs plainly (lazy initialisation)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=self.stream):
                     loaded.context.execute_async_v3(self.stream.cuda_stream)
@@ -125,36 +159,28 @@ class TensorRTBackend(ExportedRuntime):
             if loaded.graph is not None:
                 loaded.graph.replay()
                 return
-        if not loaded.context.execute_async_v3(stream):
-            raise ExportError(f"TensorRT execution of {loaded.entry['engine']} failed.")
+        if not loaded.context.execute_async_v3(self.stream.cuda_stream):
+            raise ExportError(f"TensorRT execution of {loaded.entry['engine']} failed; see the TensorRT log above.")
 
     def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor:
         contract = CONTRACTS[component]
         shapes = {name: tuple(t.shape) for name, t in zip(contract.input_names, inputs)}
         loaded = self._load(select_engine(self.entries.get(component, []), shapes, component))
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            if loaded.entry.get("bucket") is not None:
+        output_name = contract.output_names[0]
+        if loaded.runner is not None:
+            feed = {name: t.to(self.device, loaded.dtypes[name]).contiguous()
+                    for name, t in zip(contract.input_names, inputs)}
+            torch.cuda.current_stream(self.device).synchronize()  # the runner works on its own stream
+            result = loaded.runner.infer(feed, copy_outputs_to_host=False)[output_name].clone()
+        else:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
                 for name, tensor in zip(contract.input_names, inputs):
                     loaded.inputs[name].copy_(tensor, non_blocking=True)
-                outputs = loaded.outputs
-            else:
-                outputs = {}
-                for name, tensor in zip(contract.input_names, inputs):
-                    dtype = self._torch_dtype(loaded.engine.get_tensor_dtype(name))
-                    staged = tensor.to(self.device, dtype).contiguous()
-                    loaded.inputs[name] = staged
-                    loaded.context.set_input_shape(name, tuple(staged.shape))
-                    loaded.context.set_tensor_address(name, staged.data_ptr())
-                for name in contract.output_names:
-                    shape = tuple(loaded.context.get_tensor_shape(name))
-                    dtype = self._torch_dtype(loaded.engine.get_tensor_dtype(name))
-                    outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
-                    loaded.context.set_tensor_address(name, outputs[name].data_ptr())
-            self._execute(loaded)
-            loaded.calls += 1
-            result = outputs[contract.output_names[0]].clone()
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+                self._execute_static(loaded)
+                loaded.calls += 1
+                result = loaded.outputs[output_name].clone()
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return result.to(inputs[0].dtype if inputs[0].is_floating_point() else torch.float32)
 
     def supported_grids(self) -> set[tuple[int, int]]:

@@ -46,13 +46,16 @@ def add_arguments(parser) -> None:
     trt = sub.add_parser("trt", help="build TensorRT engines from an ONNX folder (needs tensorrt + CUDA)",
                          formatter_class=fmt)
     trt.add_argument("--onnx", required=True, help="folder written by `imagpose export onnx`")
-    trt.add_argument("--out", required=True, help="engine folder (engines.json + <component>.<bucket>.plan/.json)")
+    trt.add_argument("--out", required=True,
+                     help="engine folder (engines.json + <component>.<bucket>.plan/.json); an engine already there "
+                          "is reused when built from the same ONNX files, flags and shapes by this TensorRT and GPU")
     trt.add_argument("--bucket", action="append", default=None,
                      help="BATCH,TILE_HxTILE_W,ROWSxCOLS static shape bucket (repeat); default 1,512x512,2x2")
     trt.add_argument("--dynamic", action="store_true", help="one engine per component spanning the buckets")
     trt.add_argument("--component", action="append", default=None, help="component to build (repeat); default all")
     trt.add_argument("--opt-level", type=int, default=3, help="builder optimisation level (0-5)")
     trt.add_argument("--workspace-gib", type=float, default=8.0, help="builder workspace limit")
+    trt.add_argument("--tf32", action="store_true", help="allow TF32 math in fp32 layers (faster, less exact)")
     trt.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
     trt.add_argument("--dry-run", action="store_true", help="print the plans and trtexec commands, build nothing")
 
@@ -67,6 +70,7 @@ def run(args) -> int:
 
 
 def _onnx(args) -> int:
+    from ..errors import InvalidArgumentError
     from ..export import COMPONENTS, ExportOptions, ShapeBucket, export_pipeline
     from .common import load_pipeline
 
@@ -77,7 +81,7 @@ def _onnx(args) -> int:
     components = tuple(args.component) if args.component else COMPONENTS
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
-        raise ValueError(f"Unknown component(s) {unknown}; choose from {', '.join(COMPONENTS)}.")
+        raise InvalidArgumentError(f"Unknown component(s) {unknown}; choose from {', '.join(COMPONENTS)}.")
     results = export_pipeline(pipe, args.out, options, components, force=args.force)
     for r in results:
         data = f" + {r.data_path.name}" if r.data_path else ""
@@ -108,9 +112,10 @@ def _trt(args) -> int:
 
     buckets = tuple(ShapeBucket.parse(b) for b in (args.bucket or ["1,512x512,2x2"]))
     options = BuildOptions(buckets=buckets, dynamic=args.dynamic, optimization_level=args.opt_level,
-                           workspace_gib=args.workspace_gib, timing_cache=args.timing_cache,
+                           workspace_gib=args.workspace_gib, tf32=args.tf32, timing_cache=args.timing_cache,
                            components=tuple(args.component) if args.component else COMPONENTS)
     plans = build_engines(args.onnx, args.out, options, dry_run=args.dry_run)
     for plan in plans:
-        print(f"{plan.engine_path.name}\n  {plan.trtexec_command()}")
+        status = "planned" if args.dry_run else ("reused" if plan.reused else "built")
+        print(f"{plan.engine_path.name:<36} {status}\n  {plan.trtexec_command()}")
     return 0

@@ -1,6 +1,7 @@
 """Run the same inputs through several backends and compare them with the fp32 PyTorch reference: a table
 per component (max abs, SQNR dB) and end to end (final-image SSIM, PSNR), PASS/FAIL against the stated
-tolerances (fp32: SQNR >= 60 dB, SSIM >= 0.999). Missing ONNX files are exported first (cached)."""
+tolerances (fp32: SQNR >= 60 dB, SSIM >= 0.999). ONNX files and TensorRT engines are exported and built into
+--work-dir first, and reused while they match the model."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ HELP = "compare backends (torch, onnxruntime, tensorrt) against the fp32 torch r
 def add_arguments(parser) -> None:
     parser.add_argument("--backends", default="torch,onnxruntime",
                         help="comma-separated: torch, onnxruntime, tensorrt")
-    parser.add_argument("--onnx-dir", default=None, help="ONNX folder (default outputs/onnx/<preset>; exported if "
-                                                         "missing)")
-    parser.add_argument("--engine-dir", default=None, help="TensorRT engine folder (for --backends tensorrt)")
+    parser.add_argument("--work-dir", default=None,
+                        help="folder for the exported ONNX files and TensorRT engines, reused while they match the "
+                             "model (default outputs/runtimes/<preset or model folder name>)")
     parser.add_argument("--providers", default="CPUExecutionProvider",
                         help="comma-separated ONNX Runtime execution providers")
     parser.add_argument("--tile-size", type=parse_size, default=(64, 64), help="tile HEIGHTxWIDTH of the check")
@@ -29,28 +30,25 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from .. import scenarios
-    from ..export import ExportOptions, ShapeBucket, export_pipeline
+    from ..errors import InvalidArgumentError
+    from ..export import ShapeBucket
     from ..export.parity import run_parity
-    from ..export.runtime import load_backend
+    from ..export.runtime import BACKENDS, prepare_runtime
     from ..io import write_json
     from ..samples import sample
     from .common import load_pipeline
 
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        problem = f"unknown backend(s) {', '.join(unknown)}" if unknown else "no backend"
+        raise InvalidArgumentError(f"--backends {args.backends!r} names {problem}; choose from {', '.join(BACKENDS)} "
+                                   "(comma-separated).")
     pipe = load_pipeline(args)
     bucket = ShapeBucket(1, *args.tile_size, *args.grid)
-    names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    onnx_dir = Path(args.onnx_dir or f"outputs/onnx/{Path(args.model).name if args.model else args.preset}")
-    backends = {}
-    for name in names:
-        if name == "torch":
-            backends[name] = pipe.torch_runtime()
-        elif name == "onnxruntime":
-            export_pipeline(pipe, onnx_dir, ExportOptions(bucket=bucket))
-            backends[name] = load_backend(name, pipe, onnx_dir, providers=args.providers.split(","))
-        else:
-            if not args.engine_dir:
-                raise ValueError("--backends tensorrt needs --engine-dir (built with `imagpose export trt`).")
-            backends[name] = load_backend(name, pipe, args.engine_dir)
+    work_dir = Path(args.work_dir or Path("outputs/runtimes") / (Path(args.model).name if args.model else args.preset))
+    backends = {name: prepare_runtime(name, pipe, work_dir, bucket, providers=args.providers.split(","))
+                for name in names}
     image, pose = sample("person_red_front")
     requests = [scenarios.t2(image, pose, sample("person_red_walking")[1], tile_size=args.tile_size,
                              grid=args.grid, seed=0),

@@ -1,4 +1,5 @@
 import collections
+import hashlib
 import json
 
 import onnx
@@ -6,15 +7,7 @@ import pytest
 import torch
 
 from imagpose import build_pipeline, scenarios
-from imagpose.export import (
-    COMPONENTS,
-    ExportError,
-    ExportOptions,
-    ShapeBucket,
-    export_component,
-    onnx_export,
-    read_metadata,
-)
+from imagpose.export import COMPONENTS, ExportError, ExportOptions, ShapeBucket, export_component, onnx_export
 from imagpose.export.parity import FP32_MIN_SQNR_DB, FP32_MIN_SSIM, component_parity, end_to_end_parity
 from imagpose.export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
@@ -27,12 +20,15 @@ def test_every_component_exported_with_metadata_and_sidecar(tiny_onnx):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["grid"] == [2, 2] and set(manifest["components"]) == set(COMPONENTS)
     for r in results:
-        meta = read_metadata(r.path)
+        model = onnx.load(str(r.path), load_external_data=False)
+        meta = {p.key.removeprefix("imagpose."): json.loads(p.value) for p in model.metadata_props}
         assert meta["cache_key"] == r.metadata["cache_key"]
         assert {"torch", "onnx", "imagpose"} <= set(meta["versions"])
         assert meta["options"]["opset"] == 17
         assert set(meta["configs"]) and r.node_counts["exported"] >= r.node_counts["fold_constants"]
-        model = onnx.load(str(r.path), load_external_data=False)
+        sidecar = json.loads((out / f"{r.component}.json").read_text())
+        assert sidecar["files"] == {r.path.name: {"bytes": r.path.stat().st_size,
+                                                 "sha256": hashlib.sha256(r.path.read_bytes()).hexdigest()}}
         assert model.opset_import[0].version == 17
         assert [i.name for i in model.graph.input] == list(meta["inputs"])
 
@@ -100,7 +96,7 @@ def test_fp16_export_has_fp16_weights_and_fp32_timestep(tmp_path):
 
 
 def test_ort_matches_torch_per_component_and_end_to_end(tiny_pipe, tiny_onnx, samples):
-    """Issue #4: ORT fp32 vs torch fp32, SQNR >= 60 dB every component; 3-step pipeline SSIM >= 0.999."""
+    """ORT fp32 vs torch fp32, SQNR >= 60 dB every component; 3-step pipeline SSIM >= 0.999."""
     out, _ = tiny_onnx
     backend = OnnxRuntimeBackend.for_pipeline(tiny_pipe, out)
     for row in component_parity(tiny_pipe, "onnxruntime", backend, BUCKET):

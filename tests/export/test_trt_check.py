@@ -8,6 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from imagpose.cli import main
+from imagpose.errors import InvalidArgumentError
 from imagpose.export import trt_check
 from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
 
@@ -94,8 +96,32 @@ def test_oversized_inline_file_and_unreadable_files(tmp_path, monkeypatch):
     bad.write_bytes(b"not onnx at all")
     assert has_blockers(check_onnx_for_trt(bad))
     assert has_blockers(check_onnx_for_trt(tmp_path / "missing.onnx"))
-    with pytest.raises(ValueError, match="No TensorRT support table"):
+    with pytest.raises(InvalidArgumentError, match="No TensorRT support table"):
         check_onnx_for_trt(path, "7.0")
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("empty", "is empty (0 bytes)"),
+    ("header_only", "holds no ONNX graph"),  # a protobuf with an IR version and nothing else
+    ("text", "not a readable ONNX file"),
+    ("folder", "is a folder, not an ONNX file"),
+    ("missing", "file not found"),
+])
+def test_what_is_not_an_onnx_model_is_a_blocker(tmp_path, capsys, case, expect):
+    path = tmp_path / f"{case}.onnx"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "header_only":
+        path.write_bytes(b"\x08\x07")
+    elif case == "text":
+        path.write_text("hello world, this is text\n")
+    elif case == "folder":
+        path.mkdir()
+    findings = check_onnx_for_trt(path)
+    assert has_blockers(findings) and expect in findings[0].message, findings
+    assert main(["export", "check-trt", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "check-trt: FAIL" in out and expect in out, out
 
 
 def test_cli_exit_codes(tmp_path, tiny_onnx):
