@@ -313,6 +313,20 @@ def test_verify_refuses_an_unknown_attention_backend(capsys, fixture_root):
     assert "eager, sdpa, triton, xformers" in line
 
 
+def test_max_memory_gib_reaches_the_pipeline(generate_argv, tmp_path, monkeypatch):
+    """--max-memory-gib is handed to IMAGPosePipeline.set_memory_limit in bytes (recorded here; the estimate
+    behind it is the pipeline's)."""
+    from imagpose.pipeline import IMAGPosePipeline
+
+    limits = []
+    monkeypatch.setattr(IMAGPosePipeline, "set_memory_limit", lambda self, limit: limits.append(limit),
+                        raising=False)
+    assert main(generate_argv + ["--max-memory-gib", "1.5", "--out", str(tmp_path / "out")]) == 0
+    assert limits == [int(1.5 * 2**30)]
+    assert main(generate_argv + ["--out", str(tmp_path / "again")]) == 0
+    assert limits == [int(1.5 * 2**30)]  # no limit unless asked for
+
+
 # ----------------------------------------------------------------------------- 6. generate requests
 @pytest.mark.parametrize("extra, match", [
     (["--scenario", "t2", "--target", "{target}"], "--scenario t2 takes exactly one --source and one --target"),
