@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from torch import nn
 
 from imagpose.models.attention import CVABackend, CVACall, register_cva_backend
 
@@ -53,6 +54,16 @@ def _kernel_sizes(call: CVACall) -> str | None:
     return None
 
 
+def triton_group_norm_to_tokens(canvas: torch.Tensor, grid: tuple[int, int], norm: nn.GroupNorm) -> torch.Tensor:
+    """:func:`~imagpose.kernels.group_norm.group_norm_to_tokens` with the parameters of the CVA's GroupNorm."""
+    return group_norm_to_tokens(canvas, grid, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+
+def triton_layer_norm_view_pe(tokens: torch.Tensor, norm: nn.LayerNorm, pe: torch.Tensor | None) -> torch.Tensor:
+    """:func:`~imagpose.kernels.layer_norm.layer_norm_view_pe` with the parameters of the sub-block's LayerNorm."""
+    return layer_norm_view_pe(tokens, norm.weight, norm.bias, norm.eps, pe)
+
+
 def xformers_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """(N, heads, V, d) -> (N, heads, V, d) through xformers, in chunks of at most 65535 positions."""
     from xformers.ops import memory_efficient_attention
@@ -69,8 +80,8 @@ def xformers_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 TRITON_BACKEND = CVABackend(
     "triton",
     attention=cross_view_attention,
-    group_norm_to_tokens=group_norm_to_tokens,
-    layer_norm_view_pe=layer_norm_view_pe,
+    group_norm_to_tokens=triton_group_norm_to_tokens,
+    layer_norm_view_pe=triton_layer_norm_view_pe,
     tokens_to_canvas=tokens_to_canvas,
     constraints=(_triton_device, _dtype_in(torch.float32, torch.float16, torch.bfloat16), _kernel_sizes),
     traceable=False,

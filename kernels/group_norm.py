@@ -18,7 +18,10 @@ The backward recomputes the PyTorch reference under autograd (no Triton backward
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -36,7 +39,8 @@ def group_norm_to_tokens_ref(canvas: torch.Tensor, grid: tuple[int, int], num_gr
     """
     if upcast:
         canvas, weight, bias = canvas.float(), weight.float(), bias.float()
-    return cva_ops.group_norm_to_tokens(canvas, grid, num_groups, weight, bias, eps)
+    norm = partial(F.group_norm, num_groups=num_groups, weight=weight, bias=bias, eps=eps)
+    return cva_ops.group_norm_to_tokens(canvas, grid, norm)
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -12,7 +12,10 @@ buffer and gets no gradient.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -33,7 +36,8 @@ def layer_norm_view_pe_ref(tokens: torch.Tensor, weight: torch.Tensor, bias: tor
     if upcast:
         tokens, weight, bias = tokens.float(), weight.float(), bias.float()
         pe = pe.float() if pe is not None else None
-    return cva_ops.layer_norm_view_pe(tokens, weight, bias, eps, pe)
+    norm = partial(F.layer_norm, normalized_shape=weight.shape, weight=weight, bias=bias, eps=eps)
+    return cva_ops.layer_norm_view_pe(tokens, norm, pe)
 
 
 # ----------------------------------------------------------------------------- kernel

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..errors import InvalidArgumentError, MissingDependencyError
 from . import cva_ops
@@ -31,10 +32,10 @@ DEFAULT_CVA_BACKEND = "eager"
 # Backends provided outside the core, like entry points: backend name -> module whose import registers it.
 PROVIDERS = {"triton": "imagpose.kernels", "xformers": "imagpose.kernels"}
 
-# canvas (B, C, R*h, Cg*w), grid (R, Cg), num_groups, weight (C,), bias (C,), eps -> tokens (B*h*w, V, C)
-GroupNormToTokensFn = Callable[[torch.Tensor, tuple[int, int], int, torch.Tensor, torch.Tensor, float], torch.Tensor]
-# tokens (N, V, C), weight (C,), bias (C,), eps, pe (1, max_views, C) or None -> (N, V, C)
-LayerNormViewPEFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, "torch.Tensor | None"], torch.Tensor]
+# canvas (B, C, R*h, Cg*w), grid (R, Cg), the CVA's GroupNorm -> tokens (B*h*w, V, C)
+GroupNormToTokensFn = Callable[[torch.Tensor, tuple[int, int], nn.GroupNorm], torch.Tensor]
+# tokens (N, V, C), the sub-block's LayerNorm, pe (1, max_views, C) or None -> (N, V, C)
+LayerNormViewPEFn = Callable[[torch.Tensor, nn.LayerNorm, "torch.Tensor | None"], torch.Tensor]
 # q, k, v (N, heads, V, head_dim), scale -> (N, heads, V, head_dim)
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 # tokens (B*h*w, V, C), residual canvas (B, C, R*h, Cg*w), grid (R, Cg) -> canvas (B, C, R*h, Cg*w)

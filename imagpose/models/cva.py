@@ -102,7 +102,7 @@ class CrossViewBlock(nn.Module):
         num_views = tokens.shape[1]
         for attention, norm in zip(self.attention_blocks, self.norms):
             pe = attention.pos_encoder.table(num_views) if attention.pos_encoder is not None else None
-            normed = backend.layer_norm_view_pe(tokens, norm.weight, norm.bias, norm.eps, pe)
+            normed = backend.layer_norm_view_pe(tokens, norm, pe)
             tokens = attention(normed, backend.attention) + tokens
         return self.ff(self.ff_norm(tokens)) + tokens
 
@@ -120,10 +120,10 @@ class CrossViewTransformer(nn.Module):
              for _ in range(num_layers)]
         )
         self.proj_out = nn.Linear(inner_dim, channels)
-        self.backend = get_cva_backend(DEFAULT_CVA_BACKEND)
+        self.backend = DEFAULT_CVA_BACKEND  # a registered name; the module stays a plain, picklable object
 
     def forward(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """canvas (B, C, R*h, Cg*w) -> (B, C, R*h, Cg*w), through the four ops of ``self.backend``."""
+        """canvas (B, C, R*h, Cg*w) -> (B, C, R*h, Cg*w), through the four ops of the backend ``self.backend``."""
         height, width = canvas.shape[-2:]
         rows, cols = grid
         if height % rows or width % cols:
@@ -131,11 +131,9 @@ class CrossViewTransformer(nn.Module):
                 f"CVA cannot split a {height}x{width} feature map into a {rows}x{cols} grid of equal views; "
                 "tile sizes must be multiples of 8 * 2**(UNet levels - 1) (the pipeline pads them for you)."
             )
-        backend = self.backend
+        backend = get_cva_backend(self.backend)
         backend.check(CVACall(canvas.device, canvas.dtype, rows * cols, self.proj_in.out_features, self.head_dim))
-        norm = self.norm
-        tokens = backend.group_norm_to_tokens(canvas, grid, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        tokens = self.proj_in(tokens)  # (B*h*w, V, C)
+        tokens = self.proj_in(backend.group_norm_to_tokens(canvas, grid, self.norm))  # (B*h*w, V, C)
         for block in self.transformer_blocks:
             tokens = block(tokens, backend)
         return backend.tokens_to_canvas(self.proj_out(tokens), canvas, grid)  # join + canvas residual
@@ -155,7 +153,8 @@ class CrossViewAttention(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         """Run this module through the registered CVA backend of that name (``attention.cva_backends()``)."""
-        self.temporal_transformer.backend = get_cva_backend(backend)
+        get_cva_backend(backend)  # fail here on an unknown name, not at the next forward
+        self.temporal_transformer.backend = backend
 
     def forward(self, canvas: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """canvas (B, C, H, W) -> (B, C, H, W)."""

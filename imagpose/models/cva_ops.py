@@ -14,28 +14,34 @@ tokens (B*h*w, V, C), one sequence of V view tokens per spatial position; q/k/v 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+# The CVA's nn.GroupNorm / nn.LayerNorm, called as is: a module keeps LayerNorm's normalized_shape a Python
+# constant, which the TorchScript ONNX exporter needs (F.layer_norm(x, x.shape[-1:], ...) traces the shape).
+# The kernels' references pass F.group_norm / F.layer_norm bound to explicit parameters instead.
+Normalization = Callable[[torch.Tensor], torch.Tensor]
 
-def group_norm_to_tokens(canvas: torch.Tensor, grid: tuple[int, int], num_groups: int, weight: torch.Tensor,
-                         bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """canvas (B, C, R*h, Cg*w) -> per-view GroupNorm -> tokens (B*h*w, V, C)."""
+
+def group_norm_to_tokens(canvas: torch.Tensor, grid: tuple[int, int], norm: Normalization) -> torch.Tensor:
+    """canvas (B, C, R*h, Cg*w) -> ``norm`` (the CVA's ``nn.GroupNorm``) per view -> tokens (B*h*w, V, C)."""
     batch, channels, height, width = canvas.shape
     rows, cols = grid
     h, w, num_views = height // rows, width // cols, rows * cols
     # split: (B, C, R*h, Cg*w) -> (B, R, Cg, C, h, w) -> (B*V, C, h, w); GroupNorm statistics per view
     views = canvas.reshape(batch, channels, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5)
-    views = F.group_norm(views.reshape(batch * num_views, channels, h, w), num_groups, weight, bias, eps)
+    views = norm(views.reshape(batch * num_views, channels, h, w))
     # (B*V, C, h, w) -> (B, h*w, V, C) -> (B*h*w, V, C): one sequence of V view tokens per position
     tokens = views.reshape(batch, num_views, channels, h * w).permute(0, 3, 1, 2)
     return tokens.reshape(batch * h * w, num_views, channels)
 
 
-def layer_norm_view_pe(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                       pe: torch.Tensor | None) -> torch.Tensor:
-    """tokens (N, V, C) -> LayerNorm(tokens) + pe[:, :V]; pe is the (1, max_views, C) table, or None (no PE)."""
-    out = F.layer_norm(tokens, (tokens.shape[-1],), weight, bias, eps)
+def layer_norm_view_pe(tokens: torch.Tensor, norm: Normalization, pe: torch.Tensor | None) -> torch.Tensor:
+    """tokens (N, V, C) -> ``norm`` (the block's ``nn.LayerNorm``) + pe[:, :V]; pe is the (1, max_views, C) table,
+    or None (no PE)."""
+    out = norm(tokens)
     return out + pe[:, : tokens.shape[1]] if pe is not None else out
 
 

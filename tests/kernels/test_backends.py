@@ -29,7 +29,7 @@ def test_triton_backend_supplies_the_four_kernels_and_is_not_onnx_traceable(devi
     backend = get_cva_backend("triton")
     assert backend is TRITON_BACKEND and "triton" in cva_backends() and not backend.traceable
     assert (backend.group_norm_to_tokens, backend.layer_norm_view_pe, backend.attention, backend.tokens_to_canvas) \
-        == (imagpose.kernels.group_norm_to_tokens, imagpose.kernels.layer_norm_view_pe,
+        == (backends.triton_group_norm_to_tokens, backends.triton_layer_norm_view_pe,
             imagpose.kernels.cross_view_attention, imagpose.kernels.tokens_to_canvas)
     q, k, v = _qkv(5, 4, 2, 8, device=device)
     torch.testing.assert_close(backend.attention(q, k, v, 8**-0.5), eager_attention(q, k, v, 8**-0.5))

@@ -1,6 +1,7 @@
 """The CVA module and the whole tiny UNet on the "triton" backend (fused kernels) vs the eager path."""
 
 import io
+import pickle
 
 import pytest
 import torch
@@ -105,6 +106,15 @@ def test_onnx_export_of_the_triton_backend_is_refused():
 
     with pytest.raises(InvalidArgumentError, match=r"'triton' has no ONNX form; export with a traceable backend"):
         torch.onnx.export(TritonCVA(), (torch.randn(1, 32, 4, 4),), io.BytesIO(), dynamo=False)
+
+
+def test_a_module_on_the_triton_backend_pickles(device):
+    """The module keeps the backend's name, not its functions: it pickles and runs the same after loading."""
+    model = TritonCVA().to(device)
+    again = pickle.loads(pickle.dumps(model))
+    canvas = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(6)).to(device)
+    with torch.no_grad():
+        assert torch.equal(again(canvas), model(canvas))
 
 
 def test_torch_export_traces_the_fused_path(device):
