@@ -1,4 +1,4 @@
-"""CVA backends provided by this package, registered in ``imagpose.models.attention`` when it is imported.
+"""CVA backends provided by this package; importing imagpose.kernels registers them in imagpose.models.attention.
 
     triton    all four CVA ops as fused kernels: :func:`~imagpose.kernels.group_norm.group_norm_to_tokens`,
               :func:`~imagpose.kernels.layer_norm.layer_norm_view_pe`,

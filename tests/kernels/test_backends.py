@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import imagpose.kernels
-from imagpose.errors import InvalidArgumentError
+from imagpose.errors import InvalidArgumentError, MissingDependencyError
 from imagpose.kernels import backends
 from imagpose.kernels.backends import TRITON_BACKEND, XFORMERS_BACKEND, XFORMERS_MAX_BATCH, xformers_attention
 from imagpose.models.attention import CVACall, cva_backends, get_cva_backend
@@ -86,6 +86,13 @@ def test_xformers_is_registered_exactly_when_importable():
     assert ("xformers" in cva_backends()) == (importlib.util.find_spec("xformers") is not None)
     with pytest.raises(InvalidArgumentError, match="needs a CUDA tensor"):
         XFORMERS_BACKEND.check(CVACall(torch.device("cpu"), torch.float16, 4, 64, 8))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers is installed here")
+def test_xformers_without_xformers_is_a_missing_dependency():
+    with pytest.raises(MissingDependencyError, match="'xformers' is not available: imagpose.kernels registers it "
+                                                     "only when .* install it or choose one of eager, sdpa, triton"):
+        get_cva_backend("xformers")
 
 
 def test_xformers_backend_chunks_the_batch_below_65536(monkeypatch):
