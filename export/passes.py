@@ -13,7 +13,6 @@ from pathlib import Path
 import onnx
 
 log = logging.getLogger("imagpose.export")
-PROTOBUF_LIMIT = 2**31 - 1
 
 
 def node_count(model: onnx.ModelProto) -> int:

@@ -1,7 +1,11 @@
 """Run the same inputs through several backends and compare them with the fp32 PyTorch reference: a table
 per component (max abs, SQNR dB) and end to end (final-image SSIM, PSNR), PASS/FAIL against the stated
-tolerances (fp32: SQNR >= 60 dB, SSIM >= 0.999). ONNX files and TensorRT engines are exported and built into
---work-dir first, and reused while they match the model."""
+tolerances (fp32: SQNR >= 60 dB, SSIM >= 0.999; fp16: PyTorch fp16's own error against fp32, measured in the
+same run). ONNX files and TensorRT engines are exported and built into --work-dir first, and reused while they
+match the model.
+
+  imagpose parity --backends torch,onnxruntime
+  imagpose parity --backends tensorrt --device cuda --export-dtype fp16"""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--work-dir", default=None,
                         help="folder for the exported ONNX files and TensorRT engines, reused while they match the "
                              "model (default outputs/runtimes/<preset or model folder name>)")
+    parser.add_argument("--export-dtype", default="fp32", choices=["fp32", "fp16"],
+                        help="precision of the exported graphs and engines; fp16 backends are held to PyTorch fp16's "
+                             "own error against fp32 (SQNR >= torch fp16's - 6 dB)")
     parser.add_argument("--providers", default="CPUExecutionProvider",
                         help="comma-separated ONNX Runtime execution providers")
     parser.add_argument("--tile-size", type=parse_size, default=(64, 64), help="tile HEIGHTxWIDTH of the check")
@@ -29,10 +36,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import copy
+
+    import torch
+
     from .. import scenarios
     from ..errors import InvalidArgumentError
     from ..export import ShapeBucket
-    from ..export.parity import run_parity
+    from ..export.parity import CastRuntime, run_parity
     from ..export.runtime import BACKENDS, prepare_runtime
     from ..io import write_json
     from ..samples import sample
@@ -47,14 +58,20 @@ def run(args) -> int:
     pipe = load_pipeline(args)
     bucket = ShapeBucket(1, *args.tile_size, *args.grid)
     work_dir = Path(args.work_dir or Path("outputs/runtimes") / (Path(args.model).name if args.model else args.preset))
-    backends = {name: prepare_runtime(name, pipe, work_dir, bucket, providers=args.providers.split(","))
+    backends = {name: prepare_runtime(name, pipe, work_dir, bucket, dtype=args.export_dtype,
+                                      providers=args.providers.split(","))
                 for name in names}
+    low_precision = {}
+    if args.export_dtype == "fp16":  # the yardstick: the same PyTorch model in fp16
+        pipe16 = copy.deepcopy(pipe).to(dtype=torch.float16)
+        low_precision = {"lowp_reference": CastRuntime(pipe16.torch_runtime(), torch.float16),
+                         "lowp_backends": tuple(name for name in names if name != "torch")}
     image, pose = sample("person_red_front")
     requests = [scenarios.t2(image, pose, sample("person_red_walking")[1], tile_size=args.tile_size,
                              grid=args.grid, seed=0),
                 scenarios.imagpose_star(image, pose, [sample(f"person_red_{n}")[1] for n in ("arms_up", "side")],
                                         tile_size=args.tile_size, grid=args.grid, seed=1)]
-    report = run_parity(pipe, backends, bucket, requests, steps=args.steps)
+    report = run_parity(pipe, backends, bucket, requests, steps=args.steps, **low_precision)
     print(report.format())
     if args.json:
         write_json(args.json, report.to_dict())

@@ -34,3 +34,32 @@ def test_identical_images():
     image = torch.rand(1, 3, 32, 32)
     assert ssim(image, image) == pytest.approx(1.0, abs=1e-12)
     assert psnr(image, image) == math.inf and sqnr_db(image, image) == math.inf
+
+
+@pytest.mark.slow
+def test_fp16_backends_are_held_to_torch_fp16s_own_error(tiny_pipe, samples):
+    """The fp16 tolerance: SQNR >= torch fp16's - 6 dB per component, SSIM >= min(0.98, torch fp16's - 0.01).
+    (Slow: fp16 convolutions on a CPU.)"""
+    import copy
+
+    from imagpose import scenarios
+    from imagpose.export.parity import CastRuntime, run_parity
+    from tests.export.conftest import BUCKET
+
+    pipe16 = copy.deepcopy(tiny_pipe).to(dtype=torch.float16)
+    image, pose = samples("person_red_front")
+    requests = [scenarios.t2(image, pose, samples("person_red_walking")[1], tile_size=(64, 64), seed=0)]
+    yardstick = CastRuntime(pipe16.torch_runtime(), torch.float16)
+    backends = {"fp16-copy": CastRuntime(pipe16.torch_runtime(), torch.float16, "fp16-copy"),
+                "fp32-as-fp16": tiny_pipe.torch_runtime()}
+    report = run_parity(tiny_pipe, backends, BUCKET, requests, steps=1, lowp_reference=yardstick,
+                        lowp_backends=tuple(backends))
+    print(report.format())
+    by_name = {(c.backend, c.component): c for c in report.components}
+    for component in ("unet", "vae_decoder"):
+        reference = by_name["torch-fp16", component]
+        assert reference.min_sqnr_db == -math.inf  # the yardstick is reported, not judged
+        assert by_name["fp16-copy", component].min_sqnr_db == reference.sqnr_db - 6.0
+    e2e = {e.backend: e for e in report.end_to_end}
+    assert e2e["fp16-copy"].min_ssim == pytest.approx(min(0.98, e2e["torch-fp16"].ssim - 0.01))
+    assert report.passed
