@@ -111,9 +111,14 @@ class ParityReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """JSON-ready: strict JSON has no inf/NaN, so non-finite numbers (identical outputs give an infinite
+        SQNR, an unjudged yardstick a -inf minimum) are written as the strings "inf", "-inf", "nan"."""
+        def finite(row: dict) -> dict:
+            return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
         return {"device": self.device, "passed": self.passed,
-                "components": [{**asdict(c), "passed": c.passed} for c in self.components],
-                "end_to_end": [{**asdict(e), "passed": e.passed} for e in self.end_to_end]}
+                "components": [finite({**asdict(c), "passed": c.passed}) for c in self.components],
+                "end_to_end": [finite({**asdict(e), "passed": e.passed}) for e in self.end_to_end]}
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """SSIM and PSNR (torchmetrics) keep the definitions the parity tolerances were set with: the values below were
 computed by the earlier hand-written implementation (valid 11x11 Gaussian windows, sigma 1.5, data range 1)."""
 
+import json
 import math
 
 import pytest
@@ -63,3 +64,16 @@ def test_fp16_backends_are_held_to_torch_fp16s_own_error(tiny_pipe, samples):
     e2e = {e.backend: e for e in report.end_to_end}
     assert e2e["fp16-copy"].min_ssim == pytest.approx(min(0.98, e2e["torch-fp16"].ssim - 0.01))
     assert report.passed
+
+
+def test_a_report_with_infinite_sqnr_is_strict_json(tmp_path):
+    """Identical outputs give an infinite SQNR and the fp16 yardstick a -inf minimum; the JSON report must still be
+    strict JSON (regression: the strict writer refused it)."""
+    from imagpose.export.parity import ComponentParity, EndToEndParity, ParityReport
+    from imagpose.io import write_json
+
+    report = ParityReport("cpu", [ComponentParity("torch", "unet", 0.0, math.inf, -math.inf)],
+                          [EndToEndParity("torch", 1.0, math.inf, 0.0, 0.999)])
+    write_json(tmp_path / "parity.json", report.to_dict())
+    data = json.loads((tmp_path / "parity.json").read_text())
+    assert data["components"][0]["sqnr_db"] == "inf" and data["components"][0]["min_sqnr_db"] == "-inf"
