@@ -64,8 +64,9 @@ def demo_scenarios(seed: int = 0) -> list[DemoScenario]:
     return out
 
 
-def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance_scale: float = 2.0, seed: int = 0,
-             model_label: str = "tiny (random weights)", progress: bool = True, backend: str = "torch") -> dict:
+def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance_scale: float = 2.0,
+             eta: float = 0.0, seed: int = 0, model_label: str = "tiny (random weights)", progress: bool = True,
+             backend: str = "torch") -> dict:
     """Run every demo scenario and write ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and
     ``out_dir/summary.json``, beside what ``out_dir`` already holds. ``out_dir`` is a folder, or an open
     :class:`~imagpose.io.OutputFolder` (the caller checked it early and commits it). Returns the summary."""
@@ -78,12 +79,13 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
         requests = [item.request for item in items]
         canvases = [pipe.build_canvas(r) for r in requests]
         start = time.perf_counter()
-        output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, progress=progress)
+        output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, progress=progress)
         seconds = time.perf_counter() - start
         summary = {
             "model": model_label,
             "steps": steps,
             "guidance_scale": guidance_scale,
+            "eta": eta,
             "seconds_total": round(seconds, 3),
             "device": str(pipe.device),
             "backend": backend,

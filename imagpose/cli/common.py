@@ -37,6 +37,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int |
                        help="DDIM steps (default: the preset's, 20 as in the paper)")
     group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
                        help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
+    group.add_argument("--eta", type=sampling_setting("eta", float), default=0.0,
+                       help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
     group.add_argument("--seed", type=int, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

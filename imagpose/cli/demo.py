@@ -32,7 +32,7 @@ def run(args) -> int:
         label = args.model or f"{args.preset} (random weights, seed {args.weights_seed})"
         print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
               f"backend {args.backend}")
-        summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, seed=args.seed,
+        summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
                            model_label=label, progress=not args.no_progress, backend=args.backend)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))

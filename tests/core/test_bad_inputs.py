@@ -273,6 +273,8 @@ def no_model_build(monkeypatch):
     ("--guidance", "nan", "guidance_scale must be a finite number >= 0"),
     ("--guidance", "inf", "guidance_scale must be a finite number >= 0"),
     ("--guidance", "-1", "guidance_scale must be a finite number >= 0"),
+    ("--eta", "nan", "eta must be a finite number in [0, 1]"),
+    ("--eta", "1.5", "eta must be a finite number in [0, 1]"),
     ("--tile-size", "0x0", "HEIGHTxWIDTH"),
     ("--tile-size", "abc", "HEIGHTxWIDTH"),
     ("--grid", "0x2", "ROWSxCOLS"),

@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from imagpose.cli import SUBCOMMANDS, build_parser, main
 
@@ -35,27 +37,18 @@ def test_env_json(capsys):
     assert info["torch"] and "cuda_available" in info
 
 
-def test_demo_writes_every_scenario(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "1", "--no-progress"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    names = [s["name"] for s in summary["scenarios"]]
-    assert names == ["t1", "t2", "t3", "imagpose_star", "mixed", "grid_2x3", "tile_128x128"]
-    for item in summary["scenarios"]:
-        assert (out / item["canvas"]).is_file()
-        assert item["targets"] and all((out / t).is_file() for t in item["targets"])
-    assert str(out) in capsys.readouterr().out
-
-
 def test_generate_from_files(tmp_path, samples):
     image, pose = samples("person_blue_front")
     _, target = samples("person_blue_walking")
-    out = tmp_path / "gen"
-    code = main(["generate", "--source", str(image), str(pose), "--target", str(target), "--tile-size", "64x64",
-                 "--steps", "1", "--no-progress", "--out", str(out)])
-    assert code == 0
-    result = json.loads((out / "result.json").read_text())
+    argv = ["generate", "--source", str(image), str(pose), "--target", str(target), "--tile-size", "64x64",
+            "--steps", "2", "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "gen")]) == 0
+    result = json.loads((tmp_path / "gen" / "result.json").read_text())
     assert result["targets"] == ["target_tile3.png"]  # T2: the target sits in the last tile
+    assert main(argv + ["--eta", "1", "--out", str(tmp_path / "eta")]) == 0  # DDIM noise reaches the sampler
+    assert json.loads((tmp_path / "eta" / "result.json").read_text())["eta"] == 1.0
+    deterministic, noisy = (Image.open(tmp_path / d / "canvas.png") for d in ("gen", "eta"))
+    assert np.abs(np.asarray(deterministic, dtype=int) - np.asarray(noisy, dtype=int)).max() > 0
 
 
 def test_generate_reports_bad_input_without_partial_output(tmp_path, samples, capsys):
