@@ -1,1 +1,1 @@
-"""imagpose.bench: speed/parity benchmarks against PIDM, CFLD, PoCoLD and PCDMs (issue #5)."""
+"""imagpose.bench: speed and output-parity benchmarks of IMAGPose against PIDM, CFLD, PoCoLD and PCDMs."""

@@ -2,12 +2,14 @@
 
 For each scenario:
   1. FLOPs, exact: the method is built on the meta device at the *full* size and run through its whole
-     inference loop under :class:`~bench.meter.FlopMeter` (one iteration per loop, scaled by the loop length;
-     every iteration of a loop does the same work), at the scenario's setting (resolution, steps).
+     inference loop under :class:`~imagpose.bench.meter.FlopMeter` (one iteration per loop, scaled by the loop
+     length; every iteration of a loop does the same work), at the scenario's setting (resolution, steps).
   2. Time: the method at the scenario's size on the device, ``warmup`` untimed runs, then ``repeats`` timed
-     runs under :class:`~bench.meter.TimeMeter` (device-synchronised); the median per stage is kept. Quick
-     scenarios run ``loop_limit`` steps per loop and extrapolate, and the report says so.
+     runs under :class:`~imagpose.bench.meter.TimeMeter` (device-synchronised); the median per stage is kept.
+     Quick scenarios run ``loop_limit`` steps per loop and extrapolate, and the report says so.
   3. Per generated image: divided by the batch and by the images one pass yields (IMAGPose*: 3).
+IMAGPose runs its real pipeline call (``IMAGPosePipeline.__call__``) with a metered runtime; see
+:mod:`imagpose.bench.imagpose_method`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+from imagpose.timing import Stopwatch
 
 from .meter import FlopMeter, TimeMeter
 from .scenarios import Scenario, build_method, resolve_setting
@@ -83,7 +87,7 @@ def run_scenario(scenario: Scenario, device: str = "cpu", warmup: int = 1, repea
         method = method.to(device_t).eval()
         method.apply_precision(setting)
         if backend_factory is not None:
-            method.backend = backend_factory(method)
+            method.backend = backend_factory(method, setting)
         generator = torch.Generator().manual_seed(0)
         inputs = method.example_inputs(scenario.batch, setting, device_t, dtype, generator)
         if device_t.type == "cuda":
@@ -144,16 +148,16 @@ def run_suite(scenarios: list[Scenario], device: str = "cpu", warmup: int = 1, r
               progress: bool = True, backend_factories: dict | None = None) -> dict:
     results = []
     for scenario in scenarios:
-        start = time.perf_counter()
         factory = (backend_factories or {}).get(scenario.backend)
-        if scenario.backend != "eager" and factory is None:
-            result = ScenarioResult(scenario.label, scenario.method, {}, asdict(scenario), device,
-                                    error=f"backend {scenario.backend} is not available here")
-        else:
-            result = run_scenario(scenario, device, warmup, repeats, factory)
+        with Stopwatch() as watch:
+            if scenario.backend != "eager" and factory is None:
+                result = ScenarioResult(scenario.label, scenario.method, {}, asdict(scenario), device,
+                                        error=f"backend {scenario.backend} is not available here")
+            else:
+                result = run_scenario(scenario, device, warmup, repeats, factory)
         results.append(result)
         if progress:
             status = result.error or f"{result.seconds_per_image:.2f} s/image, {result.tflops_per_image_full:.1f} " \
                                      "TFLOP/image (full size)"
-            print(f"[bench] {scenario.label:<40} {status}  ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"[bench] {scenario.label:<40} {status}  ({watch.seconds:.0f} s)", flush=True)
     return {"environment": environment(device), "results": [asdict(r) for r in results]}

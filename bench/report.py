@@ -12,6 +12,8 @@ import csv
 import json
 from pathlib import Path
 
+from imagpose.io import atomic_file
+
 CLAIMS = {"pidm": 8.0, "pocold": 3.0, "cfld": 3.0}
 HOLDS_FRACTION = 0.75
 NAMES = {"imagpose": "IMAGPose", "imagpose_star": "IMAGPose*", "pidm": "PIDM", "cfld": "CFLD", "pocold": "PoCoLD",
@@ -51,17 +53,20 @@ def _why(baseline, claim, time_ratio, flop_ratio, holds) -> str:
     return f"the baseline needs {flop_ratio:.1f}x the FLOPs; the measured gap is {time_ratio:.1f}x, not ~{claim:g}x"
 
 
-def write_report(suite: dict, out_dir: str | Path, parity: dict | None = None) -> dict[str, Path]:
-    """Write report.md, results.json, results.csv and the plots; returns their paths."""
+def write_report(suite: dict, out_dir: str | Path, parity: dict | None = None,
+                 sdk_throughput: dict | None = None) -> dict[str, Path]:
+    """Write report.md, results.json, results.csv and the plots (each file atomically); returns their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = suite["results"]
     rows = verdicts(results)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "report.md"}
-    paths["json"].write_text(json.dumps({**suite, "verdicts": rows, "parity": parity}, indent=2, default=str))
+    with atomic_file(paths["json"], "w") as handle:
+        json.dump({**suite, "verdicts": rows, "parity": parity, "sdk_throughput": sdk_throughput}, handle,
+                  indent=2, default=str)
     _write_csv(results, paths["csv"])
     paths.update(_plots(results, out))
-    paths["md"].write_text(_markdown(suite, rows, parity, paths))
+    with atomic_file(paths["md"], "w") as handle:
+        handle.write(_markdown(suite, rows, parity, sdk_throughput, paths))
     return paths
 
 
@@ -69,7 +74,7 @@ def _write_csv(results, path: Path) -> None:
     fields = ["label", "method", "setting", "size", "backend", "resolution", "steps", "precision",
               "seconds_per_image", "extrapolated", "tflops_per_image_full", "tflops_per_image_measured_size",
               "achieved_tflops_per_s", "mfu", "peak_memory_gib", "error"]
-    with path.open("w", newline="") as handle:
+    with atomic_file(path, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for r in results:
@@ -116,8 +121,7 @@ def _plots(results, out: Path) -> dict[str, Path]:
     fig.suptitle("Measured time per image (dashed: IMAGPose time x the paper's claimed factor)")
     fig.tight_layout()
     paths["plot_seconds"] = out / "seconds_per_image.png"
-    fig.savefig(paths["plot_seconds"], dpi=120)
-    plt.close(fig)
+    _save(fig, paths["plot_seconds"])
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in ok:
@@ -132,16 +136,23 @@ def _plots(results, out: Path) -> dict[str, Path]:
     ax.set_title("FLOPs vs measured time (o as released, s common policy)")
     fig.tight_layout()
     paths["plot_flops"] = out / "flops_vs_time.png"
-    fig.savefig(paths["plot_flops"], dpi=120)
-    plt.close(fig)
+    _save(fig, paths["plot_flops"])
     return paths
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
 
 
 def _fmt(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
 
-def _markdown(suite, rows, parity, paths) -> str:
+def _markdown(suite, rows, parity, sdk_throughput, paths) -> str:
     env = suite["environment"]
     lines = ["# IMAGPose vs PIDM, CFLD, PoCoLD, PCDMs: speed", "",
              f"Device: **{env.get('gpu') or env.get('cpu')}** ({env['device']}, {env['threads']} threads), "
@@ -150,7 +161,12 @@ def _markdown(suite, rows, parity, paths) -> str:
              "precision; *common policy* = 256x192 output, 20 steps, fp16 (fp32 on CPU), SDPA. Reduced-size "
              "rows use each method's ~0.4x-width variant at half resolution and time 2 steps per loop, "
              "extrapolated to the full step count (marked *). FLOPs are exact (torch.utils.flop_counter on "
-             "the meta device) for the full-size models at the setting's full resolution.", ""]
+             "the meta device) for the full-size models at the setting's full resolution.", "",
+             "IMAGPose rows time the pipeline users run (`IMAGPosePipeline.__call__` on requests built from the "
+             "shipped sample people) through a metered runtime: its stages are the pipeline's own network calls "
+             "(encoders: DINOv2, VAE encoder x2, FLC, PoseGuider; denoiser: the UNet on the CFG batch; "
+             "vae_decode). Canvas assembly (CPU image work the baselines' tensor inputs skip) and the sampler "
+             "arithmetic between the calls are not in any stage.", ""]
     for setting in ("as_released", "common_policy"):
         lines += [f"## {setting.replace('_', ' ')}", "",
                   "| method | size | resolution | steps | precision | s / image | TFLOP / image (full) | "
@@ -197,4 +213,18 @@ def _markdown(suite, rows, parity, paths) -> str:
                 steps = ", ".join(f"{v:.0f}" for v in row["sqnr_db_per_step"])
                 lines.append(f"| {row['backend']} | {steps} | {row['final_ssim']:.6f} | {row['final_psnr_db']:.1f} |")
         lines.append("")
+    if sdk_throughput:
+        lines += _sdk_section(sdk_throughput)
     return "\n".join(lines)
+
+
+def _sdk_section(sdk: dict) -> list[str]:
+    lines = ["## SDK throughput (the same requests one by one vs through `IMAGPoseGenerator`)", ""]
+    if "error" in sdk:
+        return lines + [f"error: {sdk['error']}", ""]
+    return lines + [
+        f"Device: **{sdk['device']}**; IMAGPose `{sdk['preset']}` preset, {sdk['requests']} T2 requests of "
+        f"{'x'.join(map(str, sdk['tile']))} tiles, {sdk['steps']} DDIM steps, {sdk['precision']}, "
+        f"max_batch {sdk['max_batch']}.", "",
+        "| sequential requests/s | SDK requests/s | SDK / sequential |", "|---|---|---|",
+        f"| {sdk['sequential_requests_per_s']:.3g} | {sdk['sdk_requests_per_s']:.3g} | {sdk['ratio']:.2f}x |", ""]

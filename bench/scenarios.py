@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from imagpose.errors import InvalidArgumentError
+
 from .baselines.base import Setting
 
 METHODS = ("imagpose", "imagpose_star", "pidm", "cfld", "pocold", "pcdms")
+SETTINGS = ("as_released", "common_policy")
+BACKENDS = ("eager", "onnxruntime", "tensorrt", "triton")  # IMAGPose's runtimes: eager PyTorch and the fast paths
 COMMON_OUTPUT = (256, 192)
 COMMON_STEPS = 20
 
@@ -24,7 +28,7 @@ COMMON_STEPS = 20
 class Scenario:
     method: str
     setting: str = "as_released"  # or "common_policy"
-    size: str = "full"  # or "reduced"
+    size: str = "full"  # or "reduced" (IMAGPose also "tiny": the test preset)
     batch: int = 1
     backend: str = "eager"  # IMAGPose only: eager | onnxruntime | tensorrt | triton
     loop_limit: int | None = None  # run this many steps of each loop and extrapolate (None: all)
@@ -35,12 +39,23 @@ class Scenario:
         return f"{self.method}{backend}/{self.setting}/{self.size}"
 
 
-def build_method(name: str, size: str, backend=None):
+def check_choices(what: str, values, choices) -> list[str]:
+    """``values`` if each is one of ``choices``, else an :class:`InvalidArgumentError` naming the valid ones."""
+    values = list(values)
+    unknown = [value for value in values if value not in choices]
+    if unknown or not values:
+        raise InvalidArgumentError(f"Unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+                                   f"{', '.join(choices)}.")
+    return values
+
+
+def build_method(name: str, size: str):
     """Instantiate a method (on the current default device: use ``torch.device("meta")`` for counts)."""
+    check_choices("method", [name], METHODS)
     if name in ("imagpose", "imagpose_star"):
         from .imagpose_method import IMAGPoseMethod
 
-        return IMAGPoseMethod(size, stars=name == "imagpose_star", backend=backend)
+        return IMAGPoseMethod(size, stars=name == "imagpose_star")
     if name == "pidm":
         from .baselines.pidm import PIDM
 
@@ -57,18 +72,15 @@ def build_method(name: str, size: str, backend=None):
         from .baselines.pcdms import PCDMs
 
         return PCDMs(size)
-    raise ValueError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
 
 
 def resolve_setting(released: Setting, setting: str, size: str, device_type: str) -> Setting:
     """The concrete setting a scenario runs (resolution halved for reduced-size runs)."""
-    if setting == "as_released":
-        out = released
-    elif setting == "common_policy":
+    check_choices("setting", [setting], SETTINGS)
+    out = released
+    if setting == "common_policy":
         out = replace(released, name="common_policy", resolution=COMMON_OUTPUT, steps=COMMON_STEPS,
                       precision="fp16", candidates=1)
-    else:
-        raise ValueError(f"Unknown setting {setting!r}; use as_released or common_policy.")
     if device_type != "cuda":
         out = replace(out, precision="fp32")  # fp16 convolutions are not a CPU path
     if size == "reduced":
@@ -76,15 +88,14 @@ def resolve_setting(released: Setting, setting: str, size: str, device_type: str
     return out
 
 
-def quick_cpu_suite() -> list[Scenario]:
-    """Every method, both settings, reduced size, 2 timed steps per loop (extrapolated): minutes on 2 cores."""
-    return [Scenario(m, s, "reduced", loop_limit=2) for s in ("as_released", "common_policy") for m in METHODS]
+def build_suite(methods=METHODS, settings=SETTINGS, backends=("eager",), quick: bool = False) -> list[Scenario]:
+    """Every method under every setting on eager PyTorch, and IMAGPose(*) as released on each other backend.
 
-
-def full_gpu_suite(backends=("eager",)) -> list[Scenario]:
-    """Full-size methods, both settings, every step timed; IMAGPose also on each fast-path backend."""
-    suite = [Scenario(m, s, "full") for s in ("as_released", "common_policy") for m in METHODS]
-    for backend in backends:
-        if backend != "eager":
-            suite += [Scenario(m, "as_released", "full", backend=backend) for m in ("imagpose", "imagpose_star")]
+    ``quick``: reduced sizes, 2 steps per loop (extrapolated), minutes on 2 CPU cores; else the full sizes with
+    every step timed.
+    """
+    size, loop_limit = ("reduced", 2) if quick else ("full", None)
+    suite = [Scenario(m, s, size, loop_limit=loop_limit) for s in settings for m in methods]
+    suite += [Scenario(m, "as_released", size, backend=b, loop_limit=loop_limit)
+              for b in backends if b != "eager" for m in methods if m.startswith("imagpose")]
     return suite

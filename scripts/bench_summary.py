@@ -3,10 +3,11 @@
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 
 def main(path: str) -> None:
-    data = json.load(open(path))
+    data = json.loads(Path(path).read_text())
     machine = data.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor'))}, "
           f"{machine.get('cpu', {}).get('count', '?')} cores")
@@ -25,4 +26,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/bench/unet_step.json")
+    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/bench/pytest_benchmark.json")  # where `make bench` writes it

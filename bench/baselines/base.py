@@ -1,10 +1,11 @@
 """The interface every benchmarked method implements (the four baselines and IMAGPose itself).
 
 A method is a set of networks plus the inference loop its public code runs. ``generate`` runs that loop
-for a batch of generated images and wraps each piece of work in ``meter.stage(name, repeat=n)`` so the
-harness gets seconds or FLOPs per stage; loops run ``meter.runs(n)`` iterations (all of them unless the
-harness asks for a quick, extrapolated measurement). Networks are built from the public configs with random
-weights; ``build(..., device="meta")`` gives shapes only (parameter and FLOP counts).
+for a batch of generated images and wraps each piece of work in ``meter.stage(name)`` (one iteration of an
+n-step loop: ``meter.stage(name, repeat=n)``) so the harness gets seconds or FLOPs per stage; loops run
+``meter.runs(n)`` iterations (all of them unless the harness asks for a quick, extrapolated measurement).
+Networks are built from the public configs with random weights; built inside ``with torch.device("meta"):``
+they have shapes only (parameter and FLOP counts).
 
 Stage names used across methods: "encoders" (once per image: image/pose encoders, VAE encodes),
 "denoiser" (one sampling step: every network evaluation of that step, batched or sequential as released),
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..meter import Meter, NullMeter
+from ..meter import Meter
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def example_inputs(self, batch: int, setting: Setting, device, dtype, generator=None) -> dict:
-        """Random inputs of the right shapes (source image, pose, ...) for ``generate``."""
+        """Inputs for ``generate``: random tensors of the right shapes (source image, pose, ...), or, for IMAGPose,
+        requests built from the shipped sample people."""
         raise NotImplementedError
 
-    def generate(self, inputs: dict, setting: Setting, meter: Meter | None = None, generator=None) -> torch.Tensor:
-        """Run the inference loop; returns images (B, 3, H, W)."""
+    def generate(self, inputs: dict, setting: Setting, meter: Meter, generator=None) -> torch.Tensor:
+        """Run the inference loop; returns images (B * images_per_pass, 3, H, W)."""
         raise NotImplementedError
 
     def flop_checks(self, device="meta") -> dict[str, float]:
@@ -71,7 +73,3 @@ class Method(nn.Module):
     def apply_precision(self, setting: Setting) -> None:
         """Cast to the setting's precision; a method whose release mixes precisions overrides this."""
         self.to(torch.float16 if setting.precision == "fp16" else torch.float32)
-
-    @staticmethod
-    def default_meter(meter: Meter | None) -> Meter:
-        return meter if meter is not None else NullMeter()

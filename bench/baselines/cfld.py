@@ -462,10 +462,9 @@ class CFLD(Method):
             self._slot.residuals = None
 
     @torch.no_grad()
-    def generate(self, inputs: dict, setting: Setting, meter: Meter | None = None, generator=None) -> torch.Tensor:
+    def generate(self, inputs: dict, setting: Setting, meter: Meter, generator=None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] at ``setting.resolution``, or at ``inputs["output_size"]`` (bicubic,
         antialiased, as ``pose_transfer_test.py`` resizes to ``TEST.IMG_SIZE`` for the metrics) when given."""
-        meter = self.default_meter(meter)
         self._check(setting)
         source, pose = inputs["source"], inputs["pose"]
         batch, device, dtype = source.shape[0], source.device, source.dtype

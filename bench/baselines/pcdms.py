@@ -27,8 +27,9 @@ Deviations from the public code (each is also noted where it happens):
   with ``num_images_per_prompt=4`` fails on a batch mismatch.
 - The Kandinsky prior pipeline's ``get_zero_embed`` (a ViT-bigG/14 pass on a zero image whose result is
   discarded) is skipped unless ``zero_embed=True``.
-- Candidate selection uses a Gaussian-window SSIM (sigma 1.2, 9x9, data range 1) on the [0, 1] tensors instead
-  of skimage on PIL images; stage 2's output is clamped rather than written to PNG and read back.
+- Candidate selection uses the same Gaussian-window SSIM (sigma 1.2, 9x9, border cropped) on the [0, 1] tensors
+  instead of skimage on 8-bit PIL images, with data range 1 where the scripts pass each candidate's own
+  max - min; stage 2's output is clamped rather than written to PNG and read back.
 - Precision: modules run in whatever dtype they have; :meth:`PCDMs.released_precision` applies the released mix
   (stage-2 UNet and VAE fp16; prior, CLIP, DINOv2, projections, pose embedding and stage-3 UNet fp32).
 """
@@ -54,6 +55,7 @@ CLIP_MEAN, CLIP_STD = -0.016, 0.415  # Stage1_PriorTransformer.post_process_late
 OPENAI_CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIPImageProcessor defaults
 OPENAI_CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 NUM_KEYPOINTS = 18  # OpenPose body joints, (x, y) normalised, from the `normalized_pose_txt` files
+SSIM_SIGMA, SSIM_WINDOW = 1.2, 9  # the candidate selection's skimage SSIM: sigma 1.2, truncate 3.5 -> 9x9
 
 # stabilityai/stable-diffusion-2-1-base unet/config.json (attention_head_dim = heads per level, 64 channels each)
 SD21_BASE_UNET = dict(
@@ -214,25 +216,20 @@ def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     return (crop - mean) / std
 
 
-def ssim(images: torch.Tensor, reference: torch.Tensor, sigma: float = 1.2) -> torch.Tensor:
-    """Mean SSIM per image with a Gaussian window (skimage ``gaussian_weights=True, sigma=1.2``: 9x9), data range
-    1; images, reference (N, 3, H, W) in [0, 1]. Returns (N,)."""
-    radius = int(3.5 * sigma + 0.5)
-    coords = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
-    gauss = torch.exp(-coords**2 / (2 * sigma**2))
-    gauss = gauss / gauss.sum()
-    window = (gauss[:, None] * gauss[None, :]).expand(3, 1, -1, -1)  # (3, 1, k, k), depthwise
+def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM per image, the released selection's measure: skimage ``structural_similarity(gaussian_weights=True,
+    sigma=1.2, use_sample_covariance=False)``, i.e. a 9x9 Gaussian window and the mean over the pixels at least
+    4 from the border; data range 1. images, reference (N, 3, H, W) in [0, 1] -> (N,).
 
-    def blur(x):
-        return F.conv2d(x, window, groups=3)
+    torchmetrics computes the SSIM map; its own mean also covers the border (windows over reflect padding), so
+    the border is cropped here, as skimage does."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
-    x, y = images.float(), reference.float()
-    mu_x, mu_y = blur(x), blur(y)
-    var_x, var_y = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    score = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return score.mean(dim=(1, 2, 3))
+    _, ssim_map = structural_similarity_index_measure(
+        images.float(), reference.float(), gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW,
+        data_range=1.0, reduction="none", return_full_image=True)
+    border = SSIM_WINDOW // 2
+    return ssim_map[..., border:-border, border:-border].mean(dim=(1, 2, 3))
 
 
 def best_candidate(images: torch.Tensor, reference: torch.Tensor | None, candidates: int) -> torch.Tensor:
@@ -347,9 +344,8 @@ class PCDMs(Method):
                 "target_keypoints": rand(batch, NUM_KEYPOINTS, 2)}
 
     @torch.no_grad()
-    def generate(self, inputs: dict, setting: Setting, meter: Meter | None = None, generator=None) -> torch.Tensor:
+    def generate(self, inputs: dict, setting: Setting, meter: Meter, generator=None) -> torch.Tensor:
         """Run stages 1-3; returns the kept image per sample, (B, 3, H, W) in [0, 1]."""
-        meter = self.default_meter(meter)
         source = inputs["source_image"]
         device, batch, width = source.device, source.shape[0], source.shape[-1]  # tile width W
         steps, n = setting.steps, setting.candidates

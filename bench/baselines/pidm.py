@@ -352,9 +352,8 @@ class PIDM(Method):
         return eps_null + GUIDANCE_SCALE * (eps_cond - eps_null)
 
     @torch.no_grad()
-    def generate(self, inputs: dict, setting: Setting, meter: Meter | None = None, generator=None) -> torch.Tensor:
+    def generate(self, inputs: dict, setting: Setting, meter: Meter, generator=None) -> torch.Tensor:
         """DDIM (eta = 0) with PIDM's CFG; returns images (B, 3, H, W) in [-1, 1]."""
-        meter = self.default_meter(meter)
         source, pose = inputs["source"], inputs["pose"]
         batch, _, height, width = source.shape
         with meter.stage("encoders"):  # ddim_steps: encode(source) and encode(zeros), once per generation

@@ -429,9 +429,8 @@ class PoCoLD(Method):
         return max(cls.guidance_scale * float(t) / 1000, cls.end_cfg)
 
     @torch.no_grad()
-    def generate(self, inputs: dict, setting: Setting, meter: Meter | None = None, generator=None) -> torch.Tensor:
+    def generate(self, inputs: dict, setting: Setting, meter: Meter, generator=None) -> torch.Tensor:
         """Returns images (B, 3, H, W) in [0, 1] (``decode_latents``: ``(x / 2 + 0.5).clamp(0, 1)``), float32."""
-        meter = self.default_meter(meter)
         weight = self.unet.conv_in.weight
         device, dtype = weight.device, weight.dtype
         source = inputs["source"].to(device, dtype)  # (B, 3, H, W)

@@ -1,7 +1,7 @@
 """Benchmark IMAGPose against PIDM, CFLD, PoCoLD and PCDMs (re-implemented from their public code, random
 weights): seconds per generated image per stage, exact FLOPs, TFLOP/s and MFU, under "as released" and
-"common policy" settings, with a verdict on the paper's speed claims and an output-parity section for the
-fast paths. Writes report.md, results.json, results.csv and plots.
+"common policy" settings, with a verdict on the paper's speed claims, an output-parity section for the
+fast paths and the batching SDK's throughput. Writes report.md, results.json, results.csv and plots.
 
   imagpose bench --device cpu --quick          # reduced sizes, 2 steps per loop extrapolated: minutes
   imagpose bench --device cuda                 # the full-size suite on a GPU
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 NAME = "bench"
@@ -19,19 +18,25 @@ HELP = "speed benchmark vs PIDM / CFLD / PoCoLD / PCDMs, with a report and claim
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true",
                         help="reduced sizes at half resolution, 2 timed steps per loop (extrapolated)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of imagpose, imagpose_star, pidm, "
-                                                        "cfld, pocold, pcdms")
-    parser.add_argument("--settings", default="as_released,common_policy", help="comma-separated settings")
+                                                        "cfld, pocold, pcdms (default: all)")
+    parser.add_argument("--settings", default="as_released,common_policy",
+                        help="comma-separated subset of as_released, common_policy")
     parser.add_argument("--backends", default=None,
-                        help="IMAGPose fast paths to time besides eager (default: onnxruntime on CPU; "
-                             "onnxruntime,tensorrt,triton on CUDA when available)")
+                        help="IMAGPose runtimes to time besides eager: onnxruntime, tensorrt, triton (default: "
+                             "onnxruntime on CPU; onnxruntime,tensorrt,triton on CUDA)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per scenario")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per scenario (median kept)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per scenario, median kept (default: 1 with --quick, else 3)")
     parser.add_argument("--no-parity", action="store_true", help="skip the fast-path output parity section")
+    parser.add_argument("--no-sdk", action="store_true", help="skip the SDK throughput section")
     parser.add_argument("--out", default=None, help="report folder (default outputs/bench/<quick|full>)")
+    parser.add_argument("--work-dir", default=None,
+                        help="folder for the fast paths' ONNX exports and TensorRT engines, reused between runs "
+                             "while they match the models (default: OUT/work)")
     sub = parser.add_subparsers(dest="bench_command", metavar="report", help="re-render a report")
     report = sub.add_parser("report", help="re-render report.md / plots from a results.json folder",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -44,111 +49,45 @@ def run(args) -> int:
     if args.bench_command == "report":
         data = json.loads((Path(args.folder) / "results.json").read_text())
         paths = write_report({"environment": data["environment"], "results": data["results"]}, args.folder,
-                             data.get("parity"))
+                             data.get("parity"), data.get("sdk_throughput"))
         print(f"report: {paths['md']}")
         return 0
-    from ..bench.harness import run_suite
-    from ..bench.scenarios import METHODS, Scenario
+    from ..bench.scenarios import BACKENDS, METHODS, SETTINGS, build_suite, check_choices
+    from ..errors import InvalidArgumentError
+    from ..timing import Stopwatch
+    from .common import check_device
 
-    methods = args.methods.split(",") if args.methods else list(METHODS)
-    settings = args.settings.split(",")
-    cuda = args.device.startswith("cuda")
-    backends = args.backends.split(",") if args.backends else (["onnxruntime", "tensorrt", "triton"] if cuda
-                                                               else ["onnxruntime"])
-    size, loop_limit = ("reduced", 2) if args.quick else ("full", None)
-    scenarios = [Scenario(m, s, size, loop_limit=loop_limit) for s in settings for m in methods]
-    scenarios += [Scenario(m, "as_released", size, backend=b, loop_limit=loop_limit)
-                  for b in backends if b != "eager" for m in methods if m.startswith("imagpose")]
+    methods = check_choices("method", _names(args.methods) if args.methods is not None else METHODS, METHODS)
+    settings = check_choices("setting", _names(args.settings), SETTINGS)
+    device = str(check_device(args.device))
+    cuda = device.startswith("cuda")
+    default_backends = ("onnxruntime", "tensorrt", "triton") if cuda else ("onnxruntime",)
+    backends = check_choices("backend", _names(args.backends) if args.backends is not None else default_backends,
+                             BACKENDS)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if args.warmup < 0 or repeats < 1:
+        raise InvalidArgumentError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {repeats}.")
+
+    from ..bench.fast_paths import backend_factories, fast_path_parity
+    from ..bench.harness import run_suite
+    from ..bench.sdk_throughput import measure_sdk_throughput
+
     out = Path(args.out or f"outputs/bench/{'quick' if args.quick else 'full'}")
-    start = time.perf_counter()
-    suite = run_suite(scenarios, args.device, args.warmup, args.repeats or (1 if args.quick else 3),
-                      backend_factories=backend_factories(backends, Path("outputs/onnx/bench")))
-    parity = None if args.no_parity else fast_path_parity(backends, args.device)
-    paths = write_report(suite, out, parity)
-    print(f"bench: {len(scenarios)} scenarios in {time.perf_counter() - start:.0f} s; report {paths['md']}")
+    work_dir = Path(args.work_dir) if args.work_dir else out / "work"
+    scenarios = build_suite(methods, settings, backends, quick=args.quick)
+    fast_paths = [b for b in backends if b != "eager"]
+    with Stopwatch() as watch:
+        suite = run_suite(scenarios, device, args.warmup, repeats,
+                          backend_factories=backend_factories(fast_paths, work_dir))
+        parity = None if args.no_parity else fast_path_parity(fast_paths, device, work_dir)
+        sdk = None if args.no_sdk else measure_sdk_throughput(device, quick=args.quick)
+    paths = write_report(suite, out, parity, sdk)
+    print(f"bench: {len(scenarios)} scenarios in {watch.seconds:.0f} s; report {paths['md']}")
     for name, path in paths.items():
         if name != "md":
             print(f"  {name}: {path}")
     return 0
 
 
-def backend_factories(backends, onnx_root: Path) -> dict:
-    """IMAGPose fast paths: a function (method) -> Runtime for each backend that can run here. ONNX files are
-    exported (once, cached by weights and options) under ``onnx_root``."""
-    from ..pipeline import IMAGPosePipeline
-
-    def pipeline_of(method):
-        return IMAGPosePipeline(unet=method.unet, vae=method.vae, image_encoder=method.image_encoder,
-                                flc_tokenizer=method.flc_tokenizer, pose_guider=method.pose_guider,
-                                scheduler=method.scheduler)
-
-    factories = {}
-    if "onnxruntime" in backends:
-        def onnxruntime_factory(method):
-            from ..export import ExportOptions, ShapeBucket, export_pipeline
-            from ..export.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-            pipe = pipeline_of(method)
-            folder = onnx_root / ("unet-" + "-".join(map(str, pipe.unet.config.block_out_channels)))
-            export_pipeline(pipe, folder, ExportOptions(bucket=ShapeBucket(1, 128, 128, 2, 2)))
-            providers = ["CUDAExecutionProvider"] if pipe.device.type == "cuda" else ["CPUExecutionProvider"]
-            return OnnxRuntimeBackend.for_pipeline(pipe, folder, providers=providers)
-
-        factories["onnxruntime"] = onnxruntime_factory
-    if "tensorrt" in backends:
-        def tensorrt_factory(method):
-            from ..export import ExportOptions, ShapeBucket, export_pipeline
-            from ..export.runtime.tensorrt_backend import TensorRTBackend
-            from ..export.trt_build import BuildOptions, build_engines, import_tensorrt
-
-            import_tensorrt()  # fail early, with the install hint, before exporting anything
-            pipe = pipeline_of(method)
-            tile = method.layout(method.info.released).padded_tile
-            bucket = ShapeBucket(1, *tile, 2, 2)
-            folder = onnx_root / ("trt-" + "-".join(map(str, pipe.unet.config.block_out_channels)))
-            export_pipeline(pipe, folder / "onnx", ExportOptions(dtype="fp16", bucket=bucket))
-            build_engines(folder / "onnx", folder / "engines", BuildOptions(buckets=(bucket,)))
-            return TensorRTBackend(folder / "engines")
-
-        factories["tensorrt"] = tensorrt_factory
-    if "triton" in backends:
-        def triton_factory(method):
-            method.unet.set_cva_backend("triton")
-            return None  # the torch runtime, with the Triton CVA inside
-
-        factories["triton"] = triton_factory
-    return factories
-
-
-def fast_path_parity(backends, device: str) -> dict | None:
-    """Per-step SQNR and final SSIM/PSNR of each fast path vs fp32 torch, on the tiny preset."""
-    from .. import scenarios as pose_scenarios
-    from ..export import ExportOptions, ShapeBucket, export_pipeline
-    from ..export.parity import trajectory_parity
-    from ..presets import build_pipeline
-    from ..samples import sample
-
-    pipe = build_pipeline("tiny", device=device)
-    request = pose_scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=(64, 64),
-                                seed=0)
-    rows, lines = [], []
-    for backend in backends:
-        try:
-            if backend == "onnxruntime":
-                from ..export.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-                folder = Path("outputs/onnx/tiny")
-                export_pipeline(pipe, folder, ExportOptions(bucket=ShapeBucket(1, 64, 64, 2, 2)))
-                runtime = OnnxRuntimeBackend.for_pipeline(pipe, folder)
-            elif backend == "triton":
-                from ..export.parity import CVABackendRuntime
-
-                runtime = CVABackendRuntime(pipe, "triton")
-            else:
-                continue
-            row = trajectory_parity(pipe, backend, runtime, request, steps=10)
-        except Exception as exc:  # report, don't abort the benchmark
-            row = {"backend": backend, "error": f"{type(exc).__name__}: {exc}"}
-        rows.append(row)
-        lines.append(json.dumps(row))
-    return {"rows": rows, "text": "\n".join(lines)}
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]

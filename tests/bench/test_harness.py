@@ -3,11 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from imagpose.bench.harness import count_generation_flops, run_scenario
-from imagpose.bench.meter import StageRecord, TimeMeter
+from imagpose.bench.meter import FlopMeter, StageRecord, TimeMeter
 from imagpose.bench.report import verdicts, write_report
-from imagpose.bench.scenarios import Scenario, quick_cpu_suite, resolve_setting
+from imagpose.bench.scenarios import Scenario, build_suite, resolve_setting
+from imagpose.errors import InvalidArgumentError
 
 
 def test_imagpose_full_size_flops_match_the_reference_budget():
@@ -28,14 +30,29 @@ def test_meter_extrapolates_loops_and_reports_it():
     assert StageRecord("x", 3, 3, 6.0).per_generation == 6.0
 
 
-def test_quick_scenario_runs_and_divides_per_image():
-    result = run_scenario(Scenario("imagpose_star", "as_released", "reduced", loop_limit=1), warmup=0)
+def test_meter_sums_a_stage_entered_several_times_per_generation():
+    """The pipeline's encoders are 5 calls per request, each in the "encoders" stage: they add up."""
+    a, b = torch.zeros(4, 8, device="meta"), torch.zeros(8, 16, device="meta")  # 2*4*8*16 = 1024 FLOPs per mm
+    with FlopMeter(loop_limit=2) as meter:
+        for _ in range(3):
+            with meter.stage("encoders"):
+                torch.mm(a, b)
+        for _ in range(meter.runs(20)):
+            with meter.stage("denoiser", repeat=20):
+                torch.mm(a, b)
+    assert meter.stages["encoders"].per_generation == 3 * 1024 and not meter.stages["encoders"].extrapolated
+    assert meter.stages["denoiser"].executed == 2 and meter.stages["denoiser"].per_generation == 20 * 1024
+
+
+def test_quick_scenario_runs_and_divides_per_image(one_thread):
+    # the tiny preset (at the released 256x176 tiles) stands in for "reduced": same harness path, seconds not minutes
+    result = run_scenario(Scenario("imagpose_star", "as_released", "tiny", batch=2, loop_limit=1), warmup=0)
     assert result.error is None, result.error
     assert set(result.stage_seconds) == {"encoders", "denoiser", "vae_decode"}
     assert result.stage_extrapolated["denoiser"] and not result.stage_extrapolated["encoders"]
     assert result.setting["images_per_pass"] == 3
-    full = count_generation_flops("imagpose", Scenario("imagpose"), "full", "cpu")
-    assert result.tflops_per_image_full == pytest.approx(sum(full.values()) / 3 / 1e12, rel=1e-6)
+    full = count_generation_flops("imagpose", Scenario("imagpose", batch=2), "full", "cpu")
+    assert result.tflops_per_image_full == pytest.approx(sum(full.values()) / (2 * 3) / 1e12, rel=1e-6)
     assert result.achieved_tflops_per_s > 0
 
 
@@ -45,8 +62,11 @@ def test_settings_resolve_as_documented():
     common = resolve_setting(RELEASED, "common_policy", "full", "cuda")
     assert common.resolution == (256, 192) and common.steps == 20 and common.precision == "fp16"
     assert resolve_setting(RELEASED, "as_released", "reduced", "cpu").precision == "fp32"
-    assert len(quick_cpu_suite()) == 12
-    with pytest.raises(ValueError, match="Unknown setting"):
+    quick = build_suite(backends=("eager", "onnxruntime"), quick=True)
+    assert len(quick) == 12 + 2 and all(s.size == "reduced" and s.loop_limit == 2 for s in quick)
+    assert {s.label for s in quick if s.backend != "eager"} == {"imagpose[onnxruntime]/as_released/reduced",
+                                                                "imagpose_star[onnxruntime]/as_released/reduced"}
+    with pytest.raises(InvalidArgumentError, match="Unknown setting 'fastest'; choose from as_released"):
         resolve_setting(RELEASED, "fastest", "full", "cpu")
 
 
@@ -67,8 +87,15 @@ def test_verdicts_and_report_files(tmp_path):
     assert not rows[("IMAGPose", "PoCoLD")]["holds"]
     assert "fewer FLOPs" in rows[("IMAGPose", "PoCoLD")]["why"]
     assert rows[("IMAGPose*", "PoCoLD")]["holds"]
+    sdk = {"device": "x", "preset": "mid", "tile": [128, 88], "precision": "fp32", "steps": 2, "requests": 4,
+           "max_batch": 4, "sequential_requests_per_s": 0.5, "sdk_requests_per_s": 0.6, "ratio": 1.2}
+    out = tmp_path / "new" / "report"  # created, parents too
     paths = write_report({"environment": {"device": "cpu", "cpu": "x", "threads": 2, "torch": "t", "diffusers": "d",
-                                          "date": "now"}, "results": results}, tmp_path)
+                                          "date": "now"}, "results": results}, out, sdk_throughput=sdk)
     assert all(p.is_file() for p in paths.values())
-    assert "Verdict" in paths["md"].read_text()
-    assert json.loads(paths["json"].read_text())["verdicts"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())  # no temporary files
+    markdown = paths["md"].read_text()
+    assert "Verdict" in markdown
+    assert "| 0.5 | 0.6 | 1.20x |" in markdown and "Device: **x**" in markdown
+    data = json.loads(paths["json"].read_text())
+    assert data["verdicts"] and data["sdk_throughput"] == sdk

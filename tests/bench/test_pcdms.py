@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 # via the installed package: `imagpose` imports transformers before diffusers does; a bare `bench` import with the
 # repo root on sys.path lets the repo's `kernels/` shadow HF `kernels` inside transformers (a circular import)
-from imagpose.bench.baselines.pcdms import PCDMs
+from imagpose.bench.baselines.pcdms import PCDMs, best_candidate, ssim
 from imagpose.bench.meter import FlopMeter, TimeMeter
 
 # baselines.md section 3: parameters (M) of the parts besides the two UNets (those are info.expected_params):
@@ -62,7 +63,7 @@ def test_pipeline_flops_full(full, candidates):
         images = full.generate(inputs, setting, meter)
     assert images.shape == (1, 3, *setting.resolution)
     for record in meter.stages.values():
-        print(f"{record.name:18s} x{record.repeat:<3d} {record.per_generation / 1e12:8.3f} TFLOP")
+        print(f"{record.name:18s} x{record.repeat or 1:<3d} {record.per_generation / 1e12:8.3f} TFLOP")
     total = meter.total() / 1e12
     target, tolerance = PIPELINE_TFLOPS[candidates]
     print(f"total {total:.2f} TFLOP per kept image ({candidates} candidates), baselines.md ≈{target}")
@@ -91,7 +92,7 @@ def test_generate_reduced_cpu(reduced, one_thread, batch, candidates):
         for hook in hooks:
             hook.remove()
     for record in meter.stages.values():
-        print(f"{record.name:18s} repeat {record.repeat:2d} executed {record.executed}  {record.per_run:.3f} s/run")
+        print(f"{record.name:18s} repeat {record.repeat} executed {record.executed}  {record.per_run:.3f} s/run")
     print("network calls (batch per call):", calls)
     assert images.shape == (batch, 3, 64, 64)
     assert torch.isfinite(images).all()
@@ -127,3 +128,36 @@ def test_released_precision_meta():
     inputs = method.example_inputs(1, setting, "meta", torch.float16)
     images = method.generate(inputs, setting, TimeMeter(loop_limit=1))  # mixed fp16/fp32 plumbing, shapes only
     assert images.shape == (1, 3, 64, 64)
+
+
+def _skimage_rule_ssim(x, y, sigma=1.2):
+    """The released selection's SSIM written out in float64: 9x9 Gaussian window (skimage: truncate 3.5),
+    population covariance, data range 1, mean over the pixels whose window lies inside the image."""
+    coords = torch.arange(-4, 5, dtype=torch.float64)
+    gauss = torch.exp(-coords**2 / (2 * sigma**2))
+    gauss = gauss / gauss.sum()
+    window = (gauss[:, None] * gauss[None, :]).expand(3, 1, 9, 9)
+    x, y = x.double(), y.double()
+
+    def blur(t):
+        return torch.nn.functional.conv2d(t, window, groups=3)  # valid windows only: the border is left out
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    score = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return score.mean(dim=(1, 2, 3))
+
+
+def test_ssim_is_the_released_selection_rule():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(1, 3, 40, 56, generator=generator)
+    candidates = (reference + 0.2 * torch.randn(4, 3, 40, 56, generator=generator)).clamp(0, 1)
+    ours, expected = ssim(candidates, reference.expand(4, -1, -1, -1)), _skimage_rule_ssim(candidates, reference)
+    uncropped = structural_similarity_index_measure(candidates, reference.expand(4, -1, -1, -1), gaussian_kernel=True,
+                                                    sigma=1.2, kernel_size=9, data_range=1.0, reduction="none")
+    print("ours", ours.tolist(), "float64 rule", expected.tolist(), "torchmetrics' own mean", uncropped.tolist())
+    assert torch.allclose(ours.double(), expected, atol=1e-5)
+    assert not torch.allclose(uncropped.double(), expected, atol=1e-3)  # its mean includes the border windows
+    assert torch.equal(best_candidate(candidates, reference, 4), candidates[expected.argmax()][None])
+

@@ -94,7 +94,7 @@ def test_generate_reduced_cpu(reduced_cpu):
 
     assert out.shape == (batch, 3, 128, 96) and torch.isfinite(out).all()
     assert list(stages) == ["encoders", "denoiser", "vae_decode"]
-    assert stages["denoiser"][:2] == (rounds, 2) and stages["encoders"][:2] == (1, 1)
+    assert stages["denoiser"][:2] == (rounds, 2) and stages["encoders"][:2] == (None, 1)
     n_attn = len(attn_hooks)  # 21: 2 per down level, 1 mid, 3 per up level
     assert n_attn == 21
     per_round = [[batch, False, 0], [batch, False, 0], [batch, True, n_attn]]  # null, cat, all: sequential

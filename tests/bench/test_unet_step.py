@@ -1,6 +1,6 @@
 """pytest-benchmark: one UNet call (a CFG denoising step, batch 2) on torch vs ONNX Runtime, CPU.
 
-    make bench            # pytest tests/bench -m bench --benchmark-json=outputs/bench/unet_step.json
+    make bench            # pytest tests/bench -m bench --benchmark-json=outputs/bench/pytest_benchmark.json
                           # then scripts/bench_summary.py prints medians and the torch/ORT ratio
 Timing is pytest-benchmark's (warm-up round, several rounds, median); no test here asserts a time.
 """

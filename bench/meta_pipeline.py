@@ -1,0 +1,56 @@
+"""Counting the FLOPs of the real pipeline call: the pipeline on the CPU, its networks on the meta device.
+
+FLOPs are counted on meta tensors (a full-size model is too large for a CPU run, and on CPU FlopCounterMode
+counts 0 for scaled_dot_product_attention), but ``IMAGPosePipeline.__call__`` cannot run on meta tensors: the
+DDIM update reads the timestep's value. So the pipeline runs on the CPU exactly as users run it (canvas
+assembly, conditions, CFG batching, the scheduler) and only its network calls go to the meta device:
+:class:`MetaRuntime` moves each call's tensors to meta, runs the network there, where FlopCounterMode sees it,
+and hands the pipeline zeros of the output's shape and dtype on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from imagpose.pipeline import IMAGPosePipeline
+from imagpose.runtime import Runtime
+
+
+class MetaNetworksPipeline(IMAGPosePipeline):
+    """An :class:`~imagpose.pipeline.IMAGPosePipeline` built from meta-device modules whose tensors live on the
+    CPU; run it with ``backend=MetaRuntime(...)``."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+class MetaRuntime:
+    """Runs ``runtime`` (whose networks are on the meta device) on meta copies of the inputs; returns CPU zeros."""
+
+    def __init__(self, runtime: Runtime):
+        self.inner = runtime
+        self.name = f"{runtime.name}-meta"
+
+    def _call(self, network: str, *args):
+        args = [arg.to("meta") if torch.is_tensor(arg) else arg for arg in args]
+        output = getattr(self.inner, network)(*args)
+        return torch.zeros(output.shape, dtype=output.dtype, device="cpu")
+
+    def image_encoder(self, pixels):
+        return self._call("image_encoder", pixels)
+
+    def vae_encode(self, pixels):
+        return self._call("vae_encode", pixels)
+
+    def flc(self, latents):
+        return self._call("flc", latents)
+
+    def pose_guider(self, pose):
+        return self._call("pose_guider", pose)
+
+    def unet(self, sample, timestep, context, pose_features, grid):
+        return self._call("unet", sample, timestep, context, pose_features, grid)
+
+    def vae_decode(self, latents):
+        return self._call("vae_decode", latents)
