@@ -1,10 +1,12 @@
 """The kernel benchmark: cases as data, byte counts, CPU rows (reference providers only), CLI and JSON."""
 
 import json
+import types
 
 import torch
 
-from imagpose.kernels.bench import CPU_NOTE, Case, main, run_kernel_benchmark
+from imagpose.kernels import bench
+from imagpose.kernels.bench import CPU_NOTE, RUNS, Case, input_copies, main, median_ms, run_kernel_benchmark
 
 
 def test_case_sizes_follow_the_unet_levels():
@@ -33,3 +35,32 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "tokens_to_canvas" in table and "interpreter" in table
     rows = json.loads(out.read_text())
     assert [r["level"] for r in rows] == [0, 1, 2, 3] and all(r["provider"] == "eager" for r in rows)
+
+
+def test_median_ms_times_back_to_back_calls_with_the_project_timer(monkeypatch):
+    """imagpose.timing.time_runs synchronises once per run; a run repeats a microsecond call many times."""
+    from imagpose.timing import time_runs
+
+    timed = []
+
+    def recording_time_runs(fn, device, warmup, runs):
+        timed.append((device, warmup, runs))
+        return time_runs(fn, device, warmup=warmup, runs=runs)
+
+    monkeypatch.setattr(bench, "time_runs", recording_time_runs)
+    calls = []
+    assert median_ms(lambda: calls.append(1), "cpu") > 0
+    assert timed == [("cpu", 1, 1), ("cpu", 0, RUNS)]
+    repeats = (len(calls) - 2) // RUNS  # two probe calls (warm-up and timed), then RUNS runs of `repeats` calls
+    assert repeats > 10 and len(calls) == 2 + RUNS * repeats
+
+
+def test_cuda_cases_cycle_through_inputs_that_overflow_the_l2_cache(monkeypatch):
+    l2_bytes = 50 * 2**20
+    properties = types.SimpleNamespace(L2_cache_size=l2_bytes)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+    for case in (Case("attention", (512, 384), 3, torch.float16),
+                 Case("tokens_to_canvas", (512, 384), 0, torch.float16)):
+        copies = input_copies(case, "cuda")
+        assert copies * case.bytes_moved >= 2 * l2_bytes > (copies - 1) * case.bytes_moved
+    assert input_copies(Case("attention", (1024, 1024), 0, torch.float16), "cpu") == 1
