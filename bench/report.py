@@ -8,11 +8,12 @@ reported beside it, because time ratios measured at reduced size on a CPU are on
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
 
-from imagpose.io import atomic_file
+from imagpose.io import OutputFolder
 
 CLAIMS = {"pidm": 8.0, "pocold": 3.0, "cfld": 3.0}
 HOLDS_FRACTION = 0.75
@@ -53,28 +54,30 @@ def _why(baseline, claim, time_ratio, flop_ratio, holds) -> str:
     return f"the baseline needs {flop_ratio:.1f}x the FLOPs; the measured gap is {time_ratio:.1f}x, not ~{claim:g}x"
 
 
-def write_report(suite: dict, out_dir: str | Path, parity: dict | None = None,
+def write_report(suite: dict, out: str | Path | OutputFolder, parity: dict | None = None,
                  sdk_throughput: dict | None = None) -> dict[str, Path]:
-    """Write report.md, results.json, results.csv and the plots (each file atomically); returns their paths."""
-    out = Path(out_dir)
-    results = suite["results"]
-    rows = verdicts(results)
-    paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "report.md"}
-    with atomic_file(paths["json"], "w") as handle:
-        json.dump({**suite, "verdicts": rows, "parity": parity, "sdk_throughput": sdk_throughput}, handle,
-                  indent=2, default=str)
-    _write_csv(results, paths["csv"])
-    paths.update(_plots(results, out))
-    with atomic_file(paths["md"], "w") as handle:
-        handle.write(_markdown(suite, rows, parity, sdk_throughput, paths))
-    return paths
+    """Write report.md, results.json, results.csv and the plots into ``out``, beside what it holds; returns their
+    paths there. ``out`` is a folder, or an open :class:`~imagpose.io.OutputFolder` (the caller checked it before
+    the benchmark ran and commits it)."""
+    opened = isinstance(out, OutputFolder)
+    with contextlib.nullcontext(out) if opened else OutputFolder(out) as folder:
+        staging = folder.path()
+        results = suite["results"]
+        rows = verdicts(results)
+        names = {"json": "results.json", "csv": "results.csv", "md": "report.md"}
+        (staging / names["json"]).write_text(json.dumps(
+            {**suite, "verdicts": rows, "parity": parity, "sdk_throughput": sdk_throughput}, indent=2, default=str))
+        _write_csv(results, staging / names["csv"])
+        names.update(_plots(results, staging))
+        (staging / names["md"]).write_text(_markdown(suite, rows, parity, sdk_throughput, names))
+    return {key: folder.target / name for key, name in names.items()}
 
 
 def _write_csv(results, path: Path) -> None:
     fields = ["label", "method", "setting", "size", "backend", "resolution", "steps", "precision",
               "seconds_per_image", "extrapolated", "tflops_per_image_full", "tflops_per_image_measured_size",
               "achieved_tflops_per_s", "mfu", "peak_memory_gib", "error"]
-    with atomic_file(path, "w") as handle:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for r in results:
@@ -90,14 +93,15 @@ def _write_csv(results, path: Path) -> None:
                              "peak_memory_gib": r["peak_memory_gib"], "error": r["error"]})
 
 
-def _plots(results, out: Path) -> dict[str, Path]:
+def _plots(results, out: Path) -> dict[str, str]:
+    """Draw the two plots into ``out``; returns their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in results if not r["error"] and r["scenario"]["backend"] == "eager"]
-    paths = {}
+    files = {}
     settings = ("as_released", "common_policy")
     methods = [m for m in NAMES if any(r["method"] == m for r in ok)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
@@ -120,8 +124,8 @@ def _plots(results, out: Path) -> dict[str, Path]:
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle("Measured time per image (dashed: IMAGPose time x the paper's claimed factor)")
     fig.tight_layout()
-    paths["plot_seconds"] = out / "seconds_per_image.png"
-    _save(fig, paths["plot_seconds"])
+    files["plot_seconds"] = "seconds_per_image.png"
+    _save(fig, out / files["plot_seconds"])
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in ok:
@@ -135,16 +139,15 @@ def _plots(results, out: Path) -> dict[str, Path]:
     ax.set_ylabel("seconds per image")
     ax.set_title("FLOPs vs measured time (o as released, s common policy)")
     fig.tight_layout()
-    paths["plot_flops"] = out / "flops_vs_time.png"
-    _save(fig, paths["plot_flops"])
-    return paths
+    files["plot_flops"] = "flops_vs_time.png"
+    _save(fig, out / files["plot_flops"])
+    return files
 
 
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    with atomic_file(path) as handle:
-        fig.savefig(handle, format="png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -152,7 +155,7 @@ def _fmt(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
 
-def _markdown(suite, rows, parity, sdk_throughput, paths) -> str:
+def _markdown(suite, rows, parity, sdk_throughput, names) -> str:
     env = suite["environment"]
     lines = ["# IMAGPose vs PIDM, CFLD, PoCoLD, PCDMs: speed", "",
              f"Device: **{env.get('gpu') or env.get('cpu')}** ({env['device']}, {env['threads']} threads), "
@@ -201,8 +204,8 @@ def _markdown(suite, rows, parity, sdk_throughput, paths) -> str:
     lines += ["", f"A claim holds when the measured ratio is at least {HOLDS_FRACTION:.0%} of the claimed factor. "
               "Time ratios from reduced-size CPU runs moved by up to ~25% between two runs on the same machine: a "
               "verdict near the threshold is not conclusive there; the full-size FLOP ratio is exact.",
-              "", f"![seconds per image]({paths['plot_seconds'].name})", "",
-              f"![FLOPs vs time]({paths['plot_flops'].name})", ""]
+              "", f"![seconds per image]({names['plot_seconds']})", "",
+              f"![FLOPs vs time]({names['plot_flops']})", ""]
     if parity:
         lines += ["## Output parity of the fast paths (vs fp32 PyTorch, tiny preset, 10 DDIM steps)", "",
                   "| fast path | UNet-prediction SQNR dB per step | final SSIM | final PSNR dB |", "|---|---|---|---|"]
@@ -219,12 +222,11 @@ def _markdown(suite, rows, parity, sdk_throughput, paths) -> str:
 
 
 def _sdk_section(sdk: dict) -> list[str]:
-    lines = ["## SDK throughput (the same requests one by one vs through `IMAGPoseGenerator`)", ""]
-    if "error" in sdk:
-        return lines + [f"error: {sdk['error']}", ""]
-    return lines + [
-        f"Device: **{sdk['device']}**; IMAGPose `{sdk['preset']}` preset, {sdk['requests']} T2 requests of "
-        f"{'x'.join(map(str, sdk['tile']))} tiles, {sdk['steps']} DDIM steps, {sdk['precision']}, "
-        f"max_batch {sdk['max_batch']}.", "",
-        "| sequential requests/s | SDK requests/s | SDK / sequential |", "|---|---|---|",
-        f"| {sdk['sequential_requests_per_s']:.3g} | {sdk['sdk_requests_per_s']:.3g} | {sdk['ratio']:.2f}x |", ""]
+    return ["## SDK throughput (the same requests one by one vs through `IMAGPoseGenerator`)", "",
+            f"Device: **{sdk['device']}**; IMAGPose `{sdk['preset']}` preset, {sdk['requests']} T2 requests of "
+            f"{'x'.join(map(str, sdk['tile']))} tiles, {sdk['steps']} DDIM steps, {sdk['precision']}, max_batch "
+            f"{sdk['max_batch']} (mean batch {sdk['sdk_mean_batch']:.1f}); medians of {sdk['repeats']} "
+            "alternating runs after a warm-up.", "",
+            "| sequential requests/s | SDK requests/s | SDK / sequential |", "|---|---|---|",
+            f"| {sdk['sequential_requests_per_s']:.3g} | {sdk['sdk_requests_per_s']:.3g} | {sdk['speedup']:.2f}x |",
+            ""]

@@ -54,6 +54,7 @@ def run(args) -> int:
         return 0
     from ..bench.scenarios import BACKENDS, METHODS, SETTINGS, build_suite, check_choices
     from ..errors import InvalidArgumentError
+    from ..io import OutputFolder
     from ..timing import Stopwatch
     from .common import check_device
 
@@ -76,12 +77,15 @@ def run(args) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else out / "work"
     scenarios = build_suite(methods, settings, backends, quick=args.quick)
     fast_paths = [b for b in backends if b != "eager"]
-    with Stopwatch() as watch:
+    with OutputFolder(out) as folder, Stopwatch() as watch:  # an unwritable --out fails now, not after the run
         suite = run_suite(scenarios, device, args.warmup, repeats,
                           backend_factories=backend_factories(fast_paths, work_dir))
         parity = None if args.no_parity else fast_path_parity(fast_paths, device, work_dir)
-        sdk = None if args.no_sdk else measure_sdk_throughput(device, quick=args.quick)
-    paths = write_report(suite, out, parity, sdk)
+        sdk = None
+        if not args.no_sdk:  # quick: the reduced model, 2 steps per request, one timed run of each
+            sdk = (measure_sdk_throughput(device, "reduced", steps=2, repeats=1) if args.quick
+                   else measure_sdk_throughput(device, "full", repeats=repeats))
+        paths = write_report(suite, folder, parity, sdk)
     print(f"bench: {len(scenarios)} scenarios in {watch.seconds:.0f} s; report {paths['md']}")
     for name, path in paths.items():
         if name != "md":

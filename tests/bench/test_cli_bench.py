@@ -26,3 +26,13 @@ def test_bad_names_are_refused(tmp_path, capsys, flag, value, message):
     assert code == 2
     assert err.startswith("imagpose bench: error: ") and message in err
     assert not out.exists()
+
+
+def test_an_unwritable_out_is_refused_before_the_run(tmp_path, capsys):
+    mine = tmp_path / "notes.md"
+    mine.write_text("mine")
+    code = main(["bench", "--quick", "--methods", "pidm", "--settings", "as_released", "--out", str(mine)])
+    err = capsys.readouterr().err
+    print(err)
+    assert code == 2 and f"{mine} is a file" in err
+    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]

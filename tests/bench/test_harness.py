@@ -9,6 +9,7 @@ from imagpose.bench.harness import count_generation_flops, run_scenario
 from imagpose.bench.meter import FlopMeter, StageRecord, TimeMeter
 from imagpose.bench.report import verdicts, write_report
 from imagpose.bench.scenarios import Scenario, build_suite, resolve_setting
+from imagpose.cli import main
 from imagpose.errors import InvalidArgumentError
 
 
@@ -88,7 +89,8 @@ def test_verdicts_and_report_files(tmp_path):
     assert "fewer FLOPs" in rows[("IMAGPose", "PoCoLD")]["why"]
     assert rows[("IMAGPose*", "PoCoLD")]["holds"]
     sdk = {"device": "x", "preset": "mid", "tile": [128, 88], "precision": "fp32", "steps": 2, "requests": 4,
-           "max_batch": 4, "sequential_requests_per_s": 0.5, "sdk_requests_per_s": 0.6, "ratio": 1.2}
+           "max_batch": 4, "sdk_mean_batch": 4.0, "repeats": 1, "sequential_requests_per_s": 0.5,
+           "sdk_requests_per_s": 0.6, "speedup": 1.2}
     out = tmp_path / "new" / "report"  # created, parents too
     paths = write_report({"environment": {"device": "cpu", "cpu": "x", "threads": 2, "torch": "t", "diffusers": "d",
                                           "date": "now"}, "results": results}, out, sdk_throughput=sdk)
@@ -99,3 +101,6 @@ def test_verdicts_and_report_files(tmp_path):
     assert "| 0.5 | 0.6 | 1.20x |" in markdown and "Device: **x**" in markdown
     data = json.loads(paths["json"].read_text())
     assert data["verdicts"] and data["sdk_throughput"] == sdk
+    paths["md"].unlink()
+    assert main(["bench", "report", str(out)]) == 0  # re-rendered from results.json alone
+    assert paths["md"].read_text() == markdown
