@@ -1,208 +1,714 @@
-"""Every GPU-only check of the project in one call; writes a markdown + JSON report.
+"""Every GPU-only check of the project in one call, with a report that survives timeouts.
 
-On the device machine (see docs/gpu.md for the wheels to carry: diffusers and the export helpers are not in
-its image, tensorrt neither):
+On the device machine (docs/gpu.md: the wheels to carry and the one-line command):
 
-    python3 scripts/gpu_checks.py --out $OUT                 # all sections that can run there
-    python3 scripts/gpu_checks.py --out $OUT --only trt      # one section
+    python3 scripts/gpu_checks.py --out $OUT                    # every section, about 8 minutes at most
+    python3 scripts/gpu_checks.py --out $OUT --only trt --budget-scale 3
+    python3 scripts/gpu_checks.py --out outputs/gpu-dry --dry-run   # the same sections on the CPU, tiny sizes
 
-Sections (each reports "skipped: <reason>" instead of failing when something it needs is missing):
-    env       GPU, driver, versions
-    kernels   the Triton CVA kernel tests on CUDA, then the kernel benchmark (eager / sdpa / triton at the
-              UNet levels of the 512x384 and 1024x1024 canvases: time, GB/s, fraction of the HBM floor)
-    cva       the CVA module and the whole full-size UNet step, eager vs triton CVA (fp16, CUDA events)
-    trt       full-size UNet: fp16 ONNX -> static TensorRT engine (1 x 512x512 tiles, 2x2, CFG batch 2);
-              step latency TensorRT vs torch fp16 eager (median of timed runs after warm-up, CUDA events);
-              parity of TensorRT and torch fp16 against torch fp32 (SQNR dB, max abs)
-    bench     the full-size benchmark suite (imagpose bench --device cuda): report, JSON, CSV, plots
+Sections, in priority order (what a CPU cannot show comes first), each with its own time budget in seconds:
+    env       (30)   nvidia-smi, GPU properties, versions of everything the sections import
+    cva       (100)  the full-size (SD1.5) UNet step in fp16 with the CVA backends eager / sdpa / triton: median
+                     latency and SQNR of each against eager
+    kernels   (100)  the Triton kernel tests on CUDA, then ``imagpose.kernels.bench`` (one kernel at a time)
+    bench     (130)  the full-size benchmark suite (``imagpose.bench.harness``), scenarios in priority order, each
+                     recorded as it finishes; the fast paths' output parity; the benchmark report under OUT/bench
+    trt       (120)  fp16 ONNX export of the full UNet, check-trt, the engine plan; with tensorrt importable also
+                     the engine build, step latency TensorRT vs PyTorch fp16 and parity against fp32; without it
+                     the section stops right before the builder and says why
+
+Each section runs in its own child process. The parent imports nothing heavy: it starts the child, reads the
+results the child records (a JSON status file, rewritten atomically after every record), kills the child's
+process group when it outlives its budget (``--budget-scale`` scales every budget) and records
+"timeout after N s" with the results recorded so far; then the next section runs. OUT/gpu_report.json and
+OUT/gpu_report.md are rewritten after every record and every section, so a run cut short (a section or the
+whole command) still returns what finished. The children's output goes to OUT/gpu_checks.log.
+
+``--dry-run`` runs every section end to end on the CPU at tiny sizes (tiny preset, 64x64 tiles, one step, the
+Triton kernels under the interpreter): the same functions as the GPU run with smaller arguments (``DRY_RUN``
+below), so CI proves the GPU run's code paths (tests/scripts/test_gpu_checks.py). The exit code is 0 when every
+section ends "ok", else 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
-import platform
+import math
+import os
+import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-SECTIONS = {}
-
-
-def section(name):
-    def register(fn):
-        SECTIONS[name] = fn
-        return fn
-
-    return register
+REPO = Path(__file__).resolve().parents[1]
+REPORT_JSON, REPORT_MD, LOG_NAME = "gpu_report.json", "gpu_report.md", "gpu_checks.log"
+POLL_SECONDS = 0.5
+UMASK = os.umask(0o022)  # the process's umask: reading it means setting it, so it is set back at once
+os.umask(UMASK)
 
 
-def cuda_median_ms(fn, warmup: int = 3, runs: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+# ----------------------------------------------------------------------------- what each section runs
+@dataclass(frozen=True)
+class Plan:
+    """The arguments of every section: the GPU sizes, or the dry run's tiny ones."""
+
+    device: str
+    preset: str
+    dtype: str  # the cva section's model precision
+    tile: int  # square tiles of a 2x2 grid, batch 1 (CFG batch 2): the cva and trt shape bucket
+    warmup: int  # untimed calls before the timed ones
+    runs: int  # timed calls (the median is reported)
+    kernel_tests: tuple[str, ...]  # pytest paths, relative to the repository
+    kernel_markers: str | None  # pytest -m expression; None keeps pyproject's default selection
+    kernel_canvases: tuple[tuple[int, int], ...] | None  # None: imagpose.kernels.bench's defaults
+    kernel_levels: tuple[int, ...]
+    bench_methods: tuple[str, ...] | None  # None: every method
+    bench_settings: tuple[str, ...] | None  # None: every setting
+    bench_fast_paths: tuple[str, ...]  # candidates; those that cannot run here are left out with the reason
+    bench_fast_path_scenarios: bool  # time IMAGPose on each fast path (else only their output parity)
+    bench_size: str  # "full", or "tiny" for the dry run
+    bench_loop_limit: int | None  # steps run per loop (the rest extrapolated); None: every step
+    bench_warmup: int
+    bench_repeats: int
+    parity_steps: int
 
 
-@section("env")
-def env_section(args) -> dict:
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                          "--format=csv,noheader"], capture_output=True, text=True)
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "nvidia_smi": smi.stdout.strip()}
-    for name in ("diffusers", "transformers", "onnx", "onnxruntime", "tensorrt", "triton"):
-        try:
-            info[name] = __import__(name).__version__
-        except ImportError:
-            info[name] = None
-    return info
+def gpu_plan(tile: int) -> Plan:
+    return Plan(device="cuda", preset="sd15", dtype="float16", tile=tile, warmup=2, runs=10,
+                kernel_tests=("tests/kernels",), kernel_markers="not slow and not bench", kernel_canvases=None,
+                kernel_levels=(0, 1, 2, 3), bench_methods=None, bench_settings=None,
+                bench_fast_paths=("triton", "onnxruntime", "tensorrt"), bench_fast_path_scenarios=True,
+                bench_size="full", bench_loop_limit=None, bench_warmup=1, bench_repeats=3, parity_steps=10)
 
 
-@section("kernels")
-def kernels_section(args) -> dict:
-    tests = subprocess.run([sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"],
-                           capture_output=True, text=True)
-    from imagpose.kernels.bench import run_kernel_benchmark
+# fp32 on the CPU (fp16 convolutions are no CPU path); two kernel test files instead of the whole folder (under
+# the interpreter the folder takes minutes); IMAGPose as released on the tiny preset, eager only (a fast path at
+# the benchmark's tile size takes minutes here), and the Triton CVA's output parity (64x64 tiles, one step)
+DRY_RUN = Plan(device="cpu", preset="tiny", dtype="float32", tile=64, warmup=0, runs=1,
+               kernel_tests=("tests/kernels/test_join.py", "tests/kernels/test_layer_norm.py"), kernel_markers=None,
+               kernel_canvases=((64, 64),), kernel_levels=(0,), bench_methods=("imagpose",),
+               bench_settings=("as_released",), bench_fast_paths=("triton",), bench_fast_path_scenarios=False,
+               bench_size="tiny", bench_loop_limit=1, bench_warmup=0, bench_repeats=1, parity_steps=1)
 
-    return {"tests_passed": tests.returncode == 0, "tests_tail": tests.stdout[-1500:],
-            "benchmark": run_kernel_benchmark("cuda")}
+
+class CheckFailed(Exception):
+    """A section ran to its end and what it checked failed (tests, scenarios or parity); its results say which."""
 
 
-@section("cva")
-def cva_section(args) -> dict:
-    from imagpose.export import ShapeBucket, axis_values, model_config
-    from imagpose.export.components import CONTRACTS
+Record = Callable[[str, object], None]
+
+
+def require_device(device: str) -> None:
+    import torch
+
+    from imagpose.errors import DeviceError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("No CUDA GPU is visible here (torch.cuda.is_available() is False); run on the device "
+                          "machine, or rehearse every section on the CPU with --dry-run.")
+
+
+def bucket_of(plan: Plan):
+    from imagpose.export import ShapeBucket
+
+    return ShapeBucket(1, plan.tile, plan.tile, 2, 2)
+
+
+# ----------------------------------------------------------------------------- sections
+def env_section(plan: Plan, args, record: Record) -> None:
+    # nvidia-smi first and without torch: it shows the GPU and driver even if torch or imagpose cannot start
+    record("nvidia_smi", nvidia_smi())
+    record("interpreter", {"python": sys.version.split()[0], "executable": sys.executable,
+                           "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
+                           "PYTHONPATH": os.environ.get("PYTHONPATH")})
+    import torch
+
+    import imagpose
+    from imagpose.cli.env import collect
+
+    info = collect()
+    location = Path(imagpose.__file__).resolve().parent
+    info["imagpose_location"] = str(location)
+    info["imagpose_from_checkout"] = location.is_relative_to(REPO)
+    record("versions", info)
+    # should be empty: the repository's top-level folders are packages only as imagpose.* (docs/gpu.md)
+    record("top_level_folders_importable", [name for name in ("bench", "export", "kernels", "train")
+                                            if importlib.util.find_spec(name) is not None])
+    # what the sections import beyond `imagpose env`'s list
+    record("section_dependencies", {name: version_of(name) for name in (
+        "polygraphy", "onnx_graphsurgeon", "torchmetrics", "matplotlib", "psutil", "pytest")})
+    import onnxruntime
+
+    record("onnxruntime_providers", onnxruntime.get_available_providers())
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        record("gpu", {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                       "memory_gib": round(props.total_memory / 2**30, 1),
+                       "multiprocessors": props.multi_processor_count})
+
+
+def nvidia_smi() -> str:
+    query = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit"
+    try:
+        done = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True,
+                              text=True, timeout=30)
+    except FileNotFoundError:
+        return "nvidia-smi not found (no NVIDIA driver here)"
+    except subprocess.TimeoutExpired:
+        return "nvidia-smi did not answer within 30 s"
+    return (done.stdout or done.stderr).strip()
+
+
+def version_of(name: str) -> str:
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # any import failure means "not usable here"; the message says why
+        return f"not available ({type(exc).__name__}: {exc})"
+    return getattr(module, "__version__", "installed")
+
+
+def cva_section(plan: Plan, args, record: Record) -> None:
+    record("setup", {"preset": plan.preset, "dtype": plan.dtype, "device": plan.device,
+                     "tile": f"{plan.tile}x{plan.tile}", "grid": "2x2", "cfg_batch": 2})
+    import torch
+
+    from imagpose.export import CONTRACTS, axis_values, model_config
     from imagpose.export.parity import sqnr_db
     from imagpose.presets import build_pipeline
+    from imagpose.timing import Stopwatch, time_runs
 
-    pipe = build_pipeline("sd15", seed=0, device="cuda", dtype=torch.float16)
-    bucket = ShapeBucket(1, args.tile, args.tile, 2, 2)
-    inputs = [t.cuda() for t in CONTRACTS["unet"].sample_inputs(axis_values(bucket, model_config(pipe)))]
-    inputs = [t.half() if i != 1 else t for i, t in enumerate(inputs)]
-    runtime, out = pipe.torch_runtime(), {}
+    require_device(plan.device)
+    dtype = getattr(torch, plan.dtype)
+    with Stopwatch(plan.device) as build:
+        pipe = build_pipeline(plan.preset, seed=0, device=plan.device, dtype=dtype)
+    bucket = bucket_of(plan)
+    inputs = CONTRACTS["unet"].sample_inputs(axis_values(bucket, model_config(pipe)), dtype, device=plan.device)
+    record("setup", {"preset": plan.preset, "dtype": plan.dtype, "device": plan.device, "bucket": bucket.label(),
+                     "sample": list(inputs[0].shape), "build_s": round(build.seconds, 1)})
+    unet, grid = pipe.torch_runtime().unet, (bucket.rows, bucket.cols)
+    outputs = {}
+
+    def step():  # keeps the output of the last call for the SQNR (the inputs are fixed: every call is the same)
+        outputs[backend] = unet(*inputs, grid)
+
     with torch.no_grad():
         for backend in ("eager", "sdpa", "triton"):
             pipe.unet.set_cva_backend(backend)
-            out[backend] = (runtime.unet(*inputs, (2, 2)).float(),
-                            cuda_median_ms(lambda: runtime.unet(*inputs, (2, 2))))
-    return {"unet_step_ms": {b: round(v[1], 2) for b, v in out.items()},
-            "speedup_triton_vs_eager": round(out["eager"][1] / out["triton"][1], 3),
-            "sqnr_db_vs_eager": {b: round(sqnr_db(out["eager"][0], v[0]), 1) for b, v in out.items() if b != "eager"}}
+            times = time_runs(step, plan.device, warmup=plan.warmup, runs=plan.runs)  # warm-up compiles (triton)
+            eager, out = outputs["eager"].float(), outputs[backend].float()
+            record(backend, {"median_ms": round(times.median * 1e3, 3), "warmup": plan.warmup, "runs": plan.runs,
+                             "sqnr_db_vs_eager": None if backend == "eager" else round(sqnr_db(eager, out), 1),
+                             "max_abs_vs_eager": float((eager - out).abs().max())})
+    pipe.unet.set_cva_backend("eager")
 
 
-@section("trt")
-def trt_section(args) -> dict:
+def kernels_section(plan: Plan, args, record: Record) -> None:
+    import pytest
+
+    from imagpose.kernels.bench import KERNELS, run_kernel_benchmark
+    from imagpose.timing import Stopwatch
+
+    require_device(plan.device)
+    tally = TestTally(lambda counts: record("tests", {"paths": list(plan.kernel_tests), **counts}))
+    marker_args = ["-m", plan.kernel_markers] if plan.kernel_markers else []
+    with Stopwatch() as watch:
+        # in this process: the child is the section's own, and a second interpreter would import torch again
+        code = pytest.main([*(str(REPO / path) for path in plan.kernel_tests), "-q", "-p", "no:cacheprovider",
+                            "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"), *marker_args,
+                            "-W", "ignore::pytest.PytestAssertRewriteWarning"],  # modules this process imported
+                           plugins=[tally])
+    record("tests", {"paths": list(plan.kernel_tests), "exit_code": int(code), **tally.counts,
+                     "seconds": round(watch.seconds, 1)})
+    canvases = {} if plan.kernel_canvases is None else {"canvases": plan.kernel_canvases}
+    for kernel in KERNELS:
+        rows = run_kernel_benchmark(plan.device, kernels=(kernel,), levels=plan.kernel_levels, **canvases)
+        record(f"bench_{kernel}", [{key: row[key] for key in (
+            "canvas", "level", "channels", "positions", "dtype", "provider", "median_ms", "gbps", "floor_ms",
+            "floor_ratio")} for row in rows])
+    if code != 0:
+        raise CheckFailed(f"kernel tests: pytest exit code {int(code)}, {tally.counts['failed']} failed, "
+                          f"{tally.counts['errors']} errors")
+
+
+class TestTally:
+    """pytest plugin: outcome counts and the ids of failed tests, passed to ``on_change`` after every test (a
+    section stopped by its budget keeps the counts so far)."""
+
+    def __init__(self, on_change: Callable[[dict], None]):
+        self.on_change = on_change
+        self.counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "failures": []}
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.passed and report.when != "call":
+            return  # a passing setup or teardown is no outcome of its own
+        if report.skipped:
+            outcome = "skipped"
+        elif report.passed:
+            outcome = "passed"
+        else:
+            outcome = "failed" if report.when == "call" else "errors"
+            self.counts["failures"].append(report.nodeid)
+        self.counts[outcome] += 1
+        self.on_change(self.counts)
+
+
+def bench_section(plan: Plan, args, record: Record) -> None:
+    record("setup", {"size": plan.bench_size, "device": plan.device, "warmup": plan.bench_warmup,
+                     "repeats": plan.bench_repeats, "loop_limit": plan.bench_loop_limit})
+    from imagpose.bench.fast_paths import backend_factories
+    from imagpose.bench.harness import run_suite
+    from imagpose.bench.report import write_report
+    from imagpose.bench.scenarios import METHODS, SETTINGS, build_suite
+    from imagpose.export.parity import fast_path_parity
+
+    require_device(plan.device)
+    fast_paths, left_out = fast_paths_here(plan.device, plan.bench_fast_paths)
+    timed = fast_paths if plan.bench_fast_path_scenarios else []
+    record("fast_paths", {"timed": timed, "parity": fast_paths, "left_out": left_out})
+    suite = build_suite(plan.bench_methods or METHODS, plan.bench_settings or SETTINGS, ("eager", *timed))
+    scenarios = [replace(s, size=plan.bench_size, loop_limit=plan.bench_loop_limit) for s in by_priority(suite)]
+    work = Path(args.workdir) / "bench"
+    factories = backend_factories(timed, work)
+    report_dir = Path(args.out) / "bench"
+    environment, results = None, []
+    for scenario in scenarios:
+        suite_result = run_suite([scenario], plan.device, plan.bench_warmup, plan.bench_repeats,
+                                 backend_factories=factories)
+        environment = suite_result["environment"]
+        results += suite_result["results"]
+        record("scenarios", [scenario_row(r) for r in results])
+        write_report({"environment": environment, "results": results}, report_dir)  # complete after each scenario
+    parity = fast_path_parity(fast_paths, plan.device, work / "parity", steps=plan.parity_steps)
+    record("parity", parity["rows"])
+    paths = write_report({"environment": environment, "results": results}, report_dir, parity)
+    record("report", {name: str(path) for name, path in paths.items()})
+    failed = [r["label"] for r in results if r["error"]] + [r["backend"] for r in parity["rows"] if "error" in r]
+    if failed:
+        raise CheckFailed(f"{len(failed)} benchmark scenarios or parity rows failed: {', '.join(failed)}")
+
+
+def fast_paths_here(device: str, candidates: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """The ``candidates`` that can run on ``device`` here, and why each other one is left out."""
+    import onnxruntime
+
+    from imagpose.errors import MissingDependencyError
+    from imagpose.export.trt_build import import_tensorrt
+
+    problems = {}
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    if provider not in onnxruntime.get_available_providers():
+        problems["onnxruntime"] = (f"this onnxruntime has no {provider} (it has "
+                                   f"{', '.join(onnxruntime.get_available_providers())})")
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return {"skipped": "tensorrt is not installed on this machine (pip install 'imagpose[trt]' needs "
-                           "NVIDIA's index); the ONNX export and check-trt run everywhere"}
-    from imagpose.export import ExportOptions, ShapeBucket, axis_values, export_pipeline, model_config
-    from imagpose.export.components import CONTRACTS
-    from imagpose.export.parity import sqnr_db
-    from imagpose.export.runtime.tensorrt_backend import TensorRTBackend
-    from imagpose.export.trt_build import BuildOptions, build_engines
+        import_tensorrt()
+    except MissingDependencyError as exc:
+        problems["tensorrt"] = str(exc)
+    return [c for c in candidates if c not in problems], {c: problems[c] for c in candidates if c in problems}
+
+
+def by_priority(scenarios: list) -> list:
+    """As released first: IMAGPose (eager, then each fast path), IMAGPose*, the baselines, then the TensorRT
+    scenarios (their engines build first: minutes); then the common policy."""
+    method_rank = {"imagpose": 0, "imagpose_star": 1}
+    return sorted(scenarios, key=lambda s: (s.setting != "as_released", s.backend == "tensorrt",
+                                            method_rank.get(s.method, 2)))
+
+
+def scenario_row(result: dict) -> dict:
+    return {"label": result["label"], "seconds_per_image": result["seconds_per_image"],
+            "tflop_per_image_full": result["tflops_per_image_full"], "tflop_per_s": result["achieved_tflops_per_s"],
+            "mfu": result["mfu"], "peak_memory_gib": result["peak_memory_gib"], "error": result["error"]}
+
+
+def trt_section(plan: Plan, args, record: Record) -> None:
+    record("setup", {"preset": plan.preset, "device": plan.device, "tile": f"{plan.tile}x{plan.tile}",
+                     "grid": "2x2", "onnx_dtype": "fp16"})
+    from imagpose.errors import DeviceError, MissingDependencyError
+    from imagpose.export import ExportOptions, export_pipeline
+    from imagpose.export.runtime import prepare_runtime, runtime_folders
+    from imagpose.export.trt_build import BuildOptions, BuildTarget, build_engines
     from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
     from imagpose.presets import build_pipeline
+    from imagpose.timing import Stopwatch
 
-    bucket = ShapeBucket(1, args.tile, args.tile, 2, 2)
-    work = Path(args.workdir)
-    pipe32 = build_pipeline("sd15", seed=0, device="cuda")
-    pipe16 = build_pipeline("sd15", seed=0, device="cuda", dtype=torch.float16)
-    onnx_dir, engine_dir = work / "onnx_fp16", work / "engines"
-    start = time.perf_counter()
-    export_pipeline(pipe16, onnx_dir, ExportOptions(dtype="fp16", opset=17, bucket=bucket), components=("unet",))
-    export_s = time.perf_counter() - start
-    findings = check_onnx_for_trt(onnx_dir / "unet.onnx")
-    start = time.perf_counter()
-    build_engines(onnx_dir, engine_dir, BuildOptions(buckets=(bucket,), components=("unet",),
-                                                     timing_cache=str(work / "timing.cache")))
-    build_s = time.perf_counter() - start
-    backend = TensorRTBackend(engine_dir, cuda_graph=args.cuda_graph)
-    inputs32 = [t.cuda() for t in CONTRACTS["unet"].sample_inputs(axis_values(bucket, model_config(pipe32)))]
-    inputs16 = [t.half() if i != 1 else t for i, t in enumerate(inputs32)]
-    grid = (2, 2)
+    require_device(plan.device)
+    pipe = build_pipeline(plan.preset, seed=0, device=plan.device)
+    bucket, work = bucket_of(plan), Path(args.workdir) / "trt"
+    onnx_dir, engine_dir = runtime_folders(work, "fp16")  # where prepare_runtime looks: the export is reused
+    with Stopwatch(plan.device) as watch:
+        (unet,) = export_pipeline(pipe, onnx_dir, ExportOptions(dtype="fp16", bucket=bucket), components=("unet",))
+    record("export", {"file": str(unet.path), "megabytes": round(unet.size_bytes / 2**20, 1), "reused": unet.reused,
+                      "node_counts": unet.node_counts, "seconds": round(watch.seconds, 1)})
+    findings = check_onnx_for_trt(unet.path)
+    record("check_trt", {"blockers": [f.format() for f in findings if f.severity == "blocker"],
+                         "warnings": len([f for f in findings if f.severity != "blocker"]),
+                         "passed": not has_blockers(findings)})
+    plans = build_engines(onnx_dir, engine_dir, BuildOptions(buckets=(bucket,), components=("unet",)), dry_run=True)
+    record("engine_plan", [{"engine": p.engine_path.name, "profile": {k: [list(s) for s in v]
+                                                                      for k, v in p.profile.items()},
+                            "trtexec": p.trtexec_command()} for p in plans])
+    try:
+        BuildTarget.current(plan.device)  # the check prepare_runtime makes before it builds anything
+    except (MissingDependencyError, DeviceError) as exc:
+        record("stopped_before_builder", str(exc))
+        return
+    with Stopwatch(plan.device) as watch:
+        runtime = prepare_runtime("tensorrt", pipe, work, bucket, dtype="fp16")
+    record("build", {"seconds": round(watch.seconds, 1), "engines": str(engine_dir)})
+    trt_latency_and_parity(plan, pipe, runtime, bucket, record)
+
+
+def trt_latency_and_parity(plan: Plan, pipe, runtime, bucket, record: Record) -> None:
+    import torch
+
+    from imagpose import scenarios
+    from imagpose.export import CONTRACTS, axis_values, model_config
+    from imagpose.export.parity import CastRuntime, run_parity
+    from imagpose.presets import build_pipeline
+    from imagpose.samples import sample
+    from imagpose.timing import time_runs
+
+    pipe16 = build_pipeline(plan.preset, seed=0, device=plan.device, dtype=torch.float16)
+    inputs = CONTRACTS["unet"].sample_inputs(axis_values(bucket, model_config(pipe)), torch.float16,
+                                             device=plan.device)
+    grid = (bucket.rows, bucket.cols)
     with torch.no_grad():
-        ref = pipe32.torch_runtime().unet(*inputs32, grid).float()
-        out16 = pipe16.torch_runtime().unet(*inputs16, grid).float()
-        out_trt = backend.unet(*inputs16, grid).float()
-        torch_ms = cuda_median_ms(lambda: pipe16.torch_runtime().unet(*inputs16, grid))
-        trt_ms = cuda_median_ms(lambda: backend.unet(*inputs16, grid))
-    return {
-        "bucket": bucket.label(), "sample": list(inputs32[0].shape), "export_s": round(export_s, 1),
-        "build_s": round(build_s, 1), "check_trt_blockers": has_blockers(findings),
-        "torch_fp16_step_ms": round(torch_ms, 2), "trt_fp16_step_ms": round(trt_ms, 2),
-        "speedup": round(torch_ms / trt_ms, 2), "cuda_graph": args.cuda_graph,
-        "sqnr_db": {"torch_fp16_vs_fp32": round(sqnr_db(ref, out16), 1),
-                    "trt_fp16_vs_fp32": round(sqnr_db(ref, out_trt), 1)},
-        "max_abs": {"torch_fp16": float((ref - out16).abs().max()), "trt_fp16": float((ref - out_trt).abs().max())},
-        "parity_pass": sqnr_db(ref, out_trt) >= sqnr_db(ref, out16) - 6.0,
-    }
+        torch_ms = time_runs(lambda: pipe16.torch_runtime().unet(*inputs, grid), plan.device, plan.warmup,
+                             plan.runs).median * 1e3
+        trt_ms = time_runs(lambda: runtime.unet(*inputs, grid), plan.device, plan.warmup, plan.runs).median * 1e3
+    record("unet_step_ms", {"torch_fp16": round(torch_ms, 3), "tensorrt_fp16": round(trt_ms, 3),
+                            "speedup": round(torch_ms / trt_ms, 2)})
+    request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1],
+                           tile_size=(plan.tile, plan.tile), seed=0)
+    report = run_parity(pipe, {"tensorrt": runtime}, bucket, [request], steps=3,
+                        lowp_reference=CastRuntime(pipe16.torch_runtime(), torch.float16), lowp_backends=("tensorrt",))
+    record("parity", report.to_dict())
+    if not report.passed:
+        raise CheckFailed("TensorRT fp16 parity against fp32 PyTorch failed; see the parity rows")
 
 
-@section("bench")
-def bench_section(args) -> dict:
-    from imagpose.bench.harness import run_suite
-    from imagpose.bench.report import write_report as write_bench_report
-    from imagpose.bench.scenarios import full_gpu_suite
-    from imagpose.cli.bench import backend_factories, fast_path_parity
-
-    backends = ["onnxruntime", "triton"]
-    out = Path(args.out) / "bench"
-    suite = run_suite(full_gpu_suite(tuple(backends)), "cuda", warmup=1, repeats=3,
-                      backend_factories=backend_factories(backends, Path(args.workdir)))
-    paths = write_bench_report(suite, out, fast_path_parity(backends, "cuda"))
-    return {"report": str(paths["md"]), "results": [
-        {k: r[k] for k in ("label", "seconds_per_image", "tflops_per_image_full", "mfu", "error")}
-        for r in suite["results"]]}
+@dataclass(frozen=True)
+class Section:
+    name: str
+    budget_s: float
+    run: Callable[[Plan, argparse.Namespace, Record], None]
 
 
-def write_report(results: dict, out: Path) -> None:
+SECTIONS = (Section("env", 30, env_section), Section("cva", 100, cva_section),
+            Section("kernels", 100, kernels_section), Section("bench", 130, bench_section),
+            Section("trt", 120, trt_section))
+SECTION_NAMES = tuple(s.name for s in SECTIONS)
+
+
+# ----------------------------------------------------------------------------- files
+def json_safe(value):
+    """Strict JSON: non-finite floats (an SQNR of identical outputs is inf) become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it over ``path``. Not ``imagpose.io.write_json``: the parent
+    process never imports imagpose (torch, CUDA), so a broken install still gets its report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a report gets the mode of any new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(json_safe(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- child
+class Recorder:
+    """A section's results so far, written to its status file after every record."""
+
+    def __init__(self, path: Path):
+        self.path, self.results = path, {}
+
+    def __call__(self, key: str, value) -> None:
+        self.results[key] = value
+        self.write("running")
+
+    def write(self, status: str, **extra) -> None:
+        write_json(self.path, {"status": status, "pid": os.getpid(), "results": self.results, **extra})
+
+
+def run_child(args) -> int:
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton (the parent sets it too)
+    plan = DRY_RUN if args.dry_run else gpu_plan(args.tile)
+    section = next(s for s in SECTIONS if s.name == args.section)
+    record = Recorder(Path(args.status_file))
+    try:
+        section.run(plan, args, record)
+    except Exception as exc:  # reported in the section's entry; the traceback shows where
+        record.write("error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        return 1
+    record.write("ok")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent
+class Report:
+    """gpu_report.json and gpu_report.md, rewritten whenever anything changes."""
+
+    def __init__(self, out: Path, args, sections: list[Section]):
+        self.out = out
+        self.data = {"title": "imagpose GPU checks", "dry_run": args.dry_run, "budget_scale": args.budget_scale,
+                     "started": now(), "updated": now(), "finished": False,
+                     "sections": {s.name: {"status": "pending", "budget_s": budget(s, args)} for s in sections}}
+
+    def update(self, name: str, **fields) -> None:
+        self.data["sections"][name].update(fields)
+        self.write()
+
+    def write(self) -> None:
+        self.data["updated"] = now()
+        write_json(self.out / REPORT_JSON, self.data)
+        write_atomic(self.out / REPORT_MD, markdown(self.data))
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def budget(section: Section, args) -> float:
+    return round(section.budget_s * args.budget_scale, 1)
+
+
+def run_section(section: Section, args, report: Report, status_dir: Path, log_path: Path) -> str:
+    """Run one section in a child process within its budget; returns its final status."""
+    status_file = status_dir / f"{section.name}.json"
+    limit = budget(section, args)
+    command = [sys.executable, str(Path(__file__).resolve()), "--section", section.name, "--status-file",
+               str(status_file), "--out", str(Path(args.out).resolve()), "--workdir", str(Path(args.workdir).resolve()),
+               "--tile", str(args.tile),
+               *(["--dry-run"] if args.dry_run else [])]
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {section.name} (budget {limit:g} s) {now()} =====\n")
+        log.flush()
+        # own process group: a timeout kills the section's grandchildren too (pytest, compilers); same session,
+        # so whatever ends this command's session still ends them
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(args),
+                                 preexec_fn=os.setpgrp)
+    start, cpu_start = time.monotonic(), children_cpu_seconds()
+    report.update(section.name, status="running", started=now())
+    seen, timed_out = None, False
+    try:
+        while True:
+            try:
+                child.wait(timeout=POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            seen = forward_records(section.name, status_file, seen, report, start)
+            if child.returncode is not None:
+                break
+            if time.monotonic() - start > limit:
+                timed_out = True
+                break
+    finally:
+        if child.returncode is None:  # timed out, or this process is being stopped
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    seconds = round(time.monotonic() - start, 1)
+    state = read_json(status_file) or {}
+    fields = {"seconds": seconds, "cpu_seconds": round(children_cpu_seconds() - cpu_start, 1), "pid": child.pid,
+              "results": state.get("results", {})}
+    if timed_out:
+        fields["status"] = f"timeout after {limit:g} s"
+    elif state.get("status") == "ok":
+        fields["status"] = "ok"
+    else:
+        fields.update(status="error", error=state.get("error") or f"the section's process exited with code "
+                      f"{child.returncode} without a result", traceback=state.get("traceback"))
+    if fields["status"] != "ok":
+        fields["log_tail"] = log_tail(log_path)
+    report.update(section.name, **fields)
+    print(f"[gpu_checks] {section.name}: {fields['status']} in {seconds:g} s"
+          + (f" ({fields['error']})" if "error" in fields else ""), flush=True)
+    return fields["status"]
+
+
+def forward_records(name: str, status_file: Path, seen, report: Report, start: float):
+    """Copy the child's latest records into the report (when its status file changed); returns the new stamp."""
+    try:
+        stat = status_file.stat()
+    except FileNotFoundError:
+        return seen
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    if stamp == seen:
+        return seen
+    state = read_json(status_file)
+    if state is None:
+        return seen
+    previous = report.data["sections"][name].get("results", {})
+    for key, value in state["results"].items():
+        if previous.get(key) != value:
+            print(f"[gpu_checks] {name} +{time.monotonic() - start:.0f}s {key}: "
+                  f"{json.dumps(value, default=str)[:300]}", flush=True)
+    report.update(name, results=state["results"], pid=state["pid"])
+    return stamp
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of every finished child process (the sections and what they started)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_environment(args) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.dry_run:
+        env["TRITON_INTERPRET"] = "1"  # read when triton is imported: before anything in the child imports it
+    else:
+        env.pop("TRITON_INTERPRET", None)  # a leftover from CPU work would time Python instead of the kernels
+    return env
+
+
+def log_tail(path: Path, chars: int = 3000) -> str:
+    with open(path, "rb") as log:
+        log.seek(max(0, path.stat().st_size - chars))
+        return log.read().decode(errors="replace")
+
+
+def run_parent(args) -> int:
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_report.json").write_text(json.dumps(results, indent=2, default=str))
-    lines = ["# imagpose GPU checks", ""]
-    for name, data in results.items():
-        lines += [f"## {name}", "", "```", json.dumps(data, indent=2, default=str), "```", ""]
-    (out / "gpu_report.md").write_text("\n".join(lines))
+    own_workdir = args.workdir is None
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="imagpose-gpu-checks-")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    status_dir = Path(tempfile.mkdtemp(prefix="sections-", dir=args.workdir))
+    sections = [s for s in SECTIONS if not args.only or s.name in args.only]
+    log_path = out / LOG_NAME
+    log_path.write_text(f"imagpose GPU checks {'(dry run) ' if args.dry_run else ''}{now()}\n")
+    report = Report(out, args, sections)
+    report.write()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the running section's process group is killed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        statuses = [run_section(s, args, report, status_dir, log_path) for s in sections]
+    finally:
+        shutil.rmtree(status_dir, ignore_errors=True)
+        if own_workdir:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    report.data["finished"] = True
+    report.write()
+    print(f"[gpu_checks] report: {out / REPORT_MD}", flush=True)
+    return 0 if all(status == "ok" for status in statuses) else 1
+
+
+# ----------------------------------------------------------------------------- markdown
+def markdown(data: dict) -> str:
+    mode = "dry run (CPU, tiny sizes)" if data["dry_run"] else "GPU run"
+    lines = [f"# {data['title']}", "", f"{mode}; started {data['started']}, updated {data['updated']}"
+             f"{'' if data['finished'] else ' (not finished)'}; budget scale {data['budget_scale']:g}", "",
+             "| section | status | seconds | CPU seconds | budget s |", "|---|---|---|---|---|"]
+    for name, entry in data["sections"].items():
+        lines.append(f"| {name} | {entry['status']} | {entry.get('seconds', '')} | {entry.get('cpu_seconds', '')} | "
+                     f"{entry['budget_s']:g} |")
+    for name, entry in data["sections"].items():
+        lines += ["", f"## {name}", "", f"Status: **{entry['status']}**", ""]
+        if entry.get("error"):
+            lines += ["```", entry["error"], "```", ""]
+        for key, value in entry.get("results", {}).items():
+            lines += markdown_value(key, value)
+        for key in ("traceback", "log_tail"):
+            if entry.get(key):
+                lines += [f"<details><summary>{key}</summary>", "", "```", entry[key].rstrip(), "```", "",
+                          "</details>", ""]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_value(key: str, value) -> list[str]:
+    if isinstance(value, dict) and all(is_flat(v) for v in value.values()):
+        return [f"**{key}**", "", "| | |", "|---|---|", *(f"| {k} | {cell(v)} |" for k, v in value.items()), ""]
+    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+        columns = list(dict.fromkeys(k for row in value for k in row))
+        return [f"**{key}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+                *("| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in value), ""]
+    if isinstance(value, str) and "\n" in value:
+        return [f"**{key}**", "", "```", value, "```", ""]
+    if is_flat(value):
+        return [f"- **{key}**: {cell(value)}", ""]
+    return [f"**{key}**", "", "```json", json.dumps(value, indent=1, default=str), "```", ""]
+
+
+def is_scalar(value) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def is_flat(value) -> bool:
+    """A scalar or a list of scalars: one table cell."""
+    return is_scalar(value) or (isinstance(value, list) and all(is_scalar(v) for v in value))
+
+
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+# ----------------------------------------------------------------------------- command line
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/gpu", help="report folder (gpu_report.json/.md, the log, bench/)")
+    parser.add_argument("--only", action="append", choices=SECTION_NAMES,
+                        help="run only this section (repeatable; sections still run in priority order)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="every section on the CPU at tiny sizes (tiny preset, 64x64 tiles, Triton interpreter)")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="multiply every section's time budget (default budgets sum to 8 minutes)")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for ONNX exports and engines, kept for reuse (default: a temporary folder, "
+                             "removed at the end)")
+    parser.add_argument("--tile", type=int, default=512, help="square tile size of the cva and trt checks (GPU run)")
+    parser.add_argument("--section", choices=SECTION_NAMES, help=argparse.SUPPRESS)  # the child's side
+    parser.add_argument("--status-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.budget_scale > 0:
+        parser.error(f"--budget-scale must be > 0, got {args.budget_scale}")
+    if args.tile < 64 or args.tile % 64:
+        parser.error(f"--tile must be a positive multiple of 64 (the SD1.5 UNet's padding), got {args.tile}")
+    return args
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/gpu", help="report folder")
-    parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run only these sections")
-    parser.add_argument("--workdir", default=None, help="scratch folder for ONNX files and engines")
-    parser.add_argument("--tile", type=int, default=512, help="tile size of the full-size checks")
-    parser.add_argument("--cuda-graph", action="store_true", help="replay TensorRT engines as CUDA graphs")
-    args = parser.parse_args(argv)
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="imagpose-gpu-")
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to check here", file=sys.stderr)
-        return 2
-    results = {}
-    for name in args.only or SECTIONS:
-        start = time.perf_counter()
-        try:
-            results[name] = SECTIONS[name](args)
-        except Exception as exc:  # a broken section is reported, the others still run
-            results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        results[name]["section_seconds"] = round(time.perf_counter() - start, 1)
-        print(f"[{name}] {json.dumps(results[name], default=str)[:2000]}", flush=True)
-        write_report(results, Path(args.out))
-    return 0
+    args = parse_args(argv)
+    return run_child(args) if args.section else run_parent(args)
 
 
 if __name__ == "__main__":

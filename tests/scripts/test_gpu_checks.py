@@ -1,0 +1,163 @@
+"""scripts/gpu_checks.py: the dry run runs every section's GPU code path on the CPU, and the time budgets hold.
+
+The GPU run gets one call on a lent machine, so what can go wrong in it must show here first: the dry run calls the
+same functions at tiny sizes, and the budget tests kill real child processes.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "gpu_checks.py"
+SECTIONS = ["env", "cva", "kernels", "bench", "trt"]
+# source folder -> its package in an installed imagpose (pyproject's package-dir)
+PACKAGE_FOLDERS = {"imagpose": "imagpose", "export": "imagpose/export", "kernels": "imagpose/kernels",
+                   "bench": "imagpose/bench", "train": "imagpose/train"}
+
+
+def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def read_report(out: Path) -> dict:
+    return json.loads((out / "gpu_report.json").read_text())
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu-checks")
+    # the budgets are the GPU run's: three times them keeps a slow or busy CPU from timing the dry run out
+    done = run_script("--dry-run", "--budget-scale", "3", "--out", str(root / "out"), "--workdir", str(root / "work"),
+                      timeout=1800)
+    return root / "out", done
+
+
+def test_dry_run_ends_every_section_ok(dry_run):
+    out, done = dry_run
+    report = read_report(out)
+    problems = {name: (entry["status"], entry.get("error"), entry.get("log_tail"))
+                for name, entry in report["sections"].items() if entry["status"] != "ok"}
+    assert not problems, problems
+    assert list(report["sections"]) == SECTIONS and report["finished"] and report["dry_run"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    markdown = (out / "gpu_report.md").read_text()
+    assert all(f"## {name}\n\nStatus: **ok**" in markdown for name in SECTIONS)
+    assert (out / "gpu_checks.log").is_file()
+
+
+def test_dry_run_records_what_each_section_measures(dry_run):
+    out, _ = dry_run
+    results = {name: entry["results"] for name, entry in read_report(out)["sections"].items()}
+    assert results["env"]["versions"]["imagpose"] and results["env"]["top_level_folders_importable"] == []
+    cva = results["cva"]
+    assert all(cva[backend]["median_ms"] > 0 for backend in ("eager", "sdpa", "triton"))
+    assert cva["triton"]["sqnr_db_vs_eager"] > 80 and cva["sdpa"]["sqnr_db_vs_eager"] > 80  # fp32: same math
+    kernels = results["kernels"]
+    assert kernels["tests"]["passed"] > 0 and kernels["tests"]["failed"] == kernels["tests"]["errors"] == 0
+    assert all(kernels[f"bench_{name}"] for name in ("attention", "group_norm_to_tokens", "layer_norm_view_pe",
+                                                      "tokens_to_canvas"))
+    bench = results["bench"]
+    assert [row["label"] for row in bench["scenarios"]] == ["imagpose/as_released/tiny"]
+    assert bench["scenarios"][0]["error"] is None and bench["scenarios"][0]["seconds_per_image"] > 0
+    assert [row["backend"] for row in bench["parity"]] == ["triton"] and "error" not in bench["parity"][0]
+    assert json.loads((out / "bench" / "results.json").read_text())["results"]
+    trt = results["trt"]
+    assert trt["export"]["node_counts"] and trt["check_trt"]["passed"]
+    assert trt["engine_plan"][0]["trtexec"].startswith("trtexec --onnx=")
+    assert "TensorRT" in trt["stopped_before_builder"] and "build" not in trt  # stopped right before the builder
+
+
+def test_a_section_over_its_budget_is_killed_with_its_partial_results_and_the_next_runs(tmp_path):
+    """Budgets 5 s (cva) and 6 s (trt): both sections record their setup at once, and neither can finish in that
+    time (imports alone take seconds, the Triton interpreter's UNet step more; the trt export tens of seconds)."""
+    start = time.monotonic()
+    done = run_script("--dry-run", "--only", "trt", "--only", "cva", "--budget-scale", "0.05", "--out",
+                      str(tmp_path / "out"), "--workdir", str(tmp_path / "work"), timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = read_report(tmp_path / "out")
+    assert list(report["sections"]) == ["cva", "trt"] and report["finished"]  # priority order, not --only order
+    cva, trt = report["sections"]["cva"], report["sections"]["trt"]
+    assert cva["status"] == "timeout after 5 s" and cva["results"]["setup"]["preset"] == "tiny"
+    assert trt["status"] == "timeout after 6 s" and trt["results"]["setup"]["onnx_dtype"] == "fp16"
+    assert "| cva | timeout after 5 s |" in (tmp_path / "out" / "gpu_report.md").read_text()
+    assert not is_alive(cva["pid"]) and not is_alive(trt["pid"])
+    assert time.monotonic() - start < 60
+
+
+def test_a_stopped_run_leaves_its_report_and_no_running_section(tmp_path):
+    """A whole command cut short (here SIGTERM, as `timeout` sends) keeps what was recorded and ends its child."""
+    out = tmp_path / "out"
+    parent = subprocess.Popen([sys.executable, str(SCRIPT), "--dry-run", "--only", "trt", "--out", str(out),
+                               "--workdir", str(tmp_path / "work")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while "setup" not in _results(out, "trt") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    report = read_report(out)
+    trt = report["sections"]["trt"]
+    assert not report["finished"] and trt["status"] == "running" and trt["results"]["setup"]
+    assert not is_alive(trt["pid"])
+
+
+def _results(out: Path, section: str) -> dict:
+    try:
+        return read_report(out)["sections"][section].get("results", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def test_the_device_install_holds_every_module_and_data_file(tmp_path):
+    """docs/gpu.md installs imagpose on the device with `pip install --no-index --no-deps --no-build-isolation
+    --target`: that install must hold every module and data file of the source folders (a subpackage missing from
+    pyproject's package list works in the editable install and fails only there)."""
+    pytest.importorskip("setuptools")  # --no-build-isolation builds with the environment's own setuptools
+    source = tmp_path / "src"  # a copy: an in-tree build would write build/ into the repository
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in PACKAGE_FOLDERS:
+        shutil.copytree(REPO / folder, source / folder, ignore=ignore)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
+                    "--target", str(tmp_path / "site"), str(source)], check=True, timeout=300)
+    expected = {f"{package}/{path.relative_to(source / folder)}" for folder, package in PACKAGE_FOLDERS.items()
+                for path in (source / folder).rglob("*") if path.is_file()}
+    installed = {str(path.relative_to(tmp_path / "site")) for path in (tmp_path / "site" / "imagpose").rglob("*")
+                 if path.is_file() and "__pycache__" not in path.parts}
+    missing = sorted(expected - installed)
+    assert not missing, f"not in the installed package (pyproject.toml [tool.setuptools]): {missing}"
+
+
+def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_checks", SCRIPT)
+    gpu_checks = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_checks", gpu_checks)  # dataclasses look their module up there
+    spec.loader.exec_module(gpu_checks)
+    from imagpose.bench.scenarios import METHODS, SETTINGS, build_suite
+
+    order = [s.label for s in gpu_checks.by_priority(build_suite(METHODS, SETTINGS, ("eager", "triton", "tensorrt")))]
+    assert order[:4] == ["imagpose/as_released/full", "imagpose[triton]/as_released/full",
+                         "imagpose_star/as_released/full", "imagpose_star[triton]/as_released/full"]
+    first_baseline, first_tensorrt = order.index("pidm/as_released/full"), order.index(
+        "imagpose[tensorrt]/as_released/full")
+    first_common = next(i for i, label in enumerate(order) if "common_policy" in label)
+    assert first_baseline < first_tensorrt < first_common and len(order) == 16
