@@ -19,6 +19,8 @@ generated image is a third of a pass.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from imagpose import scenarios
@@ -46,7 +48,7 @@ class IMAGPoseMethod(Method):
     def __init__(self, size: str = "full", stars: bool = False):
         super().__init__()
         self.stars = stars
-        released = RELEASED if not stars else Setting(**{**RELEASED.__dict__, "images_per_pass": 3})
+        released = replace(RELEASED, images_per_pass=3) if stars else RELEASED
         self.info = MethodInfo(
             name="IMAGPose*" if stars else "IMAGPose", paper="NeurIPS 2024", source="muzishen/IMAGPose@60f649f",
             released=released, expected_params={"unet": 1312.7, "pose_guider": 1.09, "flc_tokenizer": 0.79})
