@@ -10,30 +10,28 @@ re-exported here:
     cross_view_attention   (N, heads, V, d) strided q/k/v -> attention over the V views
     tokens_to_canvas       tokens + canvas residual -> canvas
 
-Importing the package registers the "triton" (and, when importable, "xformers") CVA backends
-(``backends.py``); ``imagpose.models.attention.get_cva_backend`` imports it when one of those names is requested.
-On a machine without a GPU, set ``TRITON_INTERPRET=1`` before this package is first imported to run the kernels
-in Triton's interpreter (slow; for tests). ``python -m imagpose.kernels.bench`` benchmarks them.
+``backends.py`` registers the "triton" (and, when importable, "xformers") CVA backends when it is imported;
+``imagpose.models.attention.get_cva_backend`` imports it the first time one of those names is requested.
+On a machine without a GPU, set ``TRITON_INTERPRET=1`` before triton is first imported to run the kernels in
+Triton's interpreter (slow; for tests). ``python -m imagpose.kernels.bench`` benchmarks them.
+
+Importing the package itself has no side effects (the names above load on first use): Hugging Face's unrelated
+``kernels`` package shares this folder's name, and transformers imports whatever ``kernels`` it finds to read its
+version, so a stray import of this folder under that name must neither need triton nor register anything.
 """
 
-try:
-    import triton  # noqa: F401
-except ImportError as error:  # pragma: no cover - depends on the install
-    from imagpose.errors import MissingDependencyError
+import importlib
 
-    raise MissingDependencyError("imagpose.kernels needs triton: pip install 'imagpose[kernels]'") from error
+_PUBLIC = {
+    "cross_view_attention": "attention", "cross_view_attention_ref": "attention",
+    "group_norm_to_tokens": "group_norm", "group_norm_to_tokens_ref": "group_norm",
+    "layer_norm_view_pe": "layer_norm", "layer_norm_view_pe_ref": "layer_norm",
+    "tokens_to_canvas": "join", "tokens_to_canvas_ref": "join",
+}
+__all__ = sorted(_PUBLIC)
 
-from .attention import cross_view_attention, cross_view_attention_ref
-from .backends import register_backends
-from .group_norm import group_norm_to_tokens, group_norm_to_tokens_ref
-from .join import tokens_to_canvas, tokens_to_canvas_ref
-from .layer_norm import layer_norm_view_pe, layer_norm_view_pe_ref
 
-register_backends()
-
-__all__ = [
-    "cross_view_attention", "cross_view_attention_ref",
-    "group_norm_to_tokens", "group_norm_to_tokens_ref",
-    "layer_norm_view_pe", "layer_norm_view_pe_ref",
-    "tokens_to_canvas", "tokens_to_canvas_ref",
-]
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)

@@ -1,4 +1,4 @@
-"""CVA backends provided by this package; importing imagpose.kernels registers them in imagpose.models.attention.
+"""CVA backends provided by this package; importing this module registers them in imagpose.models.attention.
 
     triton    all four CVA ops as fused kernels: :func:`~imagpose.kernels.group_norm.group_norm_to_tokens`,
               :func:`~imagpose.kernels.layer_norm.layer_norm_view_pe`,
@@ -97,3 +97,6 @@ def register_backends() -> None:
     register_cva_backend(TRITON_BACKEND)
     if importlib.util.find_spec("xformers") is not None:
         register_cva_backend(XFORMERS_BACKEND)
+
+
+register_backends()

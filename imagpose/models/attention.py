@@ -30,7 +30,7 @@ from . import cva_ops
 DEFAULT_CVA_BACKEND = "eager"
 
 # Backends provided outside the core, like entry points: backend name -> module whose import registers it.
-PROVIDERS = {"triton": "imagpose.kernels", "xformers": "imagpose.kernels"}
+PROVIDERS = {"triton": "imagpose.kernels.backends", "xformers": "imagpose.kernels.backends"}
 
 # canvas (B, C, R*h, Cg*w), grid (R, Cg), the CVA's GroupNorm -> tokens (B*h*w, V, C)
 GroupNormToTokensFn = Callable[[torch.Tensor, tuple[int, int], nn.GroupNorm], torch.Tensor]
@@ -103,7 +103,12 @@ def cva_backends() -> list[str]:
 
 def get_cva_backend(name: str) -> CVABackend:
     if name not in _BACKENDS and name in PROVIDERS:
-        importlib.import_module(PROVIDERS[name])
+        try:
+            importlib.import_module(PROVIDERS[name])
+        except ModuleNotFoundError as error:  # the provider's own dependency (triton) is not installed
+            raise MissingDependencyError(
+                f"The CVA backend {name!r} needs the {error.name!r} package: pip install -c constraints.txt "
+                "'imagpose[kernels]'.") from error
         if name not in _BACKENDS:
             raise MissingDependencyError(
                 f"The CVA backend {name!r} is not available: {PROVIDERS[name]} registers it only when the package "

@@ -2,6 +2,8 @@
 
 import importlib
 import importlib.util
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -82,6 +84,20 @@ def test_transformers_and_diffusers_do_not_import_our_kernels():
     assert foreign == [], f"our kernels folder was imported under other names: {foreign}"
 
 
+def test_triton_backend_from_a_python_started_in_the_repository_root():
+    """``python -c`` / ``python -m`` put the working directory on sys.path, so from the repository root
+    transformers' probe imports the top-level ``kernels/`` folder under that name; the package must then stay
+    inert (no triton import, no registration), so the backend still loads once, as imagpose.kernels."""
+    code = ("from transformers.utils import import_utils\n"
+            "assert not import_utils.is_kernels_available()\n"
+            "import sys; assert 'kernels' in sys.modules, 'the probe did not import the folder'\n"
+            "from imagpose.models.attention import get_cva_backend\n"
+            "print(get_cva_backend('triton').name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=KERNELS_FOLDER.parent, capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "triton", proc.stderr[-2000:]
+
+
 def test_xformers_is_registered_exactly_when_importable():
     assert ("xformers" in cva_backends()) == (importlib.util.find_spec("xformers") is not None)
     with pytest.raises(InvalidArgumentError, match="needs a CUDA tensor"):
@@ -90,8 +106,9 @@ def test_xformers_is_registered_exactly_when_importable():
 
 @pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers is installed here")
 def test_xformers_without_xformers_is_a_missing_dependency():
-    with pytest.raises(MissingDependencyError, match="'xformers' is not available: imagpose.kernels registers it "
-                                                     "only when .* install it or choose one of eager, sdpa, triton"):
+    with pytest.raises(MissingDependencyError, match="'xformers' is not available: imagpose.kernels.backends "
+                                                     "registers it only when .* install it or choose one of eager, "
+                                                     "sdpa, triton"):
         get_cva_backend("xformers")
 
 
