@@ -19,12 +19,23 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .canvas import JointCanvas, PoseRequest, build_canvas
+from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas
 from .conditions import Conditions, encode_conditions
+from .errors import InvalidArgumentError
 from .images import tensor_to_pil
+from .memory import (
+    MemoryEstimate,
+    check_memory,
+    check_memory_limit,
+    estimate_call_memory,
+    request_layout,
+    resolve_memory_limit,
+    weight_bytes,
+)
 from .runtime import Runtime, TorchRuntime
 from .sampling_settings import check_sampling_settings
 
@@ -79,6 +90,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder, flc_tokenizer=flc_tokenizer,
                               pose_guider=pose_guider, scheduler=scheduler)
         self.backend: Runtime | None = None  # None: the reference TorchRuntime over the modules above
+        self.memory_limit_bytes: int | None = None  # None: the default limit (see set_memory_limit)
 
     def set_backend(self, backend: Runtime | None) -> None:
         """Run the networks on another runtime (``imagpose.export.runtime``); None returns to PyTorch."""
@@ -165,21 +177,56 @@ class IMAGPosePipeline(DiffusionPipeline):
     def build_canvas(self, request: PoseRequest) -> JointCanvas:
         return build_canvas(request, self.pad_multiple, self.vae_scale_factor)
 
+    def request_layout(self, request: PoseRequest) -> GridLayout:
+        """The canvas geometry of a request without building its canvas (image files: headers only)."""
+        return request_layout(request, self.pad_multiple, self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ memory
+    def set_memory_limit(self, limit_bytes: int | None) -> None:
+        """Refuse calls whose estimated peak memory exceeds ``limit_bytes`` (:class:`MemoryLimitError`).
+
+        None restores the default: ``IMAGPOSE_MAX_MEMORY_GIB`` when set, else the weights plus
+        :data:`imagpose.memory.DEFAULT_FRACTION` of the memory still available on the pipeline's device.
+        """
+        self.memory_limit_bytes = check_memory_limit(limit_bytes)
+
+    def memory_limit(self, device: torch.device | None = None) -> int:
+        """The limit every call is checked against, in bytes (see :meth:`set_memory_limit`)."""
+        return resolve_memory_limit(self.memory_limit_bytes, device or self._execution_device,
+                                    resident_bytes=weight_bytes(self))
+
+    def memory_estimate(self, layouts: list[GridLayout], guidance_scale: float = 2.0,
+                        output_type: str = "pil") -> MemoryEstimate:
+        """The estimated peak memory of a call on canvases of these layouts (see :mod:`imagpose.memory`)."""
+        return estimate_call_memory(self, layouts, do_cfg=guidance_scale > 1.0, decode=output_type != "latent")
+
+    def check_memory(self, layouts: list[GridLayout], guidance_scale: float = 2.0, output_type: str = "pil",
+                     device: torch.device | None = None) -> None:
+        """Raise :class:`~imagpose.errors.MemoryLimitError` when a call on these layouts would exceed the limit."""
+        check_memory(self.memory_estimate(layouts, guidance_scale, output_type), self.memory_limit(device))
+
     # ------------------------------------------------------------------ steps
-    def check_inputs(self, requests, num_inference_steps, guidance_scale, eta, output_type, generator):
+    def check_inputs(self, requests, num_inference_steps, guidance_scale, eta, output_type, generator,
+                     canvases=None) -> list[PoseRequest]:
         if isinstance(requests, PoseRequest):
             requests = [requests]
-        if not requests or not all(isinstance(r, PoseRequest) for r in requests):
-            raise TypeError("requests must be a PoseRequest or a non-empty list of them (see imagpose.scenarios).")
+        if not isinstance(requests, (list, tuple)) or not requests or not all(
+                isinstance(r, PoseRequest) for r in requests):
+            raise InvalidArgumentError("requests must be a PoseRequest or a non-empty list of them (see "
+                                       f"imagpose.scenarios), got {type(requests).__name__}.")
         check_sampling_settings(num_inference_steps, guidance_scale, eta, self.scheduler.config.num_train_timesteps)
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+            raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if isinstance(generator, list) and len(generator) != len(requests):
-            raise ValueError(f"Got {len(generator)} generators for {len(requests)} requests; pass one per request.")
+            raise InvalidArgumentError(f"Got {len(generator)} generators for {len(requests)} requests; pass one "
+                                       "per request.")
+        if canvases is not None and len(canvases) != len(requests):
+            raise InvalidArgumentError(f"Got {len(canvases)} canvases for {len(requests)} requests; pass one per "
+                                       "request (pipe.build_canvas).")
         for r in requests:
             if r.grid[0] * r.grid[1] > self.unet.config.cva_max_views:
-                raise ValueError(f"A {r.grid[0]}x{r.grid[1]} grid exceeds the CVA's "
-                                 f"{self.unet.config.cva_max_views} view positions.")
+                raise InvalidArgumentError(f"A {r.grid[0]}x{r.grid[1]} grid exceeds the CVA's "
+                                           f"{self.unet.config.cva_max_views} view positions; use a smaller grid.")
         return list(requests)
 
     @staticmethod
@@ -191,33 +238,43 @@ class IMAGPosePipeline(DiffusionPipeline):
         generators = generator if isinstance(generator, list) else [generator] * len(requests)
         return generators, [g.initial_seed() for g in generators]
 
-    def prepare_latents(self, generators, latent_size, dtype) -> torch.Tensor:
-        """x_T ~ N(0, I) drawn per request: (B, 4, h, w), times the scheduler's init sigma."""
-        noise = [torch.randn((1, 4, *latent_size), generator=g, dtype=torch.float32) for g in generators]
-        return torch.cat(noise).to(self.device, dtype) * self.scheduler.init_noise_sigma
+    def prepare_latents(self, scheduler, generators, latent_size, device, dtype) -> torch.Tensor:
+        """x_T ~ N(0, I) with row b drawn from ``generators[b]``: (B, 4, h, w), times the scheduler's init sigma.
 
-    def denoise(self, runtime: Runtime, latents, conditions: Conditions, timesteps, guidance_scale, grid, eta,
+        Drawn in float32 and cast, so the noise of a request is the same at every dtype and batch size.
+        """
+        shape = (len(generators), self.vae.config.latent_channels, *latent_size)
+        noise = randn_tensor(shape, generator=list(generators), device=device, dtype=torch.float32)
+        return noise.to(dtype) * scheduler.init_noise_sigma
+
+    def denoise(self, runtime: Runtime, scheduler, latents, conditions: Conditions, guidance_scale, grid, eta,
                 generators, callback_on_step_end=None, progress: bool = True) -> torch.Tensor:
+        """The DDIM loop over ``scheduler.timesteps``; ``scheduler`` belongs to this call (see ``__call__``).
+
+        A KeyboardInterrupt (Ctrl-C) raised during a step, or by ``callback_on_step_end``, ends the loop there:
+        nothing here catches it.
+        """
         do_cfg = guidance_scale > 1.0  # the official rule: w <= 1 runs the conditional branch only
         context, image_condition, pose_features = (
             conditions.for_guidance() if do_cfg else conditions.without_guidance())
         step_generator = generators if len(generators) > 1 else generators[0]
+        timesteps = scheduler.timesteps
         with tqdm(total=len(timesteps), desc="denoising", unit="step", disable=not progress, leave=False) as bar:
             for i, t in enumerate(timesteps):
-                # 6.1 model input: [x_t, flag, masked latent], duplicated for CFG as [uncond, cond]
+                # 7.1 model input: [x_t, flag, masked latent], duplicated for CFG as [uncond, cond]
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
+                model_input = scheduler.scale_model_input(model_input, t)
                 model_input = torch.cat([model_input, image_condition], dim=1)
-                # 6.2 predict (v-prediction in the official model)
-                timestep = t.reshape(1).to(self.device)  # one timestep for every row
+                # 7.2 predict (v-prediction in the official model)
+                timestep = t.reshape(1).to(latents.device)  # one timestep for every row
                 prediction = runtime.unet(model_input, timestep, context, pose_features, grid)
-                # 6.3 guidance: u + w (c - u)
+                # 7.3 guidance: u + w (c - u)
                 if do_cfg:
                     uncond, cond = prediction.chunk(2)
                     prediction = uncond + guidance_scale * (cond - uncond)
-                # 6.4 x_t -> x_{t-1}
-                latents = self.scheduler.step(prediction, t, latents, eta=eta, generator=step_generator,
-                                              return_dict=False)[0]
+                # 7.4 x_t -> x_{t-1}
+                latents = scheduler.step(prediction, t, latents, eta=eta, generator=step_generator,
+                                         return_dict=False)[0]
                 if callback_on_step_end is not None:
                     update = callback_on_step_end(self, i, t, {"latents": latents, "prediction": prediction})
                     latents = (update or {}).get("latents", latents)
@@ -238,8 +295,11 @@ class IMAGPosePipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         progress: bool = True,
         backend: Runtime | None = None,
+        canvases: list[JointCanvas] | None = None,
     ) -> IMAGPosePipelineOutput | list[GenerationResult]:
         r"""Generate the target views of one or more requests.
+
+        Safe to call from several threads at once: each call steps a scheduler of its own.
 
         Args:
             requests: a :class:`~imagpose.canvas.PoseRequest` or a list (see :mod:`imagpose.scenarios`).
@@ -253,33 +313,45 @@ class IMAGPosePipeline(DiffusionPipeline):
             progress: show a progress bar.
             backend: a :class:`~imagpose.runtime.Runtime` (ONNX Runtime, TensorRT, ...) for this call; default
                 ``pipe.backend`` or PyTorch.
+            canvases: the requests' canvases, already built with :meth:`build_canvas` (one per request).
+
+        Raises:
+            MemoryLimitError: the call's estimated peak memory exceeds the limit (:meth:`set_memory_limit`);
+                raised before anything is loaded.
         """
         # 1. check inputs
-        requests = self.check_inputs(requests, num_inference_steps, guidance_scale, eta, output_type, generator)
+        requests = self.check_inputs(requests, num_inference_steps, guidance_scale, eta, output_type, generator,
+                                     canvases)
         generators, seeds = self.resolve_generators(requests, generator)
         runtime = self.runtime(backend)
+        device, dtype = self._execution_device, self.unet.dtype
 
-        # 2. build canvases; requests with the same geometry are batched together
-        canvases = [self.build_canvas(r) for r in requests]
+        # 2. refuse a call that would not fit in memory, before any image is loaded
+        layouts = ([canvas.layout for canvas in canvases] if canvases is not None
+                   else [self.request_layout(r) for r in requests])
+        self.check_memory(layouts, guidance_scale, output_type, device)
+
+        # 3. build canvases; requests with the same geometry are batched together
+        canvases = list(canvases) if canvases is not None else [self.build_canvas(r) for r in requests]
         groups: dict = {}
         for index, canvas in enumerate(canvases):
             groups.setdefault(canvas.layout, []).append(index)
 
         results: list[GenerationResult | None] = [None] * len(requests)
         for layout, members in groups.items():
-            group = [canvases[i] for i in members]
-            # 3. encode conditions once per request (DINOv2 + FLC tokens, masked latent, flag, pose features)
-            conditions = encode_conditions(group, runtime, self.device, self.unet.dtype)
-            # 4. timesteps
-            self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-            # 5. initial latents, one generator per request
-            latents = self.prepare_latents([generators[i] for i in members], layout.latent_size,
+            group_generators = [generators[i] for i in members]
+            # 4. encode conditions once per request (DINOv2 + FLC tokens, masked latent, flag, pose features)
+            conditions = encode_conditions([canvases[i] for i in members], runtime, device, dtype)
+            # 5. timesteps, on a scheduler of this call's own: threads sharing the pipeline cannot change them
+            scheduler = type(self.scheduler).from_config(self.scheduler.config)
+            scheduler.set_timesteps(num_inference_steps, device=device)
+            # 6. initial latents, one generator per request
+            latents = self.prepare_latents(scheduler, group_generators, layout.latent_size, device,
                                            conditions.context.dtype)
-            # 6. denoising loop
-            latents = self.denoise(runtime, latents, conditions, self.scheduler.timesteps, guidance_scale,
-                                   (layout.rows, layout.cols), eta, [generators[i] for i in members],
-                                   callback_on_step_end, progress)
-            # 7. decode the canvas and 8. crop the target tiles (padding removed)
+            # 7. denoising loop
+            latents = self.denoise(runtime, scheduler, latents, conditions, guidance_scale,
+                                   (layout.rows, layout.cols), eta, group_generators, callback_on_step_end, progress)
+            # 8. decode the canvas and 9. crop the target tiles (padding removed)
             images = None
             if output_type != "latent":  # one request at a time, as the encoders (see encode_conditions)
                 images = torch.cat([runtime.vae_decode(latents[row:row + 1]) for row in range(len(members))])

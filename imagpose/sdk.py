@@ -6,27 +6,37 @@
         results = gen.generate([r1, r2, r3])      # blocking helper
 
 One worker thread drains a bounded queue: it takes the oldest request, waits up to ``max_wait`` seconds for
-more, and runs up to ``max_batch`` requests in one pipeline call (requests with the same canvas geometry
-share every UNet call). Every request carries its own seed (drawn at submit time when it has none), so its
-result does not depend on what it was batched with. ``submit`` applies back-pressure: it blocks while the
-queue is full, or raises :class:`QueueFullError` (``block=False`` or after ``timeout``). ``close()`` finishes
-every queued request (or, with ``cancel_pending=True``, fails them with :class:`GeneratorClosedError`);
-no request is ever lost.
+more, builds the canvas of each request on its own (image loading and pose parsing, where bad files show up: a
+bad request fails alone, with its own error) and runs up to ``max_batch`` good requests in one pipeline call
+(requests with the same canvas geometry share every UNet call). Should a batched call fail anyway, its requests
+are run again one by one, so only the culprit fails. Every request carries its own seed (drawn at submit time
+when it has none), so its result does not depend on what it was batched with. ``submit`` applies back-pressure:
+it blocks while the queue is full, or raises :class:`QueueFullError` (``block=False`` or after ``timeout``).
+``close()`` finishes every queued request (or, with ``cancel_pending=True``, fails them with
+:class:`GeneratorClosedError`); no request is ever lost. Leaving a ``with`` block on an exception (Ctrl-C in
+the caller) fails the queued requests and stops the running call after its current denoising step; the worker
+is a daemon thread, so it never keeps the process alive.
+
+:func:`compare_throughput` times the same requests run one by one and through the SDK.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .canvas import PoseRequest, validate_request
-from .errors import IMAGPoseError
-from .pipeline import GenerationResult
+import torch
+
+from .canvas import JointCanvas, PoseRequest, validate_request
+from .errors import IMAGPoseError, InvalidArgumentError
+from .pipeline import OUTPUT_TYPES, GenerationResult
+from .sampling_settings import check_sampling_settings
 
 
 class QueueFullError(IMAGPoseError, RuntimeError):
@@ -65,22 +75,30 @@ class IMAGPoseGenerator:
         max_batch: most requests per pipeline call.
         max_wait: seconds the worker waits for more requests once it has one.
         max_queue: most queued (not yet running) requests; ``submit`` blocks or raises beyond it.
-        num_inference_steps, guidance_scale, eta, output_type: pipeline arguments shared by every request.
+        num_inference_steps, guidance_scale, eta, output_type: pipeline arguments shared by every request,
+            checked here (:class:`~imagpose.errors.InvalidArgumentError`), not per request.
     """
 
     def __init__(self, pipe, backend=None, max_batch: int = 4, max_wait: float = 0.01, max_queue: int = 64,
                  num_inference_steps: int = 20, guidance_scale: float = 2.0, eta: float = 0.0,
                  output_type: str = "pil"):
-        if max_batch < 1 or max_queue < 1 or max_wait < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and max_wait >= 0.")
+        for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}.")
+        if not isinstance(max_wait, (int, float)) or not 0 <= max_wait < float("inf"):
+            raise InvalidArgumentError(f"max_wait must be a finite number of seconds >= 0, got {max_wait!r}.")
+        check_sampling_settings(num_inference_steps, guidance_scale, eta, pipe.scheduler.config.num_train_timesteps)
+        if output_type not in OUTPUT_TYPES:
+            raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         self.pipe, self.backend = pipe, backend
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
-        self.call_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
-                                output_type=output_type, progress=False)
+        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+                             output_type=output_type)
         self.stats = GeneratorStats()
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._aborted = False  # set on an exception in the caller: the running call stops after its current step
         self._worker = threading.Thread(target=self._run, name="imagpose-generator", daemon=True)
         self._worker.start()
 
@@ -88,7 +106,8 @@ class IMAGPoseGenerator:
     def submit(self, request: PoseRequest, block: bool = True, timeout: float | None = None) -> Future:
         """Queue one request; the future resolves to its :class:`~imagpose.pipeline.GenerationResult`."""
         if not isinstance(request, PoseRequest):
-            raise TypeError(f"submit() takes a PoseRequest, got {type(request).__name__}.")
+            raise InvalidArgumentError(f"submit() takes a PoseRequest (see imagpose.scenarios), got "
+                                       f"{type(request).__name__}.")
         validate_request(request)  # cheap structural checks fail in the caller's thread
         if request.seed is None:
             request = dataclasses.replace(request, seed=random.SystemRandom().randrange(2**63))
@@ -126,19 +145,22 @@ class IMAGPoseGenerator:
             self._closed = True
             if cancel_pending:
                 while self._queue:
-                    job = self._queue.popleft()
-                    if job.future.set_running_or_notify_cancel():
-                        job.future.set_exception(GeneratorClosedError("The generator was closed before this "
-                                                                      "request ran."))
-                    self.stats.failed += 1
+                    self._fail(self._queue.popleft(), GeneratorClosedError(
+                        "The generator was closed before this request ran."))
             self._cond.notify_all()
         self._worker.join(timeout)
 
     def __enter__(self) -> IMAGPoseGenerator:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # An exception (Ctrl-C included) leaves the block: fail what is queued, stop the running call after its
+        # current step, and return at once instead of finishing minutes of queued work.
+        self._aborted = True
+        self.close(cancel_pending=True, timeout=0)
 
     # ------------------------------------------------------------------ worker side
     def _next_batch(self) -> list[_Job] | None:
@@ -163,16 +185,132 @@ class IMAGPoseGenerator:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not jobs:
-                continue
-            try:
-                results = self.pipe([job.request for job in jobs], backend=self.backend, **self.call_kwargs).results
-            except BaseException as exc:  # every request of a failed call fails; the worker keeps serving
-                for job in jobs:
-                    job.future.set_exception(exc)
-                self.stats.failed += len(jobs)
-            else:
-                for job, result in zip(jobs, results):
-                    job.future.set_result(result)
-                self.stats.completed += len(jobs)
+            prepared = [(job, canvas) for job in jobs if (canvas := self._prepare(job)) is not None]
+            if prepared:
+                self._generate(prepared)
+
+    def _prepare(self, job: _Job) -> JointCanvas | None:
+        """Check one request and build its canvas on its own; a request that fails here fails alone."""
+        try:
+            self.pipe.check_inputs(job.request, generator=None, canvases=None, **self.settings)
+            self.pipe.check_memory([self.pipe.request_layout(job.request)], self.settings["guidance_scale"],
+                                   self.settings["output_type"])
+            return self.pipe.build_canvas(job.request)
+        except Exception as exc:  # noqa: BLE001 - the request's own error (or our bug) goes to its future only
+            self._fail(job, exc)
+            return None
+
+    def _generate(self, prepared: list[tuple[_Job, JointCanvas]]) -> None:
+        """One pipeline call; when a batched call fails, its requests run again one by one."""
+        jobs = [job for job, _ in prepared]
+        try:
+            results = self.pipe([job.request for job in jobs], canvases=[canvas for _, canvas in prepared],
+                                backend=self.backend, progress=False, callback_on_step_end=self._stop_if_aborted,
+                                **self.settings).results
+        except Exception as exc:  # noqa: BLE001 - handed to the futures, never raised in the worker
+            if len(prepared) > 1 and not self._aborted:
+                for item in prepared:
+                    self._generate([item])
+                return
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        with self._cond:
+            for job, result in zip(jobs, results):
+                job.future.set_result(result)
+            self.stats.completed += len(jobs)
             self.stats.batches.append(len(jobs))
+
+    def _stop_if_aborted(self, pipe, step, timestep, tensors) -> None:
+        """Step callback: end the running call between two denoising steps once the caller has left on an error."""
+        if self._aborted:
+            raise GeneratorClosedError("The generator was closed (the caller stopped) while this request ran.")
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        with self._cond:
+            job.future.set_exception(exc)
+            self.stats.failed += 1
+
+
+# ---------------------------------------------------------------------- throughput
+@dataclass
+class ThroughputComparison:
+    """Wall-clock seconds for the same requests, run one by one (``pipe(request)``) and through the SDK."""
+
+    requests: int
+    sequential_runs: list[float]
+    sdk_runs: list[float]
+    sdk_batches: list[int]  # batch sizes of the last SDK run
+
+    @property
+    def sequential_seconds(self) -> float:
+        return statistics.median(self.sequential_runs)
+
+    @property
+    def sdk_seconds(self) -> float:
+        return statistics.median(self.sdk_runs)
+
+    @property
+    def sequential_requests_per_s(self) -> float:
+        return self.requests / self.sequential_seconds
+
+    @property
+    def sdk_requests_per_s(self) -> float:
+        return self.requests / self.sdk_seconds
+
+    @property
+    def speedup(self) -> float:
+        """SDK requests/s over sequential requests/s (> 1: batching helps)."""
+        return self.sequential_seconds / self.sdk_seconds
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "repeats": len(self.sdk_runs),
+                "sequential_seconds": self.sequential_seconds, "sdk_seconds": self.sdk_seconds,
+                "sequential_requests_per_s": self.sequential_requests_per_s,
+                "sdk_requests_per_s": self.sdk_requests_per_s, "speedup": self.speedup,
+                "sequential_runs": self.sequential_runs, "sdk_runs": self.sdk_runs,
+                "sdk_mean_batch": sum(self.sdk_batches) / max(len(self.sdk_batches), 1)}
+
+
+def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_batch: int = 4,
+                       max_wait: float = 0.01, backend=None, num_inference_steps: int = 20,
+                       guidance_scale: float = 2.0, output_type: str = "pil") -> ThroughputComparison:
+    """Time the same requests one by one through ``pipe`` and all at once through an :class:`IMAGPoseGenerator`.
+
+    Both run in this process, alternately (sequential, SDK, sequential, ...) after one untimed warm-up of each,
+    ``repeats`` times; the medians are reported. The requests need seeds only if the results matter (they are
+    the same either way). On CUDA the clock is read after the device has finished.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InvalidArgumentError(f"repeats must be an integer >= 1, got {repeats!r}.")
+    if not requests:
+        raise InvalidArgumentError("compare_throughput needs at least one request.")
+    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type)
+    device = pipe._execution_device
+    batches: list[int] = []
+
+    def sequential() -> None:
+        for request in requests:
+            pipe(request, backend=backend, progress=False, **settings)
+
+    def through_sdk() -> None:
+        with IMAGPoseGenerator(pipe, backend=backend, max_batch=max_batch, max_wait=max_wait,
+                               max_queue=max(len(requests), 1), **settings) as gen:
+            gen.generate(requests)
+        batches[:] = gen.stats.batches
+
+    def seconds(run) -> float:
+        _synchronize(device)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        return time.perf_counter() - start
+
+    sequential(), through_sdk()  # warm-up: lazy initialisation, allocator and kernel caches
+    runs = [(seconds(sequential), seconds(through_sdk)) for _ in range(repeats)]
+    return ThroughputComparison(len(requests), [s for s, _ in runs], [b for _, b in runs], list(batches))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

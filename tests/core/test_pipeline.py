@@ -1,10 +1,13 @@
 """End-to-end runs of every scenario on the tiny preset (random weights)."""
 
+import math
+
 import pytest
 import torch
 
 from imagpose import scenarios
 from imagpose.canvas import View
+from imagpose.errors import InvalidArgumentError
 
 STEPS = 3
 
@@ -104,17 +107,49 @@ def test_generator_overrides_seed_and_is_reported(tiny_pipe, red):
     assert result.seed == 1234
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(num_inference_steps=0), ValueError),
-    (dict(output_type="np"), ValueError),
-    (dict(guidance_scale=-1.0), ValueError),
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(output_type="np"), "output_type"),
+    (dict(guidance_scale=-1.0), "guidance_scale"),
+    (dict(guidance_scale=math.nan), "guidance_scale"),
+    (dict(guidance_scale=math.inf), "guidance_scale"),
+    (dict(eta=math.nan), "eta"),
+    (dict(generator=[torch.Generator(), torch.Generator()]), "generators"),
 ])
-def test_bad_call_arguments(tiny_pipe, red, kwargs, error):
+def test_bad_call_arguments_are_user_errors(tiny_pipe, red, kwargs, match):
     request = scenarios.t2(*red["front"], red["walking"][1], tile_size=(64, 64))
-    with pytest.raises(error):
+    with pytest.raises(InvalidArgumentError, match=match):
         tiny_pipe(request, progress=False, **{"num_inference_steps": 1, **kwargs})
-    with pytest.raises(TypeError, match="PoseRequest"):
-        tiny_pipe("not a request")
+
+
+@pytest.mark.parametrize("requests", ["not a request", [], [None]])
+def test_what_is_not_a_request_is_a_user_error(tiny_pipe, requests):
+    with pytest.raises(InvalidArgumentError, match="PoseRequest"):
+        tiny_pipe(requests)
+
+
+def test_initial_noise_is_one_draw_per_request_generator(tiny_pipe):
+    """diffusers' randn_tensor with one generator per row draws exactly what a per-request torch.randn does."""
+    scheduler = tiny_pipe.scheduler
+    latents = tiny_pipe.prepare_latents(scheduler, [torch.Generator().manual_seed(s) for s in (3, 4)], (16, 24),
+                                        torch.device("cpu"), torch.float32)
+    expected = torch.cat([torch.randn((1, 4, 16, 24), generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    torch.testing.assert_close(latents, expected * scheduler.init_noise_sigma, rtol=0, atol=0)
+
+
+def test_ctrl_c_between_steps_stops_the_call_at_once(tiny_pipe, red):
+    request = scenarios.t2(*red["front"], red["walking"][1], tile_size=(64, 64), seed=1)
+    steps = []
+
+    def interrupt(pipe, step, timestep, tensors):  # as a SIGINT arriving while step 1 ran
+        steps.append(step)
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_pipe(request, num_inference_steps=5, output_type="latent", callback_on_step_end=interrupt,
+                  progress=False)
+    assert steps == [0, 1]
 
 
 def test_pipeline_save_and_load(tmp_path, tiny_pipe, red):

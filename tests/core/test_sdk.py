@@ -1,5 +1,10 @@
 """The batching SDK: load test from many threads, back-pressure, shutdown."""
 
+import math
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -8,7 +13,9 @@ import pytest
 
 from imagpose import scenarios
 from imagpose.canvas import CanvasError
-from imagpose.sdk import GeneratorClosedError, IMAGPoseGenerator, QueueFullError
+from imagpose.errors import IMAGPoseError, InvalidArgumentError, MemoryLimitError
+from imagpose.images import ImageInputError
+from imagpose.sdk import GeneratorClosedError, IMAGPoseGenerator, QueueFullError, compare_throughput
 
 STEPS = 2
 
@@ -68,6 +75,9 @@ def test_queue_full_back_pressure_and_timeout(tiny_pipe, samples):
             gate.wait(30)
             return original(*args, **kwargs)
 
+        def __getattr__(self, name):  # everything else (checks, canvases) is the real pipeline's
+            return getattr(original, name)
+
     gen.pipe = SlowPipe()
     first = gen.submit(request)
     deadline = time.monotonic() + 10
@@ -107,7 +117,7 @@ def test_bad_requests_fail_in_the_callers_thread_and_errors_reach_futures(tiny_p
     with IMAGPoseGenerator(tiny_pipe, num_inference_steps=STEPS) as gen:
         with pytest.raises(CanvasError, match="no target"):
             gen.submit(PoseRequest([View.source(*samples("person_red_front"))] * 4))
-        with pytest.raises(TypeError):
+        with pytest.raises(InvalidArgumentError, match="PoseRequest"):
             gen.submit("request")
         bad = tmp_path / "bad.png"
         bad.write_text("nope")
@@ -116,3 +126,118 @@ def test_bad_requests_fail_in_the_callers_thread_and_errors_reach_futures(tiny_p
             future.result(timeout=60)
         ok = gen.submit(_requests(samples, 1)[0]).result(timeout=60)  # the worker survived
         assert ok.targets
+
+
+def _same_images(a, b) -> bool:
+    return a.target_indices == b.target_indices and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip([*a.targets, a.canvas], [*b.targets, b.canvas]))
+
+
+def test_a_bad_file_fails_only_its_own_request_in_a_batch(tiny_pipe, samples, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    missing = tmp_path / "missing.png"
+    red, walking = samples("person_red_front"), samples("person_red_walking")
+    good = _requests(samples, 2)
+    bad_image = scenarios.t2(corrupt, red[1], walking[1], tile_size=(64, 64), seed=1)
+    bad_pose = scenarios.t2(*red, missing, tile_size=(64, 64), seed=2)
+    # max_wait long enough for the worker to take all four into one batch
+    with IMAGPoseGenerator(tiny_pipe, max_batch=4, max_wait=10, num_inference_steps=STEPS) as gen:
+        futures = [gen.submit(r) for r in (good[0], bad_image, good[1], bad_pose)]
+        errors = [f.exception(timeout=300) for f in futures]
+        stats = gen.stats
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], ImageInputError) and str(corrupt) in str(errors[1])
+    assert isinstance(errors[3], IMAGPoseError) and str(missing) in str(errors[3])
+    assert str(corrupt) not in str(errors[3])  # every request gets its own error
+    assert stats.batches == [2] and stats.failed == 2 and stats.completed == 2
+    for request, future in ((good[0], futures[0]), (good[1], futures[2])):
+        alone = tiny_pipe(request, num_inference_steps=STEPS, progress=False).results[0]
+        assert _same_images(future.result(), alone)
+
+
+def test_a_failed_batched_call_is_retried_one_request_at_a_time(tiny_pipe, samples):
+    """Two requests that fit the memory limit alone but not together: the batched call is refused, and each
+    request then runs on its own and succeeds."""
+    requests = [scenarios.t2(*samples("person_red_front"), samples("person_red_walking")[1], tile_size=(64, 64),
+                             seed=seed) for seed in (5, 6)]
+    layout = tiny_pipe.request_layout(requests[0])
+    one, two = tiny_pipe.memory_estimate([layout]).peak, tiny_pipe.memory_estimate([layout] * 2).peak
+    tiny_pipe.set_memory_limit((one + two) // 2)
+    try:
+        with pytest.raises(MemoryLimitError):
+            tiny_pipe(requests, num_inference_steps=STEPS, progress=False)
+        with IMAGPoseGenerator(tiny_pipe, max_batch=2, max_wait=10, num_inference_steps=STEPS) as gen:
+            results = gen.generate(requests, timeout=300)
+            stats = gen.stats
+    finally:
+        tiny_pipe.set_memory_limit(None)
+    assert stats.batches == [1, 1] and stats.failed == 0
+    for request, result in zip(requests, results):
+        assert _same_images(result, tiny_pipe(request, num_inference_steps=STEPS, progress=False).results[0])
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(guidance_scale=math.nan), "guidance_scale"),
+    (dict(guidance_scale=math.inf), "guidance_scale"),
+    (dict(eta=math.nan), "eta"),
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(output_type="np"), "output_type"),
+    (dict(max_batch=0), "max_batch"),
+    (dict(max_wait=math.nan), "max_wait"),
+])
+def test_bad_settings_fail_at_construction(tiny_pipe, settings, match):
+    threads = threading.active_count()
+    with pytest.raises(InvalidArgumentError, match=match):
+        IMAGPoseGenerator(tiny_pipe, **settings)
+    assert threading.active_count() == threads  # no worker was started
+
+
+CTRL_C = """
+import os, signal, sys, threading, time
+import torch
+torch.set_num_threads(1)
+from imagpose import build_pipeline, scenarios
+from imagpose.samples import sample
+from imagpose.sdk import IMAGPoseGenerator
+pipe = build_pipeline("tiny", seed=0)
+request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=(64, 64), seed=0)
+with IMAGPoseGenerator(pipe, max_batch=1, num_inference_steps=50) as gen:
+    futures = [gen.submit(request) for _ in range(12)]  # minutes of work
+    def ctrl_c():
+        print("SIGINT", time.time(), flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Timer(2.0, ctrl_c).start()
+    futures[-1].result()
+"""
+
+
+def test_ctrl_c_in_the_caller_ends_the_process_promptly(tmp_path):
+    """Ctrl-C while waiting on a result: the queued requests fail, the running call stops after its current step,
+    and the process exits instead of finishing the queue (the worker is a daemon thread)."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(textwrap.dedent(CTRL_C))
+    start = time.time()
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the process was still running 240 s after start (it finishes the queue instead of stopping)")
+    ended = time.time()
+    assert "KeyboardInterrupt" in stderr, stderr
+    sigint = float(next(line.split()[1] for line in stdout.splitlines() if line.startswith("SIGINT")))
+    print(f"exited {ended - sigint:.1f} s after Ctrl-C ({sigint - start:.1f} s after start)")
+    assert ended - sigint < 20
+
+
+def test_compare_throughput_runs_the_same_requests_both_ways(tiny_pipe, samples):
+    requests = _requests(samples, 3)
+    timing = compare_throughput(tiny_pipe, requests, repeats=1, max_batch=3, num_inference_steps=1,
+                                output_type="latent")
+    report = timing.as_dict()
+    assert report["requests"] == 3 and len(report["sequential_runs"]) == len(report["sdk_runs"]) == 1
+    assert timing.sequential_seconds > 0 and timing.sdk_seconds > 0
+    assert report["speedup"] == pytest.approx(timing.sequential_seconds / timing.sdk_seconds)
+    assert sum(timing.sdk_batches) == 3
