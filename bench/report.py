@@ -225,8 +225,8 @@ def _sdk_section(sdk: dict) -> list[str]:
     return ["## SDK throughput (the same requests one by one vs through `IMAGPoseGenerator`)", "",
             f"Device: **{sdk['device']}**; IMAGPose `{sdk['preset']}` preset, {sdk['requests']} T2 requests of "
             f"{'x'.join(map(str, sdk['tile']))} tiles, {sdk['steps']} DDIM steps, {sdk['precision']}, max_batch "
-            f"{sdk['max_batch']} (mean batch {sdk['sdk_mean_batch']:.1f}); medians of {sdk['repeats']} "
-            "alternating runs after a warm-up.", "",
+            f"{sdk['max_batch']} (mean batch {sdk['sdk_mean_batch']:.1f}); after one warm-up of each, "
+            f"{sdk['repeats']} timed run(s) of each, alternating (median).", "",
             "| sequential requests/s | SDK requests/s | SDK / sequential |", "|---|---|---|",
             f"| {sdk['sequential_requests_per_s']:.3g} | {sdk['sdk_requests_per_s']:.3g} | {sdk['speedup']:.2f}x |",
             ""]

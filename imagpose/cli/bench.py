@@ -80,7 +80,7 @@ def run(args) -> int:
     with OutputFolder(out) as folder, Stopwatch() as watch:  # an unwritable --out fails now, not after the run
         suite = run_suite(scenarios, device, args.warmup, repeats,
                           backend_factories=backend_factories(fast_paths, work_dir))
-        parity = None if args.no_parity else fast_path_parity(fast_paths, device, work_dir)
+        parity = None if args.no_parity else fast_path_parity(fast_paths, device, work_dir / "parity")
         sdk = None
         if not args.no_sdk:  # quick: the reduced model, 2 steps per request, one timed run of each
             sdk = (measure_sdk_throughput(device, "reduced", steps=2, repeats=1) if args.quick
