@@ -21,8 +21,11 @@ class MetaNetworksPipeline(IMAGPosePipeline):
     CPU; run it with ``backend=MetaRuntime(...)``."""
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> torch.device:  # also the pipeline's _execution_device (no offload hooks here)
         return torch.device("cpu")
+
+    def check_memory(self, layouts, guidance_scale=2.0, output_type="pil", device=None) -> None:
+        """Nothing to refuse: the networks allocate nothing on the meta device, whatever the model's size."""
 
 
 class MetaRuntime:

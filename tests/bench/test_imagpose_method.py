@@ -79,6 +79,17 @@ def test_flop_path_makes_the_timed_path_calls(star_method, one_thread):
     assert [name for name, _ in logs["flops"].calls] == ENCODER_CALLS * 2 + ["unet"] + ["vae_decode"] * 2
 
 
+def test_flop_count_needs_no_memory(monkeypatch):
+    """Counting allocates nothing on meta: a memory limit far below the full-size model's needs does not refuse it."""
+    monkeypatch.setenv("IMAGPOSE_MAX_MEMORY_GIB", "0.01")
+    with torch.device("meta"):
+        method = IMAGPoseMethod("full")
+    setting = RELEASED
+    with FlopMeter(loop_limit=1) as meter:
+        method.generate(method.example_inputs(1, setting), setting, meter)
+    assert meter.total() / 1e12 == pytest.approx(36.5, rel=0.02)
+
+
 def test_each_call_lands_in_its_stage(star_method, one_thread):
     """Encoders and decoder sum over the requests; the UNet runs ``loop_limit`` steps, extrapolated to 20."""
     setting = replace(SETTING, steps=20)
