@@ -148,11 +148,9 @@ def test_the_device_install_holds_every_module_and_data_file(tmp_path):
 
 
 def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_checks", SCRIPT)
-    gpu_checks = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_checks", gpu_checks)  # dataclasses look their module up there
-    spec.loader.exec_module(gpu_checks)
     from imagpose.bench.scenarios import METHODS, SETTINGS, build_suite
+
+    gpu_checks = load_script(monkeypatch)
 
     order = [s.label for s in gpu_checks.by_priority(build_suite(METHODS, SETTINGS, ("eager", "triton", "tensorrt")))]
     assert order[:4] == ["imagpose/as_released/full", "imagpose[triton]/as_released/full",
@@ -161,3 +159,31 @@ def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
         "imagpose[tensorrt]/as_released/full")
     first_common = next(i for i, label in enumerate(order) if "common_policy" in label)
     assert first_baseline < first_tensorrt < first_common and len(order) == 16
+
+
+def load_script(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_checks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_checks", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_tensorrt_part_of_the_trt_section_with_a_stand_in_runtime(monkeypatch):
+    """What the trt section runs after the engine build (only with tensorrt and a GPU): the UNet step latency and
+    the parity against fp32. A runtime with the fp16 engine's interface (fp32 PyTorch behind a cast) stands in
+    for the engines, at the dry run's sizes."""
+    import torch
+
+    from imagpose.export.parity import CastRuntime
+    from imagpose.presets import build_pipeline
+
+    gpu_checks = load_script(monkeypatch)
+    pipe, records = build_pipeline("tiny", seed=0), {}
+    stand_in = CastRuntime(pipe.torch_runtime(), torch.float32, name="tensorrt")
+    gpu_checks.trt_latency_and_parity(gpu_checks.DRY_RUN, pipe, stand_in, gpu_checks.bucket_of(gpu_checks.DRY_RUN),
+                                      records.__setitem__)
+    assert records["unet_step_ms"]["torch_fp16"] > 0 and records["unet_step_ms"]["tensorrt_fp16"] > 0
+    rows = {(row["backend"], row["component"]) for row in records["parity"]["components"]}
+    assert ("tensorrt", "unet") in rows and ("torch-fp16", "unet") in rows and records["parity"]["passed"]
