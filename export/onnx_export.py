@@ -213,7 +213,7 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
         module = copy.deepcopy(module).to(dtype)
     module.eval()
     bucket = options.bucket if component == "unet" else replace(options.bucket, cfg=False)
-    sample = CONTRACTS[component].sample_inputs(axis_values(bucket, model_config(pipe)), dtype)
+    sample = CONTRACTS[component].sample_inputs(axis_values(bucket, model_config(pipe)), dtype, device=pipe.device)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{component}.tmp-", dir=out_dir))
     try:
