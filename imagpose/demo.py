@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .canvas import PoseRequest, View
 from .images import tensor_to_pil
 from .io import OutputFolder
 from .samples import sample
+from .timing import Stopwatch
 
 
 @dataclass
@@ -78,9 +78,10 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
         items = [i for i in items if i.name not in skipped]
         requests = [item.request for item in items]
         canvases = [pipe.build_canvas(r) for r in requests]
-        start = time.perf_counter()
-        output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta, progress=progress)
-        seconds = time.perf_counter() - start
+        with Stopwatch(pipe.device) as watch:
+            output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta,
+                          progress=progress)
+        seconds = watch.seconds
         summary = {
             "model": model_label,
             "steps": steps,
