@@ -203,7 +203,9 @@ class IMAGPosePipeline(DiffusionPipeline):
     def check_memory(self, layouts: list[GridLayout], guidance_scale: float = 2.0, output_type: str = "pil",
                      device: torch.device | None = None) -> None:
         """Raise :class:`~imagpose.errors.MemoryLimitError` when a call on these layouts would exceed the limit."""
-        check_memory(self.memory_estimate(layouts, guidance_scale, output_type), self.memory_limit(device))
+        estimate = self.memory_estimate(layouts, guidance_scale, output_type)
+        check_memory(estimate, resolve_memory_limit(self.memory_limit_bytes, device or self._execution_device,
+                                                    resident_bytes=estimate.weights))
 
     # ------------------------------------------------------------------ steps
     def check_inputs(self, requests, num_inference_steps, guidance_scale, eta, output_type, generator,

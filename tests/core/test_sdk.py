@@ -168,7 +168,7 @@ def test_a_failed_batched_call_is_retried_one_request_at_a_time(tiny_pipe, sampl
         with pytest.raises(MemoryLimitError):
             tiny_pipe(requests, num_inference_steps=STEPS, progress=False)
         with IMAGPoseGenerator(tiny_pipe, max_batch=2, max_wait=10, num_inference_steps=STEPS) as gen:
-            results = gen.generate(requests, timeout=300)
+            results = gen.generate(requests)
             stats = gen.stats
     finally:
         tiny_pipe.set_memory_limit(None)
@@ -241,3 +241,12 @@ def test_compare_throughput_runs_the_same_requests_both_ways(tiny_pipe, samples)
     assert timing.sequential_seconds > 0 and timing.sdk_seconds > 0
     assert report["speedup"] == pytest.approx(timing.sequential_seconds / timing.sdk_seconds)
     assert sum(timing.sdk_batches) == 3
+
+
+@pytest.mark.bench
+def test_batching_never_makes_throughput_worse(tiny_pipe, samples):
+    """20 requests of two canvas geometries, 2 steps: generate() against one pipe(request) after another, same
+    process, alternating, medians of 3 (timing: in the bench tier, not the default one)."""
+    timing = compare_throughput(tiny_pipe, _requests(samples, 20), repeats=3, max_batch=4, num_inference_steps=2)
+    print(timing.as_dict())
+    assert timing.speedup >= 1.0
