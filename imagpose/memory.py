@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ def gib(n: int | float) -> str:
 # ---------------------------------------------------------------------- estimate
 def estimate_call_memory(pipe, layouts: list[GridLayout], do_cfg: bool = True, decode: bool = True) -> MemoryEstimate:
     """Estimate the peak memory of ``pipe(requests)`` for requests with these canvas layouts (one per request)."""
-    element = torch.finfo(pipe.unet.dtype).bits // 8
+    element = next(pipe.unet.parameters()).element_size()  # (ModelMixin.dtype walks every module)
     groups = Counter(layouts)  # the pipeline runs requests of one layout together, one group after the other
     phases = [_group_phases(pipe, layout, count, do_cfg, decode, element) for layout, count in groups.items()]
     encode, denoise, decoding = (max(p[i] for p in phases) for i in range(3))
@@ -143,7 +144,22 @@ def _pixels(layout: GridLayout) -> int:
 def weight_bytes(pipe) -> int:
     """Bytes of the parameters and buffers of the pipeline's networks."""
     modules = (pipe.unet, pipe.vae, pipe.image_encoder, pipe.flc_tokenizer, pipe.pose_guider)
-    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+    return sum(_module_bytes(module) for module in modules)
+
+
+# module -> ((dtype, device) of its first parameter, bytes): summing ~1000 tensors costs ~8 ms, and every call
+# checks its memory; a dtype or device change (``pipe.to(...)``) counts again
+_MODULE_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    first = next(module.parameters(), None)
+    key = None if first is None else (first.dtype, first.device)
+    cached = _MODULE_BYTES.get(module)
+    if cached is None or cached[0] != key:
+        cached = key, sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+        _MODULE_BYTES[module] = cached
+    return cached[1]
 
 
 def request_layout(request: PoseRequest, pad_multiple: int, vae_scale: int) -> GridLayout:
