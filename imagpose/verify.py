@@ -355,9 +355,11 @@ def verify_pipeline_fixture(folder: Path, attention_backend: str = "eager") -> V
     recorder.handles.append(pipe.unet.register_forward_pre_hook(
         lambda m, args: context_calls.append(args[2].detach().clone())))
     steps_after: list[torch.Tensor] = []
+    timesteps: list[torch.Tensor] = []  # the call's own scheduler steps them (pipe.scheduler is never changed)
 
-    def on_step_end(_pipe, _i, _t, kwargs):
+    def on_step_end(_pipe, _i, t, kwargs):
         steps_after.append(kwargs["latents"].detach().clone())
+        timesteps.append(t)
 
     _deterministic()
     output = pipe(request, num_inference_steps=int(call["num_inference_steps"]),
@@ -379,7 +381,7 @@ def verify_pipeline_fixture(folder: Path, attention_backend: str = "eager") -> V
         "image_mask_vae_moments": recorder.get("vae.quant_conv.out", 1),
         "pose_guider_out": recorder.get("pose_guider.out"),
         "encoder_hidden_states": context_calls[0] if context_calls else None,
-        "timesteps": pipe.scheduler.timesteps,
+        "timesteps": torch.stack(timesteps) if timesteps else None,
         "final_latents": result.latents[None],
         "vae_decode_in": recorder.get("vae.post_quant_conv.in"),
         "image": result.canvas[None],

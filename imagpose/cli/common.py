@@ -28,7 +28,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "
     group.add_argument("--attention-backend", default="eager",
                        help="CVA attention backend: eager, sdpa, triton (needs triton) or xformers (needs xformers)")
     group.add_argument("--max-memory-gib", type=positive_gib, default=None, metavar="GIB",
-                       help="refuse requests whose estimated memory exceeds this many GiB (default: no limit)")
+                       help="refuse requests whose estimated peak memory exceeds this many GiB (default: "
+                            "$IMAGPOSE_MAX_MEMORY_GIB, else the weights + 80%% of the free memory)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None) -> None:
