@@ -92,11 +92,16 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------- fingerprint / cache
+SAVE_METADATA_KEYS = ("transformers_version", "dtype", "torch_dtype", "architectures")
+
+
 def _component_config(module: torch.nn.Module) -> dict:
     config = getattr(module, "config", {})
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    # private keys ("_use_default_values", "_name_or_path", ...) vary run to run and say nothing of the graph
-    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version",)}
+    # private keys ("_use_default_values", "_name_or_path", ...) vary run to run and say nothing of the graph;
+    # transformers' save_pretrained writes "dtype" and "architectures" into the live config (the weights' dtype is
+    # part of the weights digest already)
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in SAVE_METADATA_KEYS}
     return json.loads(json.dumps(config, default=str, sort_keys=True))
 
 

@@ -84,3 +84,14 @@ def test_weights_digest_is_remembered_until_a_weight_changes(monkeypatch, tmp_pa
     proj.weight = torch.nn.Parameter(proj.weight.detach() * 2)  # a new tensor
     assert fingerprint(pipe, "flc_tokenizer")["weights"] != first
     assert not export_component(pipe, "flc_tokenizer", tmp_path, ExportOptions(bucket=BUCKET)).reused
+
+
+def test_saving_the_pipeline_does_not_invalidate_its_exports(tmp_path):
+    """Regression: transformers' save_pretrained writes "dtype" and "architectures" into the image encoder's live
+    config, which made every export of a saved pipeline (and of the same preset built afresh) a cache miss."""
+    pipe = build_pipeline("tiny", seed=0)
+    first = export_component(pipe, "image_encoder", tmp_path / "onnx")
+    pipe.save_pretrained(tmp_path / "saved")
+    assert export_component(pipe, "image_encoder", tmp_path / "onnx").reused
+    assert export_component(build_pipeline("tiny", seed=0), "image_encoder", tmp_path / "onnx").reused
+    assert not first.reused
