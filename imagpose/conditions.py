@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from .canvas import JointCanvas
+from .images import pil_to_tensor
 from .runtime import Runtime
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,7 +53,7 @@ class Conditions:
 def dino_pixels(reference: Image.Image) -> torch.Tensor:
     """(3, 224, 224) CLIP-normalised DINOv2 input: ``ref.resize((224, 224))`` (bicubic squash)."""
     image = reference.resize((DINO_INPUT_SIZE, DINO_INPUT_SIZE), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0).permute(2, 0, 1)
+    x = pil_to_tensor(image)
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     return (x - mean) / std
@@ -62,8 +63,7 @@ def reference_canvas_pixels(reference: Image.Image, canvas_size: tuple[int, int]
     """(3, Hc, Wc) in [-1, 1]: the tile-size reference upscaled to the whole canvas with Lanczos."""
     height, width = canvas_size
     image = reference if reference.size == (width, height) else reference.resize((width, height), Image.LANCZOS)
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0).permute(2, 0, 1)
-    return x * 2.0 - 1.0
+    return VaeImageProcessor.normalize(pil_to_tensor(image))  # 2x - 1
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputFileError
@@ -91,12 +92,10 @@ def to_rgb(image: Image.Image, what: str = "image", background=PERSON_BACKGROUND
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """uint8 RGB PIL -> float32 (3, H, W) in [0, 1] (torchvision ``ToTensor``)."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    """uint8 RGB PIL -> float32 (3, H, W) in [0, 1] (diffusers ``VaeImageProcessor``: ``x / 255``)."""
+    return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(image))[0].contiguous()
 
 
 def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1] -> PIL images, rounding ``x * 255`` (diffusers ``numpy_to_pil``)."""
-    array = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in (array * 255).round().astype("uint8")]
+    """(B, 3, H, W) in [0, 1] -> PIL images, rounding ``x * 255`` (diffusers ``VaeImageProcessor``), clamped first."""
+    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images.detach().float().cpu().clamp(0, 1)))

@@ -171,6 +171,9 @@ def request_layout(request: PoseRequest, pad_multiple: int, vae_scale: int) -> G
     return GridLayout(request.grid[0], request.grid[1], height, width, pad_multiple, vae_scale)
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def _image_size(source) -> tuple[int, int]:
     """(width, height) of a person image; a file is opened lazily (PIL reads the header only)."""
     if isinstance(source, Image.Image):
@@ -178,7 +181,9 @@ def _image_size(source) -> tuple[int, int]:
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         try:
             with Image.open(source) as handle:
-                return handle.size
+                # EXIF orientations 5-8 rotate by 90 degrees: load_image applies them, so the size swaps
+                rotated = handle.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+                return handle.size[::-1] if rotated else handle.size
         except (OSError, SyntaxError, ValueError):
             pass  # load_image below reports the file the way every other input error is reported
     return load_image(source, "person image").size

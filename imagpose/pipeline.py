@@ -80,7 +80,8 @@ class IMAGPosePipeline(DiffusionPipeline):
     Components: ``unet`` (:class:`~imagpose.models.IMAGPoseUNet`), ``vae`` (``AutoencoderKL``), ``image_encoder``
     (:class:`~imagpose.models.IMAGPoseImageEncoder`, DINOv2), ``flc_tokenizer``
     (:class:`~imagpose.models.FLCTokenizer`), ``pose_guider`` (:class:`~imagpose.models.PoseGuider`),
-    ``scheduler`` (``DDIMScheduler`` as :func:`imagpose.schedulers.official_ddim_scheduler`).
+    ``scheduler`` (:class:`~imagpose.schedulers.IMAGPoseDDIMScheduler`, diffusers' DDIM configured as
+    :func:`imagpose.schedulers.official_ddim_scheduler`).
     """
 
     model_cpu_offload_seq = "image_encoder->flc_tokenizer->pose_guider->unet->vae"
@@ -114,11 +115,12 @@ class IMAGPosePipeline(DiffusionPipeline):
         """
         from pathlib import Path
 
-        from diffusers import AutoencoderKL, DDIMScheduler
+        from diffusers import AutoencoderKL
 
         from .errors import InputFileError
         from .io import MissingInputFileError, check_model_folder, read_json_file
         from .models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
+        from .schedulers import IMAGPoseDDIMScheduler
 
         if kwargs:
             raise TypeError(f"Unsupported from_pretrained arguments: {sorted(kwargs)}.")
@@ -136,7 +138,7 @@ class IMAGPosePipeline(DiffusionPipeline):
             "image_encoder": (IMAGPoseImageEncoder, "config.json", "model.safetensors"),
             "flc_tokenizer": (FLCTokenizer, "config.json", diffusers_weights),
             "pose_guider": (PoseGuider, "config.json", diffusers_weights),
-            "scheduler": (DDIMScheduler, "scheduler_config.json", None),
+            "scheduler": (IMAGPoseDDIMScheduler, "scheduler_config.json", None),
         }
         for name, (_, config_name, weights_name) in components.items():
             if name not in index:
@@ -175,7 +177,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         return self.vae_scale_factor * self.unet.tile_multiple
 
     def build_canvas(self, request: PoseRequest) -> JointCanvas:
-        return build_canvas(request, self.pad_multiple, self.vae_scale_factor)
+        return build_canvas(request, self.pad_multiple, self.vae_scale_factor, self.flc_tokenizer.config.patch_size)
 
     def request_layout(self, request: PoseRequest) -> GridLayout:
         """The canvas geometry of a request without building its canvas (image files: headers only)."""

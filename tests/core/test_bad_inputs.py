@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagpose import scenarios
+from imagpose import build_pipeline, scenarios
 from imagpose.canvas import CanvasError, PoseRequest, View, build_canvas
 from imagpose.cli import main
 from imagpose.errors import DeviceError, InputFileError, InvalidArgumentError
@@ -86,6 +86,8 @@ def test_keypoints_measured_on_the_displayed_photo_match_its_size(tmp_path):
     assert (canvas.layout.tile_height, canvas.layout.tile_width) == (60, 40)
     assert canvas.reference.size == (40, 60)
     assert canvas.reference.getpixel((35, 2))[0] > 200  # the bright block is top-right once displayed
+    pipe = build_pipeline("tiny")
+    assert pipe.request_layout(request) == pipe.build_canvas(request).layout  # the header-only geometry too
 
 
 # ----------------------------------------------------------------------------- 2. pose JSON

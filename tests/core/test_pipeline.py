@@ -163,3 +163,27 @@ def test_pipeline_save_and_load(tmp_path, tiny_pipe, red):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         IMAGPosePipeline.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_ddpm_like_eta_1_stays_finite_on_the_zero_snr_schedule(tiny_pipe, red, steps):
+    """Regression: at eta = 1 the first DDIM step of a zero-terminal-SNR schedule took the square root of a
+    rounding-negative number (diffusers#5969) and every latent became NaN (2 steps: seen on the tiny preset)."""
+    request = scenarios.t2(*red["front"], red["walking"][1], tile_size=(64, 64), seed=0)
+    result = tiny_pipe(request, num_inference_steps=steps, eta=1.0, output_type="latent", progress=False).results[0]
+    assert torch.isfinite(result.latents).all()
+
+
+def test_the_variance_guard_leaves_every_step_but_the_zero_snr_one_unchanged():
+    from diffusers import DDIMScheduler
+
+    from imagpose.schedulers import official_ddim_scheduler
+
+    ours = official_ddim_scheduler()
+    theirs = DDIMScheduler.from_config(ours.config)
+    for steps in (2, 20, 50):
+        ours.set_timesteps(steps)
+        for t in ours.timesteps.tolist():
+            prev = t - ours.config.num_train_timesteps // steps
+            a, b = ours._get_variance(t, prev), theirs._get_variance(t, prev)
+            assert a == b or (ours.alphas_cumprod[t] == 0 and 0 < b - a <= 2e-6 * b), (steps, t, float(a), float(b))
