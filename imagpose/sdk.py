@@ -21,10 +21,8 @@ is a daemon thread, so it never keeps the process alive.
 one call at a time with the worker's): the caller waits anyway, and this keeps PyTorch's CPU work on the OpenMP
 thread pool the caller already has. Each thread that runs PyTorch CPU ops gets an OpenMP pool of its own, and once
 a process has more pool threads than cores, libgomp stops spin-waiting between parallel regions in every pool (it
-sleeps on a futex and is woken for each region instead). On a quiet 2-core CPU (2 intra-op threads, tiny preset,
-2 steps) that made 20 requests 27% slower through the worker than one after another in the caller, batching
-included; through ``generate`` they are 1.4x faster (:func:`compare_throughput`; with one intra-op thread, no pool
-is made and the worker is 1.2x faster too). Requests submitted from other threads still run on the worker.
+sleeps on a futex and is woken for each region instead), which can cost more than batching gains on small models.
+Requests submitted from other threads still run on the worker. Measurements: docs/export.md ("Serving").
 
 :func:`compare_throughput` times the same requests run one by one and through the SDK.
 """
@@ -40,12 +38,11 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import torch
-
 from .canvas import JointCanvas, PoseRequest, validate_request
 from .errors import IMAGPoseError, InvalidArgumentError
 from .pipeline import OUTPUT_TYPES, GenerationResult
 from .sampling_settings import check_sampling_settings
+from .timing import Stopwatch
 
 
 class QueueFullError(IMAGPoseError, RuntimeError):
@@ -350,17 +347,10 @@ def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_
         batches[:] = gen.stats.batches
 
     def seconds(run) -> float:
-        _synchronize(device)
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        return time.perf_counter() - start
+        with Stopwatch(device) as watch:
+            run()
+        return watch.seconds
 
     sequential(), through_sdk()  # warm-up: lazy initialisation, allocator and kernel caches
     runs = [(seconds(sequential), seconds(through_sdk)) for _ in range(repeats)]
     return ThroughputComparison(len(requests), [s for s, _ in runs], [b for _, b in runs], list(batches))
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
