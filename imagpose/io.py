@@ -92,17 +92,22 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def read_json_file(path: str | os.PathLike, fix: str) -> dict:
-    """The JSON object in ``path``, or an InputFileError naming the file, the problem and ``fix``."""
+def read_json(path: str | os.PathLike, fix: str):
+    """The JSON value in ``path``, or an InputFileError naming the file, the problem and ``fix``."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputFileError(f"{path} is missing; {fix}.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputFileError(f"{path} is not valid JSON ({exc}); {fix}.") from exc
     except OSError as exc:
         raise InputFileError(f"{path} cannot be read ({exc.strerror}); {fix}.") from exc
+
+
+def read_json_file(path: str | os.PathLike, fix: str) -> dict:
+    """The JSON object in ``path`` (see :func:`read_json`); anything but an object is an InputFileError."""
+    data = read_json(path, fix)
     if not isinstance(data, dict):
         raise InputFileError(f"{path} does not hold a JSON object; {fix}.")
     return data

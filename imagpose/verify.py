@@ -14,7 +14,6 @@ A fixture with a missing or unreadable part raises :class:`~imagpose.errors.Inpu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputFileError
-from .io import load_state_dict_file
+from .io import load_state_dict_file, read_json
 
 FLOAT_RTOL = 1e-4
 FLOAT_ATOL = 1e-4
@@ -129,12 +128,7 @@ REFETCH = "copy the fixture folder again (tests/fixtures/official ships complete
 
 def _read_json(path: Path, required: tuple[str, ...] = ()):
     """The JSON of a fixture file; with ``required``, an object holding those keys."""
-    if not path.is_file():
-        raise InputFileError(f"Fixture file {path} is missing; {REFETCH}.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{path} is not valid JSON ({exc}); {REFETCH}.") from exc
+    data = read_json(path, REFETCH)
     _require(data, required, path)
     return data
 

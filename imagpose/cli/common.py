@@ -15,6 +15,12 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLING_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 2.0, "eta": 0.0}
 
 
+def add_output_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--out", default=default,
+                        help="output folder, created if missing; outputs are added beside its files (replacing only "
+                             "earlier outputs of the same names) once the run succeeds")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="DIR", default=None,

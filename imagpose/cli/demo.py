@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_backend_arguments, add_model_arguments, add_sampling_arguments, load_pipeline, resolve_backend
+from .common import (
+    add_backend_arguments,
+    add_model_arguments,
+    add_output_argument,
+    add_sampling_arguments,
+    load_pipeline,
+    resolve_backend,
+)
 
 NAME = "demo"
 HELP = "run all scenarios on the shipped sample inputs (tiny random-weight model by default)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="outputs/demo",
-                        help="output folder, created if missing; outputs are added beside its files (replacing only "
-                             "earlier outputs of the same names) once the run succeeds")
+    add_output_argument(parser, "outputs/demo")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .common import (
     add_backend_arguments,
     add_model_arguments,
+    add_output_argument,
     add_sampling_arguments,
     load_pipeline,
     parse_grid,
@@ -39,9 +40,7 @@ def add_arguments(parser) -> None:
                         default=None, metavar="WIDTHxHEIGHT",
                         help="image size the target keypoint .json files were measured on, for OpenPose output "
                              "without canvas_width/canvas_height (source keypoints default to their image's size)")
-    parser.add_argument("--out", default="outputs/generate",
-                        help="output folder, created if missing; outputs are added beside its files (replacing only "
-                             "earlier outputs of the same names) once the run succeeds")
+    add_output_argument(parser, "outputs/generate")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)

@@ -1,4 +1,4 @@
-"""Fixtures of the output-safety tests (test_outputs.py, test_cli_outputs.py)."""
+"""Fixtures shared by the core tests: the user's folders of the output-safety tests, a generate command line."""
 
 import os
 import shutil
@@ -70,3 +70,12 @@ def read_only_folder(tmp_path) -> Path:
         pytest.skip(f"{folder} stays writable here (neither mode bits nor the immutable attribute are enforced)")
     yield folder
     undo()
+
+
+@pytest.fixture
+def generate_argv(samples) -> list[str]:
+    """`imagpose generate` on shipped samples at the smallest settings (T2, 64x64 tiles, 1 step); add --out."""
+    image, pose = samples("person_blue_front")
+    _, target = samples("person_blue_walking")
+    return ["generate", "--source", str(image), str(pose), "--target", str(target), "--tile-size", "64x64",
+            "--steps", "1", "--no-progress"]

@@ -252,14 +252,6 @@ def test_scenario_misuse_is_an_invalid_argument(make, match):
 
 # ----------------------------------------------------------------------------- 5. CLI flags
 @pytest.fixture
-def generate_argv(samples):
-    image, pose = samples("person_blue_front")
-    _, target = samples("person_blue_walking")
-    return ["generate", "--source", str(image), str(pose), "--target", str(target), "--tile-size", "64x64",
-            "--steps", "1", "--no-progress"]
-
-
-@pytest.fixture
 def no_model_build(monkeypatch):
     """Any model build fails the test: the refusals below must come before it."""
     def refuse(*args, **kwargs):

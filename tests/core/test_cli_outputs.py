@@ -21,14 +21,6 @@ GENERATE_OUTPUTS = {"target_tile3.png", "canvas.png", "result.json"}  # T2: the 
 
 
 @pytest.fixture
-def generate(samples):
-    image, pose = samples("person_blue_front")
-    _, target = samples("person_blue_walking")
-    return ["generate", "--source", str(image), str(pose), "--target", str(target), "--tile-size", "64x64",
-            "--steps", "1", "--no-progress"]
-
-
-@pytest.fixture
 def patch_checkpoint(tmp_path):
     path = tmp_path / "patch-1.pth"
     torch.save(FLCTokenizer(**get_preset("tiny").flc).state_dict(), path)
@@ -39,13 +31,13 @@ def _kept(before: dict, after: dict) -> dict:
     return {key: value for key, value in after.items() if key in before}
 
 
-def test_generate_writes_beside_the_users_files(generate, user_folder, tree):
+def test_generate_writes_beside_the_users_files(generate_argv, user_folder, tree):
     before = tree(user_folder)
-    assert main(generate + ["--out", str(user_folder)]) == 0
+    assert main(generate_argv + ["--out", str(user_folder)]) == 0
     after = tree(user_folder)
     assert _kept(before, after) == before
     assert set(after) - set(before) == GENERATE_OUTPUTS
-    assert main(generate + ["--seed", "7", "--out", str(user_folder)]) == 0  # its own files are replaced
+    assert main(generate_argv + ["--seed", "7", "--out", str(user_folder)]) == 0  # its own files are replaced
     assert set(tree(user_folder)) == set(after)
     assert json.loads((user_folder / "result.json").read_text())["seed"] == 7
 
@@ -71,21 +63,21 @@ def test_convert_writes_beside_the_users_files(patch_checkpoint, user_folder, tr
     assert {"flc_tokenizer/config.json", "flc_tokenizer/diffusion_pytorch_model.safetensors"} <= set(after)
 
 
-def test_generate_into_dot_and_through_a_symlinked_folder(generate, user_folder, tmp_path, monkeypatch):
+def test_generate_into_dot_and_through_a_symlinked_folder(generate_argv, user_folder, tmp_path, monkeypatch):
     link = tmp_path / "link"
     link.symlink_to(user_folder, target_is_directory=True)
-    assert main(generate + ["--out", str(link)]) == 0
+    assert main(generate_argv + ["--out", str(link)]) == 0
     assert link.is_symlink() and GENERATE_OUTPUTS <= set(os.listdir(user_folder))
     monkeypatch.chdir(user_folder / "photos")
-    assert main(generate + ["--out", "."]) == 0
+    assert main(generate_argv + ["--out", "."]) == 0
     assert sorted(os.listdir(user_folder / "photos")) == sorted({"holiday.png", *GENERATE_OUTPUTS})
     assert (user_folder / "photos" / "holiday.png").read_bytes() == b"not ours"
 
 
-def test_outputs_get_umask_modes(generate, tmp_path, tree):
+def test_outputs_get_umask_modes(generate_argv, tmp_path, tree):
     old = os.umask(0o027)
     try:
-        assert main(generate + ["--out", str(tmp_path / "new" / "out")]) == 0
+        assert main(generate_argv + ["--out", str(tmp_path / "new" / "out")]) == 0
     finally:
         os.umask(old)
     modes = {name: mode for name, (kind, _, mode) in tree(tmp_path).items()}
@@ -94,14 +86,14 @@ def test_outputs_get_umask_modes(generate, tmp_path, tree):
 
 @pytest.mark.parametrize("command", ["generate", "demo", "convert"])
 @pytest.mark.parametrize("where", ["existing file", "under a file", "/proc", "read-only folder"])
-def test_an_unwritable_out_fails_at_once(command, where, generate, patch_checkpoint, tmp_path, tree, capsys,
+def test_an_unwritable_out_fails_at_once(command, where, generate_argv, patch_checkpoint, tmp_path, tree, capsys,
                                          request):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
     out = {"existing file": notes, "under a file": notes / "out", "/proc": "/proc/imagpose-out"}.get(where)
     if out is None:
         out = request.getfixturevalue("read_only_folder")
-    argv = {"generate": generate, "demo": ["demo", "--steps", "1", "--no-progress"],
+    argv = {"generate": generate_argv, "demo": ["demo", "--steps", "1", "--no-progress"],
             "convert": ["convert", "--patch", str(patch_checkpoint), "--preset", "tiny"]}[command]
     before = tree(tmp_path)
     start = time.perf_counter()
@@ -114,11 +106,11 @@ def test_an_unwritable_out_fails_at_once(command, where, generate, patch_checkpo
     assert tree(tmp_path) == before
 
 
-def test_bad_input_after_the_location_check_leaves_the_folder_as_it_was(generate, user_folder, tree, capsys):
+def test_bad_input_after_the_location_check_leaves_the_folder_as_it_was(generate_argv, user_folder, tree, capsys):
     bad = user_folder.parent / "bad.png"
     bad.write_text("not an image")
     before = tree(user_folder)
-    argv = list(generate)
+    argv = list(generate_argv)
     argv[argv.index("--target") + 1] = str(bad)
     assert main(argv + ["--out", str(user_folder)]) == 2
     assert "not a readable image" in capsys.readouterr().err
@@ -132,9 +124,9 @@ def _read_until(stream, marker: bytes, seen: bytearray, found: threading.Event) 
             found.set()
 
 
-def test_ctrl_c_while_denoising_leaves_the_folder_as_it_was(generate, user_folder, tree):
+def test_ctrl_c_while_denoising_leaves_the_folder_as_it_was(generate_argv, user_folder, tree):
     before = tree(user_folder)
-    argv = [arg for arg in generate if arg != "--no-progress"]  # the progress bar tells when denoising starts
+    argv = [arg for arg in generate_argv if arg != "--no-progress"]  # the progress bar tells when denoising starts
     argv[argv.index("--steps") + 1] = "500"
     proc = subprocess.Popen([sys.executable, "-m", "imagpose", *argv, "--out", str(user_folder)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
