@@ -42,10 +42,11 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
     for the head *count*). ``cva_down_blocks`` / ``cva_mid_block`` / ``cva_up_blocks`` say which stages carry
     CVA modules (all of them in IMAGPose). ``final_norm=False`` reproduces pre-PR#10 stage-1 checkpoints,
     whose forward skipped ``conv_norm_out`` + SiLU. ``default_grid`` is the view grid (rows, cols) used when
-    ``forward`` is not given one.
+    ``forward`` is not given one. ``enable_gradient_checkpointing()`` (diffusers) recomputes the activations of
+    every resnet, spatial transformer and CVA module in the backward pass (training only; same gradients).
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(

@@ -57,16 +57,30 @@ def _cva_list(spec: StageSpec, channels: int, count: int, enabled: bool) -> nn.M
     return nn.ModuleList([CrossViewAttention(channels, **spec.cva_kwargs) for _ in range(count)])
 
 
-def _layer(resnet, attention, cva, hidden, temb, context, grid):
-    hidden = resnet(hidden, temb)
-    if attention is not None:
-        hidden = attention(hidden, encoder_hidden_states=context, return_dict=False)[0]
-    if cva is not None:
-        hidden = cva(hidden, grid)
-    return hidden
+class Stage(nn.Module):
+    """A UNet stage; with ``gradient_checkpointing`` (set by ``IMAGPoseUNet.enable_gradient_checkpointing``) its
+    resnets and CVA modules recompute their activations in the backward pass. The spatial transformers
+    checkpoint themselves (diffusers' ``Transformer2DModel`` carries the same switch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gradient_checkpointing = False
+
+    def _call(self, module: nn.Module, *args):
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(module, *args)
+        return module(*args)
+
+    def _layer(self, resnet, attention, cva, hidden, temb, context, grid):
+        hidden = self._call(resnet, hidden, temb)
+        if attention is not None:
+            hidden = attention(hidden, encoder_hidden_states=context, return_dict=False)[0]
+        if cva is not None:
+            hidden = self._call(cva, hidden, grid)
+        return hidden
 
 
-class DownStage(nn.Module):
+class DownStage(Stage):
     """``CrossAttnDownBlock`` (with_attention) or ``DownBlock``; returns (hidden, skip states)."""
 
     def __init__(self, spec: StageSpec, in_channels: int, out_channels: int, num_layers: int, num_heads: int,
@@ -88,8 +102,8 @@ class DownStage(nn.Module):
     def forward(self, hidden, temb, context, grid):
         skips = ()
         for i, resnet in enumerate(self.resnets):
-            hidden = _layer(resnet, self.attentions[i] if self.attentions else None,
-                            self.motion_modules[i] if self.motion_modules else None, hidden, temb, context, grid)
+            hidden = self._layer(resnet, self.attentions[i] if self.attentions else None,
+                                 self.motion_modules[i] if self.motion_modules else None, hidden, temb, context, grid)
             skips += (hidden,)
         if self.downsamplers is not None:
             hidden = self.downsamplers[0](hidden)
@@ -97,7 +111,7 @@ class DownStage(nn.Module):
         return hidden, skips
 
 
-class MidStage(nn.Module):
+class MidStage(Stage):
     """``resnet -> [attention -> CVA -> resnet] x num_layers`` (official UNetMidBlock3DCrossAttn)."""
 
     def __init__(self, spec: StageSpec, channels: int, num_heads: int, with_cva: bool, output_scale_factor: float,
@@ -110,16 +124,16 @@ class MidStage(nn.Module):
         self.motion_modules = _cva_list(spec, channels, num_layers, with_cva)
 
     def forward(self, hidden, temb, context, grid):
-        hidden = self.resnets[0](hidden, temb)
+        hidden = self._call(self.resnets[0], hidden, temb)
         for i, attention in enumerate(self.attentions):
             hidden = attention(hidden, encoder_hidden_states=context, return_dict=False)[0]
             if self.motion_modules is not None:
-                hidden = self.motion_modules[i](hidden, grid)
-            hidden = self.resnets[i + 1](hidden, temb)
+                hidden = self._call(self.motion_modules[i], hidden, grid)
+            hidden = self._call(self.resnets[i + 1], hidden, temb)
         return hidden
 
 
-class UpStage(nn.Module):
+class UpStage(Stage):
     """``CrossAttnUpBlock`` (with_attention) or ``UpBlock``; each layer first concatenates a skip state."""
 
     def __init__(self, spec: StageSpec, in_channels: int, prev_channels: int, out_channels: int, num_layers: int,
@@ -141,8 +155,8 @@ class UpStage(nn.Module):
     def forward(self, hidden, skips, temb, context, grid, upsample_size=None):
         for i, resnet in enumerate(self.resnets):
             hidden = torch.cat([hidden, skips[-1 - i]], dim=1)  # hidden first, then the skip (official order)
-            hidden = _layer(resnet, self.attentions[i] if self.attentions else None,
-                            self.motion_modules[i] if self.motion_modules else None, hidden, temb, context, grid)
+            hidden = self._layer(resnet, self.attentions[i] if self.attentions else None,
+                                 self.motion_modules[i] if self.motion_modules else None, hidden, temb, context, grid)
         if self.upsamplers is not None:
             hidden = self.upsamplers[0](hidden, upsample_size)
         return hidden

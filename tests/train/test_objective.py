@@ -152,7 +152,7 @@ def tiny_stage1():
     return build_trainable("stage1", "tiny", seed=0).eval(), components["vae"], components["image_encoder"]
 
 
-def test_training_loss_is_a_finite_scalar_weighted_per_sample_by_min_snr(tiny_stage1, sample_dataset):
+def test_training_loss_is_a_finite_scalar_weighted_per_sample_by_min_snr(tiny_stage1, sample_dataset, one_thread):
     model, vae, image_encoder = tiny_stage1
     batch = stack_items([sample_dataset[0], sample_dataset[1]])
     scheduler = training_scheduler()
@@ -170,7 +170,7 @@ def test_training_loss_is_a_finite_scalar_weighted_per_sample_by_min_snr(tiny_st
     torch.testing.assert_close(plain, plain_per_sample.mean())
 
 
-def test_training_loss_zeroes_exactly_the_dropped_conditions(tiny_stage1, sample_dataset):
+def test_training_loss_zeroes_exactly_the_dropped_conditions(tiny_stage1, sample_dataset, one_thread):
     """The DINO input pixels of the samples drawn for it, and the reference latent fed to the FLC tokenizer."""
     model, vae, image_encoder = tiny_stage1
     batch = stack_items([sample_dataset[2], sample_dataset[3]])
