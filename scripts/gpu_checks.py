@@ -16,6 +16,11 @@ Sections, in priority order (what a CPU cannot show comes first), each with its 
     trt       (120)  fp16 ONNX export of the full UNet, check-trt, the engine plan; with tensorrt importable also
                      the engine build, step latency TensorRT vs PyTorch fp16 and parity against fp32; without it
                      the section stops right before the builder and says why
+    train     (240)  one full-size (SD1.5) training step of each stage (stage1, stage2, end2end) at 512x512 tiles,
+                     bf16 autocast over fp32 weights, gradient checkpointing, AdamW: samples/s and peak memory
+
+The budgets sum to 12 minutes, more than one 10-minute device command: run ``--skip train`` and
+``--only env --only train`` as two calls (docs/gpu.md).
 
 Each section runs in its own child process. The parent imports nothing heavy: it starts the child, reads the
 results the child records (a JSON status file, rewritten atomically after every record), kills the child's
@@ -24,7 +29,7 @@ process group when it outlives its budget (``--budget-scale`` scales every budge
 OUT/gpu_report.md are rewritten after every record and every section, so a run cut short (a section or the
 whole command) still returns what finished. The children's output goes to OUT/gpu_checks.log.
 
-``--dry-run`` runs every section end to end on the CPU at tiny sizes (tiny preset, 64x64 tiles, one step, the
+``--dry-run`` runs every section end to end on the CPU at tiny sizes (tiny preset, 64x64 tiles, one step, fp32, the
 Triton kernels under the interpreter): the same functions as the GPU run with smaller arguments (``DRY_RUN``
 below), so CI proves the GPU run's code paths (tests/scripts/test_gpu_checks.py). The exit code is 0 when every
 section ends "ok", else 1.
@@ -81,6 +86,13 @@ class Plan:
     bench_warmup: int
     bench_repeats: int
     parity_steps: int
+    train_autocast: str | None  # the train section's autocast dtype over fp32 weights; None: plain fp32
+    train_warmup: int  # untimed optimiser steps per stage
+    train_runs: int  # timed optimiser steps per stage (the median is reported)
+
+
+# the sd15 training preset's per-GPU batch sizes (train/presets/sd15.yaml, the official ones; a test keeps them equal)
+TRAIN_BATCH_SIZES = {"stage1": 2, "stage2": 4, "end2end": 1}
 
 
 def gpu_plan(tile: int) -> Plan:
@@ -88,7 +100,8 @@ def gpu_plan(tile: int) -> Plan:
                 kernel_tests=("tests/kernels",), kernel_markers="not slow and not bench", kernel_canvases=None,
                 kernel_levels=(0, 1, 2, 3), bench_methods=None, bench_settings=None,
                 bench_fast_paths=("triton", "onnxruntime", "tensorrt"), bench_fast_path_scenarios=True,
-                bench_size="full", bench_loop_limit=None, bench_warmup=1, bench_repeats=3, parity_steps=10)
+                bench_size="full", bench_loop_limit=None, bench_warmup=1, bench_repeats=3, parity_steps=10,
+                train_autocast="bfloat16", train_warmup=2, train_runs=5)
 
 
 # fp32 on the CPU (fp16 convolutions are no CPU path); two kernel test files instead of the whole folder (under
@@ -98,7 +111,8 @@ DRY_RUN = Plan(device="cpu", preset="tiny", dtype="float32", tile=64, warmup=0, 
                kernel_tests=("tests/kernels/test_join.py", "tests/kernels/test_layer_norm.py"), kernel_markers=None,
                kernel_canvases=((64, 64),), kernel_levels=(0,), bench_methods=("imagpose",),
                bench_settings=("as_released",), bench_fast_paths=("triton",), bench_fast_path_scenarios=False,
-               bench_size="tiny", bench_loop_limit=1, bench_warmup=0, bench_repeats=1, parity_steps=1)
+               bench_size="tiny", bench_loop_limit=1, bench_warmup=0, bench_repeats=1, parity_steps=1,
+               train_autocast=None, train_warmup=1, train_runs=1)
 
 
 class CheckFailed(Exception):
@@ -397,6 +411,104 @@ def trt_latency_and_parity(plan: Plan, pipe, runtime, bucket, record: Record) ->
         raise CheckFailed("TensorRT fp16 parity against fp32 PyTorch failed; see the parity rows")
 
 
+def train_section(plan: Plan, args, record: Record) -> None:
+    """One optimiser step (forward, backward, clip 1.0, AdamW) of each stage as the trainer takes it, timed after a
+    warm-up. Written against imagpose.train.stages / objective directly, not the training loop: the loop's data,
+    checkpoints and validation are not what this measures. Fresh weights and random tensors of the training
+    item's shapes (time and memory do not depend on the values)."""
+    record("setup", {"preset": plan.preset, "device": plan.device, "tile": f"{plan.tile}x{plan.tile}", "grid": "2x2",
+                     "autocast": plan.train_autocast or "none (fp32)", "weights": "float32",
+                     "gradient_checkpointing": True, "batch_sizes": TRAIN_BATCH_SIZES, "warmup": plan.train_warmup,
+                     "runs": plan.train_runs})
+    from imagpose.train.config import STAGES
+
+    require_device(plan.device)
+    vae, image_encoder = frozen_encoders(plan)
+    for stage in STAGES:
+        record(stage, train_step_stats(plan, stage, vae, image_encoder))
+
+
+def frozen_encoders(plan: Plan):
+    """The preset's VAE and image encoder, frozen, in the autocast dtype (as the training loop casts them)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import Dinov2Config
+
+    from imagpose.models import IMAGPoseImageEncoder
+    from imagpose.presets import get_preset
+
+    spec = get_preset(plan.preset)
+    dtype = getattr(torch, plan.train_autocast) if plan.train_autocast else torch.float32
+    with torch.device(plan.device):
+        vae = AutoencoderKL(**spec.vae)
+        image_encoder = IMAGPoseImageEncoder(Dinov2Config(**spec.image_encoder))
+    return [module.to(dtype).requires_grad_(False).eval() for module in (vae, image_encoder)]
+
+
+def synthetic_batch(batch_size: int, tile: int, device: str, generator) -> dict:
+    """Random tensors of the training item's shapes and ranges (imagpose.train.data), stacked: a 2x2 canvas of
+    square tiles, the first tile visible, the other three targets."""
+    import torch
+
+    canvas = 2 * tile
+
+    def uniform(*shape, low=-1.0, high=1.0):
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    flag = torch.zeros(batch_size, 1, canvas // 8, canvas // 8)
+    flag[:, :, : tile // 8, : tile // 8] = 1
+    target = uniform(batch_size, 3, canvas, canvas)
+    visible = torch.nn.functional.interpolate(flag, scale_factor=8) > 0
+    batch = dict(target_pixels=target, masked_pixels=torch.where(visible, target, -1.0),
+                 pose=uniform(batch_size, 3, canvas, canvas, low=0.0), flag=flag,
+                 dino_pixels=torch.randn(batch_size, 3, 224, 224, generator=generator),
+                 reference_pixels=uniform(batch_size, 3, canvas, canvas))
+    return {**{k: v.to(device) for k, v in batch.items()}, "grid": (2, 2)}
+
+
+def train_step_stats(plan: Plan, stage: str, vae, image_encoder) -> dict:
+    import torch
+
+    from imagpose.timing import time_runs
+    from imagpose.train.objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
+    from imagpose.train.stages import build_trainable, count_trainable, trainable_parameters
+
+    if plan.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build_trainable(stage, plan.preset, seed=0, device=plan.device).train()
+    model.unet.enable_gradient_checkpointing()
+    parameters = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    batch_size = TRAIN_BATCH_SIZES[stage]
+    generator = torch.Generator().manual_seed(0)
+    batch = synthetic_batch(batch_size, plan.tile, plan.device, generator)
+    latent = (4, 2 * plan.tile // 8, 2 * plan.tile // 8)
+    scheduler = training_scheduler()
+    losses = []
+
+    def step():
+        draws = draw_objective(generator, batch_size, latent, STAGE_DROPOUT[stage], 0.05).to(plan.device)
+        with torch.autocast(torch.device(plan.device).type, dtype=getattr(torch, plan.train_autocast or "float32"),
+                            enabled=plan.train_autocast is not None):
+            loss, _ = training_loss(model, vae, image_encoder, scheduler, batch, draws, snr_gamma=5.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))  # a host sync per step, as a training loop's logging makes
+
+    times = time_runs(step, plan.device, warmup=plan.train_warmup, runs=plan.train_runs)
+    stats = {"batch_size": batch_size, "trainable_parameters": count_trainable(model),
+             "step_s_median": round(times.median, 4), "samples_per_s": round(batch_size / times.median, 3),
+             "peak_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2) if plan.device == "cuda"
+                                 else None),
+             "losses": [round(value, 5) for value in losses], "finite": all(map(math.isfinite, losses))}
+    if not stats["finite"]:  # the stage's model and optimizer state are freed on return, before the next stage
+        raise CheckFailed(f"{stage}: a non-finite training loss {losses}")
+    return stats
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
@@ -406,7 +518,7 @@ class Section:
 
 SECTIONS = (Section("env", 30, env_section), Section("cva", 100, cva_section),
             Section("kernels", 100, kernels_section), Section("bench", 130, bench_section),
-            Section("trt", 120, trt_section))
+            Section("trt", 120, trt_section), Section("train", 240, train_section))
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 
 
@@ -601,6 +713,11 @@ def log_tail(path: Path, chars: int = 3000) -> str:
         return log.read().decode(errors="replace")
 
 
+def selected_sections(args) -> list[Section]:
+    """``--only`` (all when not given) less ``--skip``, in priority order."""
+    return [s for s in SECTIONS if (not args.only or s.name in args.only) and s.name not in (args.skip or ())]
+
+
 def run_parent(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -608,7 +725,7 @@ def run_parent(args) -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="imagpose-gpu-checks-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     status_dir = Path(tempfile.mkdtemp(prefix="sections-", dir=args.workdir))
-    sections = [s for s in SECTIONS if not args.only or s.name in args.only]
+    sections = selected_sections(args)
     log_path = out / LOG_NAME
     log_path.write_text(f"imagpose GPU checks {'(dry run) ' if args.dry_run else ''}{now()}\n")
     report = Report(out, args, sections)
@@ -688,14 +805,16 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="outputs/gpu", help="report folder (gpu_report.json/.md, the log, bench/)")
     parser.add_argument("--only", action="append", choices=SECTION_NAMES,
                         help="run only this section (repeatable; sections still run in priority order)")
+    parser.add_argument("--skip", action="append", choices=SECTION_NAMES, help="leave this section out (repeatable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="every section on the CPU at tiny sizes (tiny preset, 64x64 tiles, Triton interpreter)")
     parser.add_argument("--budget-scale", type=float, default=1.0,
-                        help="multiply every section's time budget (default budgets sum to 8 minutes)")
+                        help="multiply every section's time budget (default budgets sum to 12 minutes)")
     parser.add_argument("--workdir", default=None,
                         help="folder for ONNX exports and engines, kept for reuse (default: a temporary folder, "
                              "removed at the end)")
-    parser.add_argument("--tile", type=int, default=512, help="square tile size of the cva and trt checks (GPU run)")
+    parser.add_argument("--tile", type=int, default=512,
+                        help="square tile size of the cva, trt and train checks (GPU run)")
     parser.add_argument("--section", choices=SECTION_NAMES, help=argparse.SUPPRESS)  # the child's side
     parser.add_argument("--status-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

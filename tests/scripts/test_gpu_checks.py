@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_checks.py"
-SECTIONS = ["env", "cva", "kernels", "bench", "trt"]
+SECTIONS = ["env", "cva", "kernels", "bench", "trt", "train"]
 # source folder -> its package in an installed imagpose (pyproject's package-dir)
 PACKAGE_FOLDERS = {"imagpose": "imagpose", "export": "imagpose/export", "kernels": "imagpose/kernels",
                    "bench": "imagpose/bench", "train": "imagpose/train"}
@@ -82,6 +82,14 @@ def test_dry_run_records_what_each_section_measures(dry_run):
     assert trt["export"]["node_counts"] and trt["check_trt"]["passed"]
     assert trt["engine_plan"][0]["trtexec"].startswith("trtexec --onnx=")
     assert "TensorRT" in trt["stopped_before_builder"] and "build" not in trt  # stopped right before the builder
+    train = results["train"]
+    assert train["setup"]["gradient_checkpointing"] and train["setup"]["preset"] == "tiny"
+    for stage, batch_size in (("stage1", 2), ("stage2", 4), ("end2end", 1)):
+        row = train[stage]
+        assert row["batch_size"] == batch_size and row["samples_per_s"] > 0 and row["finite"], row
+        assert len(row["losses"]) == 2 and row["peak_memory_gib"] is None  # warm-up + timed step; no CUDA
+    assert train["stage2"]["trainable_parameters"] < train["stage1"]["trainable_parameters"] < train["end2end"][
+        "trainable_parameters"]  # CVA only < UNet without CVA + pose guider + FLC < everything
 
 
 def test_a_section_over_its_budget_is_killed_with_its_partial_results_and_the_next_runs(tmp_path):
@@ -159,6 +167,29 @@ def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
         "imagpose[tensorrt]/as_released/full")
     first_common = next(i for i, label in enumerate(order) if "common_policy" in label)
     assert first_baseline < first_tensorrt < first_common and len(order) == 16
+
+
+def test_skip_leaves_sections_out_and_only_still_selects(monkeypatch):
+    gpu_checks = load_script(monkeypatch)
+
+    def names(*argv):
+        return [s.name for s in gpu_checks.selected_sections(gpu_checks.parse_args(list(argv)))]
+
+    assert names() == SECTIONS
+    assert names("--skip", "train") == SECTIONS[:-1]  # the first of the two device calls (docs/gpu.md)
+    assert names("--only", "train", "--only", "env") == ["env", "train"]  # the second
+    assert names("--only", "cva", "--skip", "cva") == []
+    assert sum(s.budget_s for s in gpu_checks.SECTIONS if s.name != "train") <= 480  # one 10-minute command
+
+
+def test_the_train_section_uses_the_sd15_presets_batch_sizes(monkeypatch):
+    from imagpose.train.config import load_config
+
+    gpu_checks = load_script(monkeypatch)
+    sd15 = load_config("sd15")
+    assert gpu_checks.TRAIN_BATCH_SIZES == {name: stage.batch_size for name, stage in sd15.stages.items()}
+    plan = gpu_checks.gpu_plan(512)
+    assert plan.preset == sd15.model and plan.train_autocast == "bfloat16" and plan.tile == 512
 
 
 def load_script(monkeypatch):
