@@ -257,8 +257,8 @@ def train_vae(data_root: str | Path, out_dir: str | Path, steps: int = 2000, bat
     check_settings(steps, batch_size, lr, loss, kl_weight, canvas_fraction, eval_every)
     root = Path(data_root)
     with OutputFolder(out_dir) as out:  # an unwritable location fails before the data is read
+        held_out = held_out_sets(read_split_images(root, "test"))  # the smaller split first: a missing one fails now
         train = read_split_images(root, "train")
-        held_out = held_out_sets(read_split_images(root, "test"))
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
             torch.manual_seed(seed)
             vae = AutoencoderKL(**get_preset(preset).vae).to(device)

@@ -1,0 +1,45 @@
+"""argparse types shared by the ``imagpose train`` subcommands: numbers are checked while the command line is parsed,
+so a value out of range stops the command with one line naming the flag, before any data is read."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def integer(minimum: int, multiple_of: int = 1):
+    """argparse type: an integer >= ``minimum`` (and a multiple of ``multiple_of``)."""
+    need = f"an integer >= {minimum}" + (f" and a multiple of {multiple_of}" if multiple_of > 1 else "")
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or value % multiple_of:
+            raise argparse.ArgumentTypeError(f"expected {need}, got {text!r}")
+        return value
+
+    return convert
+
+
+def number(low: float, high: float | None = None, *, low_inclusive: bool = True, high_inclusive: bool = True):
+    """argparse type: a finite number in the interval from ``low`` to ``high`` (None: unbounded above)."""
+    if high is None:
+        need = f"a number {'>=' if low_inclusive else '>'} {low:g}"
+    else:
+        need = f"a number in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = math.isfinite(value) and (value >= low if low_inclusive else value > low) and (
+            high is None or (value <= high if high_inclusive else value < high))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {need}, got {text!r}")
+        return value
+
+    return convert
+
