@@ -179,7 +179,7 @@ def check_dataset(root: str | Path, split: str = "train") -> DataReport:
             report.skipped.append((name, f"identity with one image: {len(usable)} usable image(s); a training item "
                                          "needs two views of one person"))
     if not report.identities:
-        raise InputFileError(f"No usable identity in {root / (split + '.json')}:\n{report.summary()}\n"
+        raise InputFileError(f"No usable identity for training. {report.summary()}\n"
                              f"Fix the files listed, or {DATA_FIX}.")
     return report
 

@@ -55,7 +55,7 @@ def _accelerator(config: TrainConfig, stage_config, out: Path):
     from accelerate.utils import ProjectConfiguration
 
     trackers = [name for name in config.trackers if _installed(name)]
-    return Accelerator(mixed_precision=config.mixed_precision,
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
                        gradient_accumulation_steps=stage_config.gradient_accumulation_steps,
                        log_with=trackers or None,
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "trackers")))
@@ -87,11 +87,14 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path, *,
-              init_from: str | Path | None = None, resume: bool = False, progress: bool = True) -> StageResult:
+              init_from: str | Path | None = None, resume: bool = False, stop_after: int | None = None,
+              progress: bool = True) -> StageResult:
     """Train one stage; write checkpoints, logs, validation grids and the final pipeline folder into ``out``.
 
     ``init_from``: the previous stage's pipeline folder (stage2, end2end). ``resume``: continue from the latest
-    checkpoint in ``out/checkpoints`` (a fresh start when there is none).
+    checkpoint in ``out/checkpoints`` (a fresh start when there is none). ``stop_after``: stop after that step with
+    a checkpoint and no pipeline folder, as an interrupted run would (training in chunks on preemptible machines);
+    the schedule is still the one of ``steps``.
     """
     if stage not in STAGES:
         raise InvalidArgumentError(f"Unknown stage {stage!r}; the stages are {', '.join(STAGES)}.")
@@ -212,7 +215,8 @@ def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{row['samples_per_second']:.1f}")
         bar.update(1)
-        if main and (step % stage_config.checkpoint_every == 0 or step == stage_config.steps):
+        stopping = step == stop_after
+        if main and (step % stage_config.checkpoint_every == 0 or step == stage_config.steps or stopping):
             write_log(out, log_rows)
             checkpoints.save_checkpoint(
                 out, step, trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict(),
@@ -222,7 +226,14 @@ def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path
         if main and requests and (step % stage_config.validate_every == 0 or step == stage_config.steps):
             write_validation_grid(out, step, _pipeline(accelerator, model, models, config, ema), requests, config)
         accelerator.wait_for_everyone()
+        if stopping:
+            break
     bar.close()
+    if step == stop_after and step < stage_config.steps:
+        accelerator.end_training()
+        return StageResult(stage=stage, pipeline_dir=out / "pipeline", steps=step,
+                           seconds=time.perf_counter() - started, samples_per_second=float("nan"),
+                           final_loss=log_rows[-1]["loss"], log_csv=out / "log.csv")
 
     # 6. The stage's pipeline folder (EMA weights when EMA is on)
     pipeline_dir = out / "pipeline"

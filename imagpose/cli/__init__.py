@@ -13,9 +13,9 @@ import sys
 import traceback
 
 from ..errors import IMAGPoseError
-from . import bench, convert, demo, env, export, generate, parity, verify
+from . import bench, convert, demo, env, export, generate, parity, train, verify
 
-SUBCOMMANDS = (demo, generate, convert, verify, export, parity, bench, env)
+SUBCOMMANDS = (demo, generate, convert, verify, export, parity, bench, train, env)
 BUG_REPORT = ("This is a bug in imagpose, not a problem with your input: please report it with the traceback "
               "above and the output of `imagpose env`.")
 

@@ -1,0 +1,91 @@
+"""Everything in one command: generate the people, train the tiny VAE, run stage1 -> stage2 -> end2end, then
+evaluate the final pipeline on people generated from another seed (never seen in training). OUT receives
+data/, vae/, stage1/, stage2/, end2end/ (end2end/pipeline is the trained model), heldout/, eval/, loss.png (all
+stages) and timing.json (seconds per phase). With --resume, finished phases are kept and a stage in progress
+continues from its latest checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .train_common import integer
+
+NAME = "all"
+HELP = "make data, train the VAE and all three stages, evaluate on held-out people: one command"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR", help="run folder, created if missing")
+    parser.add_argument("--config", default="tiny", metavar="PRESET|YAML", help="training preset or YAML file")
+    parser.add_argument("--identities", type=integer(2), default=400, metavar="N", help="people to generate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated training people")
+    parser.add_argument("--eval-identities", type=integer(1), default=48, metavar="N",
+                        help="held-out people generated for the evaluation")
+    parser.add_argument("--eval-seed", type=int, default=1000,
+                        help="seed of the held-out people (must differ from --seed)")
+    parser.add_argument("--vae-steps", type=integer(1), default=2000, help="VAE training steps")
+    parser.add_argument("--eval-steps", type=integer(1), default=20, help="DDIM steps of the evaluation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a training config key (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="keep finished phases; resume the running stage")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run(args) -> int:
+    from ..errors import InvalidArgumentError
+    from ..io import OutputFolder
+    from ..train.config import load_config
+    from ..train.evaluation import evaluate
+    from ..train.loop import plot_loss, read_log, run_all
+    from ..train.synthetic import make_dataset
+    from ..train.vae import train_vae
+
+    if args.eval_seed == args.seed:
+        raise InvalidArgumentError(f"--eval-seed must differ from --seed ({args.seed}): the evaluation needs people "
+                                   "the model never saw.")
+    out = Path(args.out)
+    progress = not args.no_progress
+    timing_path = out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if args.resume and timing_path.is_file() else {}
+
+    def phase(name: str, done: bool, work) -> None:
+        if args.resume and done and name in timing:
+            print(f"imagpose train all: {name}: kept ({timing[name]:.0f} s before)")
+            return
+        started = time.perf_counter()
+        work()
+        timing[name] = round(time.perf_counter() - started, 1)
+        with OutputFolder(out) as folder:
+            folder.write_json("timing.json", {**timing, "total": round(sum(v for k, v in timing.items()
+                                                                             if k != "total"), 1)})
+        print(f"imagpose train all: {name}: {timing[name]:.0f} s")
+
+    data, vae, heldout = out / "data", out / "vae", out / "heldout"
+    config = load_config(args.config, [*args.overrides, f"weights.vae={vae}"])
+    def make_data():
+        summary = make_dataset(data, args.identities, seed=args.seed)
+        print(f"imagpose train all: {summary.identities} people ({len(summary.train)} train, {len(summary.test)} "
+              f"test) x {summary.views_per_identity} views at {summary.image_size[1]}x{summary.image_size[0]}")
+
+    phase("data", (data / "dataset.json").is_file(), make_data)
+    phase("vae", (vae / "vae_report.json").is_file(),
+          lambda: train_vae(data, vae, steps=args.vae_steps, seed=args.seed, progress=progress))
+    results = []
+    phase("stages", (out / "end2end" / "pipeline" / "model_index.json").is_file(),
+          lambda: results.extend(run_all(config, data, out, resume=args.resume, progress=progress)))
+    curves = {stage: read_log(out / stage / "log.csv", 10**12) for stage in config.stages}
+    with OutputFolder(out) as folder:
+        plot_loss(curves, folder.path("loss.png"))
+    phase("heldout_data", (heldout / "dataset.json").is_file(),
+          lambda: make_dataset(heldout, args.eval_identities, seed=args.eval_seed, test_fraction=0.999))
+    evaluation = []
+    phase("eval", (out / "eval" / "summary.json").is_file(),
+          lambda: evaluation.append(evaluate(out / "end2end" / "pipeline", heldout, out / "eval",
+                                             steps=args.eval_steps, progress=progress)))
+    if evaluation:
+        print(evaluation[0].table())
+    print(f"imagpose train all: {sum(v for k, v in timing.items() if k != 'total'):.0f} s in all; the trained "
+          f"pipeline is {out / 'end2end' / 'pipeline'}")
+    return 0

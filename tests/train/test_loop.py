@@ -1,0 +1,70 @@
+"""The training loop: exact resume, and two accelerate processes computing what one process does."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imagpose.train.checkpoints import list_checkpoints
+from imagpose.train.config import load_config
+from imagpose.train.loop import run_stage
+
+QUICK = ["stages.stage1.steps=4", "stages.stage1.batch_size=2", "stages.stage1.checkpoint_every=2",
+         "stages.stage1.keep_checkpoints=1", "validation.num_requests=0", "data.max_scale=1.2",
+         "optimizer.warmup_steps=1"]
+
+
+def losses(out):
+    with open(out / "log.csv", newline="") as handle:
+        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+
+
+def test_stopping_and_resuming_gives_the_uninterrupted_run(people_dataset, tmp_path):
+    config = load_config("tiny", QUICK)
+    whole = run_stage(config, "stage1", people_dataset, tmp_path / "whole", progress=False)
+    assert whole.steps == 4 and (tmp_path / "whole" / "pipeline" / "model_index.json").is_file()
+
+    part = tmp_path / "part"
+    stopped = run_stage(config, "stage1", people_dataset, part, stop_after=1, progress=False)
+    assert stopped.steps == 1 and not (part / "pipeline").exists()
+    assert [step for step, _ in list_checkpoints(part)] == [1]
+    run_stage(config, "stage1", people_dataset, part, resume=True, progress=False)
+
+    assert losses(part) == losses(tmp_path / "whole")  # bit for bit: weights, AdamW state, LR, data, draws
+    assert [step for step, _ in list_checkpoints(part)] == [4]  # pruned to the last one
+    final = load_file(str(tmp_path / "whole" / "checkpoints" / "step-000004" / "model.safetensors"))
+    resumed = load_file(str(part / "checkpoints" / "step-000004" / "model.safetensors"))
+    assert final.keys() == resumed.keys() and all(torch.equal(final[k], resumed[k]) for k in final)
+    assert (part / "loss.png").is_file() and (part / "data_check.txt").read_text().startswith(str(people_dataset))
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate CLI not installed")
+def test_two_processes_match_one_process_with_the_same_global_batch(people_dataset, tmp_path):
+    """accelerate launch --num_processes 2 on the CPU (gloo), batch 1 each, against one process with batch 2."""
+    common = ["train", "run", "--stage", "stage1", "--data", str(people_dataset), "--no-progress",
+              *sum((["--set", item] for item in QUICK[:1] + QUICK[3:]), [])]
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([accelerate, "launch", "--config_file", "train/accelerate/cpu_2proc.yaml",
+                          "-m", "imagpose.cli", *common, "--out", str(tmp_path / "two"),
+                          "--set", "stages.stage1.batch_size=1"], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "imagpose.cli", *common, "--out", str(tmp_path / "one"),
+                          "--set", "stages.stage1.batch_size=2"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    # same samples, same draws; only the order of float reductions differs (gloo all-reduce vs one batch)
+    assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for (_, x), (_, y) in zip(a, b)), (a, b)
+    first = load_file(str(tmp_path / "one" / "checkpoints" / "step-000004" / "model.safetensors"))
+    second = load_file(str(tmp_path / "two" / "checkpoints" / "step-000004" / "model.safetensors"))
+    worst = max(float((first[k] - second[k]).abs().max()) for k in first)
+    assert worst < 1e-4, worst
