@@ -3,20 +3,27 @@
 ``backend_factories(backends, work_dir)`` maps each fast path to ``factory(method, setting) -> Runtime | None``
 (None: the method's own PyTorch modules, e.g. with the Triton CVA switched on). The runtimes come from
 :func:`imagpose.export.runtime.prepare_runtime`: ONNX exports and TensorRT engines are written under
-``work_dir`` (cached by weights and options), one folder per backend, preset and shape bucket.
-``fast_path_parity`` is :func:`imagpose.export.parity.fast_path_parity`.
+``work_dir`` (cached by weights and options), one folder per backend, preset (or model folder name) and shape bucket.
+``fast_path_parity`` is :func:`imagpose.export.parity.fast_path_parity` (the tiny random-weight preset) or, given
+a model folder, the same per-step comparison on that model, at its training tile size: with trained weights the
+final SSIM measures what users would see.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from imagpose import scenarios
+from imagpose.errors import IMAGPoseError
 from imagpose.export import ShapeBucket
-from imagpose.export.parity import fast_path_parity
+from imagpose.export.parity import CVABackendRuntime, trajectory_parity
+from imagpose.export.parity import fast_path_parity as preset_parity
 from imagpose.export.runtime import prepare_runtime
+from imagpose.pipeline import IMAGPosePipeline
+from imagpose.pretrained import trained_tile_size
+from imagpose.samples import sample
 
-__all__ = ["backend_factories", "fast_path_parity"]
-
+PARITY_TILE = (64, 64)  # the preset parity's tiles, also used for a model folder that records none
 
 def backend_factories(backends, work_dir) -> dict:
     """``{backend: factory(method, setting)}`` for every fast path in ``backends`` ("eager" needs none). Exported
@@ -25,7 +32,7 @@ def backend_factories(backends, work_dir) -> dict:
     def exported(name: str):
         def factory(method, setting):
             bucket = ShapeBucket(1, *method.layout(setting).padded_tile, 2, 2)
-            folder = Path(work_dir) / name / method.preset / bucket.label()
+            folder = Path(work_dir) / name / method.model_name / bucket.label()
             return prepare_runtime(name, method.pipe, folder, bucket, dtype=setting.precision)
 
         return factory
@@ -36,3 +43,30 @@ def backend_factories(backends, work_dir) -> dict:
 
     factories = {"onnxruntime": exported("onnxruntime"), "tensorrt": exported("tensorrt"), "triton": triton_cva}
     return {name: factories[name] for name in backends if name in factories}
+
+
+def fast_path_parity(backends, device: str, work_dir, model_dir=None, steps: int = 10) -> dict:
+    """Per-step SQNR and final SSIM/PSNR of each fast path vs fp32 torch (T2, one request), on the tiny preset or
+    on the pipeline in ``model_dir``; the result names the model and the tile size."""
+    if model_dir is None:
+        return {**preset_parity(backends, device, work_dir, steps), "model": "tiny preset (random weights)",
+                "tile_size": list(PARITY_TILE)}
+    # export.parity.fast_path_parity builds its own tiny pipeline at 64x64 tiles: the same loop, on this model
+    pipe = IMAGPosePipeline.from_pretrained(model_dir).to(device)
+    tile = trained_tile_size(model_dir) or PARITY_TILE
+    request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=tile, seed=0)
+    bucket = ShapeBucket(1, *pipe.request_layout(request).padded_tile, 2, 2)
+    rows = []
+    for backend in backends:
+        try:
+            if backend in ("onnxruntime", "tensorrt"):
+                runtime = prepare_runtime(backend, pipe, work_dir, bucket,
+                                          dtype="fp16" if backend == "tensorrt" else "fp32")
+            elif backend == "triton":
+                runtime = CVABackendRuntime(pipe, "triton")
+            else:
+                continue
+            rows.append(trajectory_parity(pipe, backend, runtime, request, steps=steps))
+        except IMAGPoseError as exc:
+            rows.append({"backend": backend, "error": f"{type(exc).__name__}: {exc}"})
+    return {"rows": rows, "model": str(model_dir), "tile_size": list(tile)}

@@ -8,8 +8,8 @@ For each scenario:
      runs under :class:`~imagpose.bench.meter.TimeMeter` (device-synchronised); the median per stage is kept.
      Quick scenarios run ``loop_limit`` steps per loop and extrapolate, and the report says so.
   3. Per generated image: divided by the batch and by the images one pass yields (IMAGPose*: 3).
-IMAGPose runs its real pipeline call (``IMAGPosePipeline.__call__``) with a metered runtime; see
-:mod:`imagpose.bench.imagpose_method`.
+IMAGPose runs its real pipeline call (``IMAGPosePipeline.__call__``) with a metered runtime, on the size's
+random-weight preset or on the pipeline folder ``Scenario.model`` names; see :mod:`imagpose.bench.imagpose_method`.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def device_peak_tflops(device: torch.device) -> float | None:
 def count_generation_flops(method_name: str, scenario: Scenario, size: str, device_type: str) -> dict[str, float]:
     """Exact FLOPs per pass (not per image) by stage, counted on the meta device."""
     with torch.device("meta"):
-        method = build_method(method_name, size)
-    setting = resolve_setting(method.info.released, scenario.setting, scenario.size, device_type)
+        method = build_method(method_name, size, scenario.model)
+    setting = resolve_setting(method.info.released, scenario.setting, scenario.size, device_type, scenario.model)
     if size == "full" and scenario.size == "reduced":  # FLOP ratios are quoted at the full-size resolution
-        setting = resolve_setting(method.info.released, scenario.setting, "full", device_type)
+        setting = resolve_setting(method.info.released, scenario.setting, "full", device_type, scenario.model)
     inputs = method.example_inputs(scenario.batch, setting, "meta", torch.float32)
     with FlopMeter(loop_limit=1) as meter:
         method.generate(inputs, setting, meter)
@@ -80,8 +80,9 @@ def run_scenario(scenario: Scenario, device: str = "cpu", warmup: int = 1, repea
         measured_flops = (full_flops if scenario.size == "full"
                           else count_generation_flops(scenario.method, scenario, scenario.size, device_t.type))
         torch.manual_seed(0)
-        method = build_method(scenario.method, scenario.size)
-        setting = resolve_setting(method.info.released, scenario.setting, scenario.size, device_t.type)
+        method = build_method(scenario.method, scenario.size, scenario.model)
+        setting = resolve_setting(method.info.released, scenario.setting, scenario.size, device_t.type,
+                                  scenario.model)
         result.setting = asdict(setting)
         dtype = torch.float16 if setting.precision == "fp16" else torch.float32
         method = method.to(device_t).eval()

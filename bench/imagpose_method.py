@@ -13,6 +13,9 @@ Quick runs (``meter.loop_limit``) call the pipeline with that many steps: the pe
 the step count, so the meter extrapolates the denoiser to the setting's steps. Built on the meta device, the
 same call counts FLOPs: the pipeline runs on the CPU and its networks on meta (:mod:`.meta_pipeline`).
 
+``model_dir`` is a pipeline folder (``IMAGPosePipeline.from_pretrained``, e.g. a trained model) timed instead of
+the random-weight preset of the size; on the meta device its networks are built from the folder's configs.
+
 ``stars=True`` is IMAGPose*: one pass yields 3 target images (a 2x2 canvas, one source), so the cost per
 generated image is a third of a pass.
 """
@@ -20,13 +23,15 @@ generated image is a third of a pass.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from imagpose import scenarios
 from imagpose.canvas import GridLayout
 from imagpose.pipeline import IMAGPosePipeline
-from imagpose.presets import build_components
+from imagpose.presets import Preset, build_components
+from imagpose.pretrained import trained_tile_size, training_record
 from imagpose.samples import sample
 from imagpose.schedulers import official_ddim_scheduler
 
@@ -44,17 +49,51 @@ SOURCES = ("person_red_front", "person_blue_front")  # request i uses source i %
 TARGETS = ("walking", "arms_up", "side")  # poses of the same person; T2 uses the first
 
 
+def model_architecture(model_dir: str | Path) -> Preset:
+    """The architecture of a pipeline folder as a :class:`~imagpose.presets.Preset`, read from its component
+    configs (no weights), so that ``build_components(..., meta=True)`` builds it on the meta device."""
+    from diffusers import AutoencoderKL
+    from transformers import Dinov2Config
+
+    from imagpose.models import FLCTokenizer, IMAGPoseUNet, PoseGuider
+
+    folder = Path(model_dir)
+
+    def init_kwargs(cls, name: str) -> dict:
+        return cls.extract_init_dict(cls.load_config(folder / name))[0]
+
+    return Preset(name=folder.name, description=f"the architecture of {folder}",
+                  unet=init_kwargs(IMAGPoseUNet, "unet"), vae=init_kwargs(AutoencoderKL, "vae"),
+                  image_encoder=Dinov2Config.from_pretrained(folder / "image_encoder").to_diff_dict(),
+                  pose_guider=init_kwargs(PoseGuider, "pose_guider"), flc=init_kwargs(FLCTokenizer, "flc_tokenizer"))
+
+
+def describe_weights(model_dir: str | Path | None) -> dict:
+    """What the IMAGPose rows run, for the report: a pipeline folder (trained when it carries the training record
+    of :mod:`imagpose.pretrained`; a folder without one may hold converted or random weights) or the presets."""
+    if model_dir is None:
+        return {"model": None, "weights": "random", "tile_size": None}
+    return {"model": str(model_dir), "weights": "trained" if training_record(model_dir) else "unrecorded",
+            "tile_size": trained_tile_size(model_dir)}
+
+
 class IMAGPoseMethod(Method):
-    def __init__(self, size: str = "full", stars: bool = False):
+    def __init__(self, size: str = "full", stars: bool = False, model_dir: str | Path | None = None):
         super().__init__()
         self.stars = stars
         released = replace(RELEASED, images_per_pass=3) if stars else RELEASED
         self.info = MethodInfo(
             name="IMAGPose*" if stars else "IMAGPose", paper="NeurIPS 2024", source="muzishen/IMAGPose@60f649f",
             released=released, expected_params={"unet": 1312.7, "pose_guider": 1.09, "flc_tokenizer": 0.79})
-        self.preset = PRESET_OF_SIZE[size]
+        self.preset = PRESET_OF_SIZE[size] if model_dir is None else None
+        self.model_name = Path(model_dir).name if model_dir is not None else self.preset  # names export folders
         self.on_meta = torch.get_default_device().type == "meta"
-        components = build_components(self.preset, meta=self.on_meta)
+        if model_dir is None:
+            components = build_components(self.preset, meta=self.on_meta)
+        elif self.on_meta:
+            components = build_components(model_architecture(model_dir), meta=True)
+        else:
+            components = dict(IMAGPosePipeline.from_pretrained(model_dir).components)
         if self.on_meta:  # the sampler runs on the CPU (see .meta_pipeline): its tables must not be meta tensors
             with torch.device("cpu"):
                 components["scheduler"] = official_ddim_scheduler()

@@ -169,7 +169,7 @@ def _markdown(suite, rows, parity, sdk_throughput, names) -> str:
              "shipped sample people) through a metered runtime: its stages are the pipeline's own network calls "
              "(encoders: DINOv2, VAE encoder x2, FLC, PoseGuider; denoiser: the UNet on the CFG batch; "
              "vae_decode). Canvas assembly (CPU image work the baselines' tensor inputs skip) and the sampler "
-             "arithmetic between the calls are not in any stage.", ""]
+             "arithmetic between the calls are not in any stage.", "", _weights_line(suite.get("imagpose_weights")), ""]
     for setting in ("as_released", "common_policy"):
         lines += [f"## {setting.replace('_', ' ')}", "",
                   "| method | size | resolution | steps | precision | s / image | TFLOP / image (full) | "
@@ -207,7 +207,9 @@ def _markdown(suite, rows, parity, sdk_throughput, names) -> str:
               "", f"![seconds per image]({names['plot_seconds']})", "",
               f"![FLOPs vs time]({names['plot_flops']})", ""]
     if parity:
-        lines += ["## Output parity of the fast paths (vs fp32 PyTorch, tiny preset, 10 DDIM steps)", "",
+        model = parity.get("model", "tiny preset (random weights)")
+        tile = "x".join(map(str, parity.get("tile_size", (64, 64))))
+        lines += [f"## Output parity of the fast paths (vs fp32 PyTorch, {model}, {tile} tiles, 10 DDIM steps)", "",
                   "| fast path | UNet-prediction SQNR dB per step | final SSIM | final PSNR dB |", "|---|---|---|---|"]
         for row in parity.get("rows", []):
             if "error" in row:
@@ -221,9 +223,20 @@ def _markdown(suite, rows, parity, sdk_throughput, names) -> str:
     return "\n".join(lines)
 
 
+def _weights_line(weights: dict | None) -> str:
+    """Which IMAGPose the rows ran (reports written before ``--model`` existed ran the random presets)."""
+    if not weights or weights["model"] is None:
+        return ("IMAGPose weights: **random** (the `sd15` preset at full size, `mid` at reduced size), like the "
+                "baselines'.")
+    kind = {"trained": "**trained** (its folder carries training.json)",
+            "unrecorded": "from the folder, which records no training (converted or random)"}[weights["weights"]]
+    tile = f"; run at its training tiles, {'x'.join(map(str, weights['tile_size']))}" if weights["tile_size"] else ""
+    return f"IMAGPose weights: model `{weights['model']}`, {kind}{tile}. The baselines have random weights."
+
+
 def _sdk_section(sdk: dict) -> list[str]:
     return ["## SDK throughput (the same requests one by one vs through `IMAGPoseGenerator`)", "",
-            f"Device: **{sdk['device']}**; IMAGPose `{sdk['preset']}` preset, {sdk['requests']} T2 requests of "
+            f"Device: **{sdk['device']}**; IMAGPose `{sdk['preset']}`, {sdk['requests']} T2 requests of "
             f"{'x'.join(map(str, sdk['tile']))} tiles, {sdk['steps']} DDIM steps, {sdk['precision']}, max_batch "
             f"{sdk['max_batch']} (mean batch {sdk['sdk_mean_batch']:.1f}); after one warm-up of each, "
             f"{sdk['repeats']} timed run(s) of each, alternating (median).", "",

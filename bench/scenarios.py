@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from imagpose.errors import InvalidArgumentError
+from imagpose.pretrained import trained_tile_size
 
 from .baselines.base import Setting
 
@@ -32,6 +33,7 @@ class Scenario:
     batch: int = 1
     backend: str = "eager"  # IMAGPose only: eager | onnxruntime | tensorrt | triton
     loop_limit: int | None = None  # run this many steps of each loop and extrapolate (None: all)
+    model: str | None = None  # IMAGPose only: a pipeline folder (None: the size's random-weight preset)
 
     @property
     def label(self) -> str:
@@ -49,13 +51,14 @@ def check_choices(what: str, values, choices) -> list[str]:
     return values
 
 
-def build_method(name: str, size: str):
-    """Instantiate a method (on the current default device: use ``torch.device("meta")`` for counts)."""
+def build_method(name: str, size: str, model: str | None = None):
+    """Instantiate a method (on the current default device: use ``torch.device("meta")`` for counts); ``model``:
+    IMAGPose's pipeline folder (the baselines always have random weights)."""
     check_choices("method", [name], METHODS)
     if name in ("imagpose", "imagpose_star"):
         from .imagpose_method import IMAGPoseMethod
 
-        return IMAGPoseMethod(size, stars=name == "imagpose_star")
+        return IMAGPoseMethod(size, stars=name == "imagpose_star", model_dir=model)
     if name == "pidm":
         from .baselines.pidm import PIDM
 
@@ -74,8 +77,11 @@ def build_method(name: str, size: str):
         return PCDMs(size)
 
 
-def resolve_setting(released: Setting, setting: str, size: str, device_type: str) -> Setting:
-    """The concrete setting a scenario runs (resolution halved for reduced-size runs)."""
+def resolve_setting(released: Setting, setting: str, size: str, device_type: str, model: str | None = None
+                    ) -> Setting:
+    """The concrete setting a scenario runs (resolution halved for reduced-size runs). A ``model`` folder that
+    records its training tile size runs at those tiles under every setting and size: elsewhere its output says
+    nothing about the model."""
     check_choices("setting", [setting], SETTINGS)
     out = released
     if setting == "common_policy":
@@ -85,17 +91,23 @@ def resolve_setting(released: Setting, setting: str, size: str, device_type: str
         out = replace(out, precision="fp32")  # fp16 convolutions are not a CPU path
     if size == "reduced":
         out = replace(out, resolution=tuple(max(64, r // 2) for r in out.resolution))
-    return out
+    tile = trained_tile_size(model) if model else None
+    return replace(out, resolution=tile) if tile else out
 
 
-def build_suite(methods=METHODS, settings=SETTINGS, backends=("eager",), quick: bool = False) -> list[Scenario]:
+def build_suite(methods=METHODS, settings=SETTINGS, backends=("eager",), quick: bool = False,
+                model: str | None = None) -> list[Scenario]:
     """Every method under every setting on eager PyTorch, and IMAGPose(*) as released on each other backend.
 
     ``quick``: reduced sizes, 2 steps per loop (extrapolated), minutes on 2 CPU cores; else the full sizes with
-    every step timed.
+    every step timed. ``model``: the pipeline folder IMAGPose(*) runs instead of the random-weight preset.
     """
     size, loop_limit = ("reduced", 2) if quick else ("full", None)
-    suite = [Scenario(m, s, size, loop_limit=loop_limit) for s in settings for m in methods]
-    suite += [Scenario(m, "as_released", size, backend=b, loop_limit=loop_limit)
+
+    def of(method: str) -> str | None:
+        return model if method.startswith("imagpose") else None
+
+    suite = [Scenario(m, s, size, loop_limit=loop_limit, model=of(m)) for s in settings for m in methods]
+    suite += [Scenario(m, "as_released", size, backend=b, loop_limit=loop_limit, model=of(m))
               for b in backends if b != "eager" for m in methods if m.startswith("imagpose")]
     return suite

@@ -19,17 +19,18 @@ def device_name(device: torch.device) -> str:
 
 @torch.no_grad()
 def measure_sdk_throughput(device: str = "cpu", size: str = "full", steps: int | None = None, requests: int = 4,
-                           max_batch: int = 4, repeats: int = 3) -> dict:
+                           max_batch: int = 4, repeats: int = 3, model_dir: str | None = None) -> dict:
     """Requests per second run sequentially and through the SDK (medians of ``repeats`` alternating runs after a
-    warm-up), and the SDK's speed-up; ``steps`` defaults to the released 20."""
+    warm-up), and the SDK's speed-up; ``steps`` defaults to the released 20; ``model_dir``: a pipeline folder
+    instead of the size's random-weight preset."""
     device_t = torch.device(device)
     torch.manual_seed(0)
-    method = IMAGPoseMethod(size).to(device_t).eval()
-    setting = resolve_setting(method.info.released, "as_released", size, device_t.type)
+    method = IMAGPoseMethod(size, model_dir=model_dir).to(device_t).eval()
+    setting = resolve_setting(method.info.released, "as_released", size, device_t.type, model_dir)
     method.apply_precision(setting)
     steps = steps or setting.steps
     batch = method.example_inputs(requests, setting)["requests"]
     comparison = compare_throughput(method.pipe, batch, repeats=repeats, max_batch=max_batch,
                                     num_inference_steps=steps)
-    return {"device": device_name(device_t), "preset": method.preset, "tile": list(setting.resolution),
+    return {"device": device_name(device_t), "preset": method.model_name, "tile": list(setting.resolution),
             "precision": setting.precision, "steps": steps, "max_batch": max_batch, **comparison.as_dict()}

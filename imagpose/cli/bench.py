@@ -5,6 +5,7 @@ fast paths and the batching SDK's throughput. Writes report.md, results.json, re
 
   imagpose bench --device cpu --quick          # reduced sizes, 2 steps per loop extrapolated: minutes
   imagpose bench --device cuda                 # the full-size suite on a GPU
+  imagpose bench --quick --model DIR           # IMAGPose timed and parity-checked on a pipeline folder
   imagpose bench report outputs/bench/quick    # re-render a report from its results.json"""
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backends", default=None,
                         help="IMAGPose runtimes to time besides eager: onnxruntime, tensorrt, triton (default: "
                              "onnxruntime on CPU; onnxruntime,tensorrt,triton on CUDA)")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="pipeline folder (IMAGPosePipeline.save_pretrained, `imagpose convert`, a trained model) "
+                             "that the IMAGPose rows, the parity and SDK sections run, at its training tile size when "
+                             "the folder records one (default: the random-weight presets; baselines stay random)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per scenario")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per scenario, median kept (default: 1 with --quick, else 3)")
@@ -48,8 +53,8 @@ def run(args) -> int:
 
     if args.bench_command == "report":
         data = json.loads((Path(args.folder) / "results.json").read_text())
-        paths = write_report({"environment": data["environment"], "results": data["results"]}, args.folder,
-                             data.get("parity"), data.get("sdk_throughput"))
+        suite = {key: data[key] for key in ("environment", "results", "imagpose_weights") if key in data}
+        paths = write_report(suite, args.folder, data.get("parity"), data.get("sdk_throughput"))
         print(f"report: {paths['md']}")
         return 0
     from ..bench.scenarios import BACKENDS, METHODS, SETTINGS, build_suite, check_choices
@@ -71,20 +76,26 @@ def run(args) -> int:
 
     from ..bench.fast_paths import backend_factories, fast_path_parity
     from ..bench.harness import run_suite
+    from ..bench.imagpose_method import describe_weights
     from ..bench.sdk_throughput import measure_sdk_throughput
+    from ..pipeline import IMAGPosePipeline
+
+    if args.model:  # every file is checked now: a bad folder is one line, not an error in each IMAGPose row
+        IMAGPosePipeline.from_pretrained(args.model)
 
     out = Path(args.out or f"outputs/bench/{'quick' if args.quick else 'full'}")
     work_dir = Path(args.work_dir) if args.work_dir else out / "work"
-    scenarios = build_suite(methods, settings, backends, quick=args.quick)
+    scenarios = build_suite(methods, settings, backends, quick=args.quick, model=args.model)
     fast_paths = [b for b in backends if b != "eager"]
     with OutputFolder(out) as folder, Stopwatch() as watch:  # an unwritable --out fails now, not after the run
         suite = run_suite(scenarios, device, args.warmup, repeats,
                           backend_factories=backend_factories(fast_paths, work_dir))
-        parity = None if args.no_parity else fast_path_parity(fast_paths, device, work_dir / "parity")
+        suite["imagpose_weights"] = describe_weights(args.model)
+        parity = None if args.no_parity else fast_path_parity(fast_paths, device, work_dir / "parity", args.model)
         sdk = None
         if not args.no_sdk:  # quick: the reduced model, 2 steps per request, one timed run of each
-            sdk = (measure_sdk_throughput(device, "reduced", steps=2, repeats=1) if args.quick
-                   else measure_sdk_throughput(device, "full", repeats=repeats))
+            sdk = (measure_sdk_throughput(device, "reduced", steps=2, repeats=1, model_dir=args.model) if args.quick
+                   else measure_sdk_throughput(device, "full", repeats=repeats, model_dir=args.model))
         paths = write_report(suite, folder, parity, sdk)
     print(f"bench: {len(scenarios)} scenarios in {watch.seconds:.0f} s; report {paths['md']}")
     for name, path in paths.items():
