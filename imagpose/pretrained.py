@@ -1,0 +1,40 @@
+"""The trained model shipped inside the package: ``tiny-people``, the ``tiny`` architecture trained from scratch
+on generated people (``imagpose train all``; how it was made and how well it does: docs/training.md).
+
+It is the default model of ``imagpose demo``; ``--preset tiny`` still gives the random-weight preset (tests).
+Its folder is an ordinary pipeline folder (``IMAGPosePipeline.from_pretrained``, ``--model``) plus
+``training.json``, the record of its training run (tile size, steps, data, evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from .io import MissingInputFileError
+
+SHIPPED_MODEL = "tiny-people"
+TRAINING_RECORD = "training.json"
+
+
+def shipped_model_dir() -> Path:
+    """The folder of the shipped trained pipeline."""
+    folder = Path(str(resources.files("imagpose.assets") / "models" / SHIPPED_MODEL))
+    if not (folder / "model_index.json").is_file():
+        raise MissingInputFileError(
+            f"The shipped model {SHIPPED_MODEL!r} is missing from {folder}; reinstall imagpose, or pass a pipeline "
+            "folder with --model (or --preset tiny for random weights).")
+    return folder
+
+
+def training_record(model_dir: str | Path) -> dict | None:
+    """The ``training.json`` a trained pipeline folder carries, or None."""
+    path = Path(model_dir) / TRAINING_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def trained_tile_size(model_dir: str | Path) -> tuple[int, int] | None:
+    """(height, width) of the tiles the model was trained on, when its folder records it."""
+    record = training_record(model_dir)
+    return tuple(record["tile_size"]) if record and "tile_size" in record else None
