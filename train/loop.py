@@ -123,8 +123,9 @@ def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path
     if config.gradient_checkpointing:
         models.model.unet.enable_gradient_checkpointing()
     weight_dtype = _weight_dtype(accelerator.mixed_precision)
-    vae = models.vae.to(accelerator.device, weight_dtype)
-    image_encoder = models.image_encoder.to(accelerator.device, weight_dtype)
+    cast = {} if weight_dtype == torch.float32 else {"dtype": weight_dtype}  # fp32: no cast (and no diffusers warning)
+    vae = models.vae.to(accelerator.device, **cast)
+    image_encoder = models.image_encoder.to(accelerator.device, **cast)
 
     # 3. Optimizer, LR schedule and EMA
     from diffusers.optimization import get_scheduler

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
                         help="held-out people generated for the evaluation")
     parser.add_argument("--eval-seed", type=int, default=1000,
                         help="seed of the held-out people (must differ from --seed)")
-    parser.add_argument("--vae-steps", type=integer(1), default=2000, help="VAE training steps")
+    parser.add_argument("--vae-steps", type=integer(1), default=1200, help="VAE training steps")
     parser.add_argument("--eval-steps", type=integer(1), default=20, help="DDIM steps of the evaluation")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a training config key (repeatable)")
@@ -65,7 +65,7 @@ def run(args) -> int:
     data, vae, heldout = out / "data", out / "vae", out / "heldout"
     config = load_config(args.config, [*args.overrides, f"weights.vae={vae}"])
     def make_data():
-        summary = make_dataset(data, args.identities, seed=args.seed)
+        summary = make_dataset(data, args.identities, seed=args.seed, size=config.data.tile_size)
         print(f"imagpose train all: {summary.identities} people ({len(summary.train)} train, {len(summary.test)} "
               f"test) x {summary.views_per_identity} views at {summary.image_size[1]}x{summary.image_size[0]}")
 
@@ -79,13 +79,51 @@ def run(args) -> int:
     with OutputFolder(out) as folder:
         plot_loss(curves, folder.path("loss.png"))
     phase("heldout_data", (heldout / "dataset.json").is_file(),
-          lambda: make_dataset(heldout, args.eval_identities, seed=args.eval_seed, test_fraction=0.999))
+          lambda: make_dataset(heldout, args.eval_identities, seed=args.eval_seed, size=config.data.tile_size,
+                               test_fraction=0.999))
     evaluation = []
     phase("eval", (out / "eval" / "summary.json").is_file(),
           lambda: evaluation.append(evaluate(out / "end2end" / "pipeline", heldout, out / "eval",
                                              steps=args.eval_steps, progress=progress)))
     if evaluation:
         print(evaluation[0].table())
+    write_training_record(out, config, args, timing)
     print(f"imagpose train all: {sum(v for k, v in timing.items() if k != 'total'):.0f} s in all; the trained "
           f"pipeline is {out / 'end2end' / 'pipeline'}")
     return 0
+
+
+def write_training_record(out: Path, config, args, timing: dict) -> None:
+    """``training.json`` in the final pipeline folder: how the model was made and how it scored
+    (``imagpose.pretrained.training_record`` reads it; the demo takes its tile size from it)."""
+    from ..io import OutputFolder
+    from ..pretrained import TRAINING_RECORD
+
+    def read(path: Path):
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    vae_report = read(out / "vae" / "vae_report.json") or {}
+    record = {
+        "tile_size": list(config.data.tile_size),
+        "grid": list(config.data.grid),
+        "command": "imagpose train all " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
+            ("identities", args.identities), ("seed", args.seed), ("eval_identities", args.eval_identities),
+            ("eval_seed", args.eval_seed), ("vae_steps", args.vae_steps))),
+        "data": {"identities": args.identities, "seed": args.seed, "generator": "imagpose.train.synthetic"},
+        "held_out": {"identities": args.eval_identities, "seed": args.eval_seed},
+        "seconds": timing,
+        "vae_psnr_db": vae_report.get("psnr"),
+        "final_losses": {stage: rows[-1]["loss"] for stage in config.stages
+                         if (rows := _log_rows(out / stage / "log.csv"))},
+        "evaluation": read(out / "eval" / "summary.json"),
+        "config": config.to_dict(),
+    }
+    record["config"]["weights"]["vae"] = "OUT/vae"  # the run folder's VAE, not this machine's path
+    with OutputFolder(out / "end2end" / "pipeline") as folder:
+        folder.write_json(TRAINING_RECORD, record)
+
+
+def _log_rows(path: Path) -> list[dict]:
+    from ..train.loop import read_log
+
+    return read_log(path, 10**12)
