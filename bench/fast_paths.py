@@ -13,17 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagpose import scenarios
-from imagpose.errors import IMAGPoseError
 from imagpose.export import ShapeBucket
-from imagpose.export.parity import CVABackendRuntime, trajectory_parity
 from imagpose.export.parity import fast_path_parity as preset_parity
 from imagpose.export.runtime import prepare_runtime
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.pretrained import trained_tile_size
-from imagpose.samples import sample
 
 PARITY_TILE = (64, 64)  # the preset parity's tiles, also used for a model folder that records none
+
 
 def backend_factories(backends, work_dir) -> dict:
     """``{backend: factory(method, setting)}`` for every fast path in ``backends`` ("eager" needs none). Exported
@@ -51,22 +48,7 @@ def fast_path_parity(backends, device: str, work_dir, model_dir=None, steps: int
     if model_dir is None:
         return {**preset_parity(backends, device, work_dir, steps), "model": "tiny preset (random weights)",
                 "tile_size": list(PARITY_TILE)}
-    # export.parity.fast_path_parity builds its own tiny pipeline at 64x64 tiles: the same loop, on this model
-    pipe = IMAGPosePipeline.from_pretrained(model_dir).to(device)
     tile = trained_tile_size(model_dir) or PARITY_TILE
-    request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=tile, seed=0)
-    bucket = ShapeBucket(1, *pipe.request_layout(request).padded_tile, 2, 2)
-    rows = []
-    for backend in backends:
-        try:
-            if backend in ("onnxruntime", "tensorrt"):
-                runtime = prepare_runtime(backend, pipe, work_dir, bucket,
-                                          dtype="fp16" if backend == "tensorrt" else "fp32")
-            elif backend == "triton":
-                runtime = CVABackendRuntime(pipe, "triton")
-            else:
-                continue
-            rows.append(trajectory_parity(pipe, backend, runtime, request, steps=steps))
-        except IMAGPoseError as exc:
-            rows.append({"backend": backend, "error": f"{type(exc).__name__}: {exc}"})
-    return {"rows": rows, "model": str(model_dir), "tile_size": list(tile)}
+    pipe = IMAGPosePipeline.from_pretrained(model_dir).to(device)
+    return {**preset_parity(backends, device, work_dir, steps, pipe=pipe, tile_size=tile), "model": str(model_dir),
+            "tile_size": list(tile)}

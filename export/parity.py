@@ -247,8 +247,10 @@ class CVABackendRuntime:
             self.pipe.unet.set_cva_backend("eager")
 
 
-def fast_path_parity(backends, device: str, work_dir: str | Path, steps: int = 10) -> dict:
-    """Per-step SQNR and final SSIM/PSNR of each fast path vs fp32 torch, on the tiny preset (T2, 64x64 tiles).
+def fast_path_parity(backends, device: str, work_dir: str | Path, steps: int = 10, pipe=None,
+                     tile_size: tuple[int, int] = (64, 64)) -> dict:
+    """Per-step SQNR and final SSIM/PSNR of each fast path vs fp32 torch (T2, one request at ``tile_size`` tiles) on
+    ``pipe`` (default: the tiny random-weight preset).
 
     ``backends``: any of "onnxruntime", "tensorrt" (an fp16 engine) and "triton" (the fused CVA kernels); other
     names ("eager", "torch": the reference itself) are skipped. Exported files and engines go under
@@ -261,10 +263,10 @@ def fast_path_parity(backends, device: str, work_dir: str | Path, steps: int = 1
 
     from .runtime import prepare_runtime
 
-    pipe = build_pipeline("tiny", device=device)
-    request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=(64, 64),
+    pipe = pipe if pipe is not None else build_pipeline("tiny", device=device)
+    request = scenarios.t2(*sample("person_red_front"), sample("person_red_walking")[1], tile_size=tile_size,
                            seed=0)
-    bucket = ShapeBucket(1, 64, 64, 2, 2)
+    bucket = ShapeBucket(1, *pipe.request_layout(request).padded_tile, 2, 2)
     rows = []
     for backend in backends:
         try:

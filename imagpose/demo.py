@@ -1,8 +1,8 @@
 """The demo: every user scenario of the paper on the shipped sample people, in batched pipeline calls.
 
-Until a trained checkpoint ships, the default model is the ``tiny`` preset with random weights: the demo
-then shows that every path runs end to end (canvas layout, padding, grids, batching), not image quality.
-Pass ``model=`` (a pipeline folder) to run real weights.
+The command-line demo runs the shipped trained model (``imagpose.pretrained``) at the tile height it was trained
+on; with the random-weight ``tiny`` preset it shows that every path runs end to end (canvas layout, padding, grids,
+batching), not image quality.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ class DemoScenario:
     request: PoseRequest
 
 
-def demo_scenarios(seed: int = 0) -> list[DemoScenario]:
+def demo_scenarios(seed: int = 0, tile_height: int | None = None) -> list[DemoScenario]:
+    """The scenarios; ``tile_height``: run the ones at the samples' own size at this tile height instead (the width
+    keeps the samples' aspect ratio), for a model trained at that scale."""
     def src(name):
         return sample(name)  # (image, keypoint json)
 
@@ -60,19 +62,22 @@ def demo_scenarios(seed: int = 0) -> list[DemoScenario]:
     out = []
     for i, (name, description, request) in enumerate(items):
         request.seed, request.name = seed + i, name
+        if tile_height is not None and request.tile_size is None:
+            width, height = Image.open(request.views[request.source_indices[0]].image).size
+            request.tile_size = (tile_height, round(tile_height * width / height))
         out.append(DemoScenario(name, description, request))
     return out
 
 
 def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance_scale: float = 2.0,
              eta: float = 0.0, seed: int = 0, model_label: str = "tiny (random weights)", progress: bool = True,
-             backend: str = "torch") -> dict:
+             backend: str = "torch", tile_height: int | None = None) -> dict:
     """Run every demo scenario and write ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and
     ``out_dir/summary.json``, beside what ``out_dir`` already holds. ``out_dir`` is a folder, or an open
     :class:`~imagpose.io.OutputFolder` (the caller checked it early and commits it). Returns the summary."""
     opened = isinstance(out_dir, OutputFolder)
     with contextlib.nullcontext(out_dir) if opened else OutputFolder(out_dir) as folder:
-        items = demo_scenarios(seed)
+        items = demo_scenarios(seed, tile_height)
         supported = pipe.backend.supported_grids() if hasattr(pipe.backend, "supported_grids") else set()
         skipped = [i.name for i in items if supported and tuple(i.request.grid) not in supported]
         items = [i for i in items if i.name not in skipped]

@@ -100,6 +100,7 @@ def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path
         raise InvalidArgumentError(f"Unknown stage {stage!r}; the stages are {', '.join(STAGES)}.")
     out = Path(out)
     stage_config = config.stage(stage)
+    require_matplotlib()
     accelerator = _accelerator(config, stage_config, out)
     main = accelerator.is_main_process
 
@@ -309,6 +310,17 @@ def read_log(path: Path, up_to_step: int) -> list[dict]:
     with path.open(newline="") as handle:
         rows = [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
     return [row for row in rows if row["step"] <= up_to_step]
+
+
+def require_matplotlib() -> None:
+    """loss.png needs matplotlib: fail before training, not at the first checkpoint."""
+    import importlib.util
+
+    from imagpose.errors import MissingDependencyError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingDependencyError("Training plots its loss with matplotlib, which is not installed: "
+                                     "pip install -c constraints.txt 'imagpose[train]'.")
 
 
 def plot_loss(curves: dict[str, list[dict]], path: Path, smoothing: int = 20) -> None:

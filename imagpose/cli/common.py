@@ -21,13 +21,16 @@ def add_output_argument(parser: argparse.ArgumentParser, default: str) -> None:
                              "earlier outputs of the same names) once the run succeeds")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | None = "tiny") -> None:
+    """``default_preset=None``: the command has its own default model (demo: the shipped trained one); a preset
+    is used only when named."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="DIR", default=None,
                        help="pipeline folder (IMAGPosePipeline.save_pretrained / `imagpose convert` output); "
                             "overrides --preset")
     group.add_argument("--preset", default=default_preset, choices=["tiny", "mid", "sd15"],
-                       help="architecture preset with deterministic RANDOM weights, used when --model is not given")
+                       help="architecture preset with deterministic RANDOM weights, used when --model is not given"
+                            + ("" if default_preset else " (default: the shipped trained model)"))
     group.add_argument("--weights-seed", type=int, default=0, help="seed of the random preset weights")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda or cuda:1")
     group.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="model precision")

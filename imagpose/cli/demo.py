@@ -15,12 +15,12 @@ from .common import (
 )
 
 NAME = "demo"
-HELP = "run all scenarios on the shipped sample inputs (tiny random-weight model by default)"
+HELP = "run all scenarios on the shipped sample inputs (the shipped trained tiny model by default)"
 
 
 def add_arguments(parser) -> None:
     add_output_argument(parser, "outputs/demo")
-    add_model_arguments(parser)
+    add_model_arguments(parser, default_preset=None)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)
 
@@ -29,16 +29,23 @@ def run(args) -> int:
     from ..demo import run_demo
     from ..io import OutputFolder
     from ..presets import get_preset
+    from ..pretrained import SHIPPED_MODEL, shipped_model_dir, trained_tile_size
 
+    shipped = args.model is None and args.preset is None
+    if shipped:
+        args.model = str(shipped_model_dir())
     with OutputFolder(args.out) as out:  # checked before the model loads; written when the run succeeds
         pipe = load_pipeline(args)
         pipe.set_backend(resolve_backend(pipe, args))
         steps = args.steps or (get_preset(args.preset).default_steps if not args.model else 20)
-        label = args.model or f"{args.preset} (random weights, seed {args.weights_seed})"
+        label = (f"{SHIPPED_MODEL} (shipped, trained on generated people)" if shipped
+                 else args.model or f"{args.preset} (random weights, seed {args.weights_seed})")
+        tile = trained_tile_size(args.model) if args.model else None
         print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
               f"backend {args.backend}")
         summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
-                           model_label=label, progress=not args.no_progress, backend=args.backend)
+                           model_label=label, progress=not args.no_progress, backend=args.backend,
+                           tile_height=tile[0] if tile else None)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))

@@ -1,0 +1,19 @@
+"""The shipped trained model scores better than the same architecture untrained on people it never saw (the full
+held-out evaluation is in docs/training.md; this is its quick guard)."""
+
+import torch
+
+from imagpose.pretrained import shipped_model_dir, trained_tile_size
+from imagpose.train.evaluation import evaluate
+from imagpose.train.synthetic import make_dataset
+
+HELD_OUT_SEED = 4242  # never used for training data
+
+
+def test_the_shipped_model_beats_its_untrained_self_on_unseen_people(tmp_path):
+    folder = shipped_model_dir()
+    make_dataset(tmp_path / "people", 6, seed=HELD_OUT_SEED, size=trained_tile_size(folder), test_fraction=0.99)
+    torch.manual_seed(0)
+    result = evaluate(folder, tmp_path / "people", steps=8, max_items=4)
+    assert result.summary["model"]["ssim"] > result.summary["untrained"]["ssim"] + 0.2
+    assert result.summary["model"]["color_error"] < result.summary["untrained"]["color_error"]
