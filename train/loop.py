@@ -86,6 +86,21 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def load_trainable_state(model, state: dict[str, torch.Tensor], where) -> None:
+    """Copy a checkpoint's tensors into the parameters this stage trains: exactly those names, same shapes."""
+    from imagpose.errors import InputFileError
+
+    ours = trainable_state(model)
+    if set(state) != set(ours) or any(state[k].shape != ours[k].shape for k in ours):
+        missing, extra = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+        raise InputFileError(f"Checkpoint {where} does not hold this stage's trainable parameters (missing "
+                             f"{missing[:3]}, unexpected {extra[:3]}, or shapes differ); resume it with the config "
+                             "and stage that wrote it, or start afresh without --resume.")
+    with torch.no_grad():
+        for name, parameter in ours.items():
+            parameter.copy_(state[name])
+
+
 def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path, *,
               init_from: str | Path | None = None, resume: bool = False, stop_after: int | None = None,
               progress: bool = True) -> StageResult:
@@ -149,7 +164,7 @@ def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path
     latest = checkpoints.latest_checkpoint(out) if resume else None
     if latest is not None:
         saved = checkpoints.load_checkpoint(latest)
-        accelerator.unwrap_model(model).load_state_dict(saved["model"], strict=False)
+        load_trainable_state(accelerator.unwrap_model(model), saved["model"], latest)
         optimizer.load_state_dict(saved["optimizer"])
         lr_schedule.load_state_dict(saved["state"]["lr_schedule"])
         if ema is not None and saved["ema"] is not None:
