@@ -195,6 +195,8 @@ def test_bad_settings_fail_at_construction(tiny_pipe, settings, match):
 
 CTRL_C = """
 import os, signal, sys, threading, time
+# as in an interactive shell: a shell starts background jobs with SIGINT ignored, and Python then installs no handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.set_num_threads(1)
 from imagpose import build_pipeline, scenarios
