@@ -37,6 +37,7 @@ from .memory import (
     weight_bytes,
 )
 from .runtime import Runtime, TorchRuntime
+from .samplers import check_sampler, make_sampler, step_arguments
 from .sampling_settings import check_sampling_settings
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
@@ -253,7 +254,8 @@ class IMAGPosePipeline(DiffusionPipeline):
 
     def denoise(self, runtime: Runtime, scheduler, latents, conditions: Conditions, guidance_scale, grid, eta,
                 generators, callback_on_step_end=None, progress: bool = True) -> torch.Tensor:
-        """The DDIM loop over ``scheduler.timesteps``; ``scheduler`` belongs to this call (see ``__call__``).
+        """The denoising loop over ``scheduler.timesteps`` (DDIM or a multistep solver); ``scheduler`` belongs to this
+        call (see ``__call__``).
 
         A KeyboardInterrupt (Ctrl-C) raised during a step, or by ``callback_on_step_end``, ends the loop there:
         nothing here catches it.
@@ -277,8 +279,8 @@ class IMAGPosePipeline(DiffusionPipeline):
                     uncond, cond = prediction.chunk(2)
                     prediction = uncond + guidance_scale * (cond - uncond)
                 # 7.4 x_t -> x_{t-1}
-                latents = scheduler.step(prediction, t, latents, eta=eta, generator=step_generator,
-                                         return_dict=False)[0]
+                latents = scheduler.step(prediction, t, latents, return_dict=False,
+                                         **step_arguments(scheduler, eta, step_generator))[0]
                 if callback_on_step_end is not None:
                     update = callback_on_step_end(self, i, t, {"latents": latents, "prediction": prediction})
                     latents = (update or {}).get("latents", latents)
@@ -300,6 +302,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         progress: bool = True,
         backend: Runtime | None = None,
         canvases: list[JointCanvas] | None = None,
+        sampler: str = "ddim",
     ) -> IMAGPosePipelineOutput | list[GenerationResult]:
         r"""Generate the target views of one or more requests.
 
@@ -318,6 +321,7 @@ class IMAGPosePipeline(DiffusionPipeline):
             backend: a :class:`~imagpose.runtime.Runtime` (ONNX Runtime, TensorRT, ...) for this call; default
                 ``pipe.backend`` or PyTorch.
             canvases: the requests' canvases, already built with :meth:`build_canvas` (one per request).
+            sampler: "ddim" (official), "dpmsolver++" or "unipc" (:mod:`imagpose.samplers`), on the same schedule.
 
         Raises:
             MemoryLimitError: the call's estimated peak memory exceeds the limit (:meth:`set_memory_limit`);
@@ -326,6 +330,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         # 1. check inputs
         requests = self.check_inputs(requests, num_inference_steps, guidance_scale, eta, output_type, generator,
                                      canvases)
+        check_sampler(sampler, eta)
         generators, seeds = self.resolve_generators(requests, generator)
         runtime = self.runtime(backend)
         device, dtype = self._execution_device, self.unet.dtype
@@ -347,7 +352,7 @@ class IMAGPosePipeline(DiffusionPipeline):
             # 4. encode conditions once per request (DINOv2 + FLC tokens, masked latent, flag, pose features)
             conditions = encode_conditions([canvases[i] for i in members], runtime, device, dtype)
             # 5. timesteps, on a scheduler of this call's own: threads sharing the pipeline cannot change them
-            scheduler = type(self.scheduler).from_config(self.scheduler.config)
+            scheduler = make_sampler(sampler, self.scheduler.config)
             scheduler.set_timesteps(num_inference_steps, device=device)
             # 6. initial latents, one generator per request
             latents = self.prepare_latents(scheduler, group_generators, layout.latent_size, device,

@@ -49,6 +49,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int |
                        help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
     group.add_argument("--eta", type=sampling_setting("eta", float), default=0.0,
                        help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
+    group.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],
+                       help="ddim (official) or a diffusers multistep solver on the same schedule (fewer steps)")
     group.add_argument("--seed", type=int, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -43,8 +43,8 @@ def run(args) -> int:
         tile = trained_tile_size(args.model) if args.model else None
         print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
               f"backend {args.backend}")
-        summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
-                           model_label=label, progress=not args.no_progress, backend=args.backend,
+        summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, sampler=args.sampler,
+                           seed=args.seed, model_label=label, progress=not args.no_progress, backend=args.backend,
                            tile_height=tile[0] if tile else None)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))

@@ -93,14 +93,14 @@ def run(args) -> int:
         backend = resolve_backend(pipe, args, tuple(args.grid))
         steps = args.steps or 20
         result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance, eta=args.eta,
-                      progress=not args.no_progress, backend=backend).results[0]
+                      sampler=args.sampler, progress=not args.no_progress, backend=backend).results[0]
         files = [f"target_tile{index}.png" for index in result.target_indices]
         for name, image in zip(files, result.targets):
             out.save_image(name, image)
         out.save_image("canvas.png", result.canvas)
         out.write_json("result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
                                        "steps": steps, "guidance_scale": args.guidance, "eta": args.eta,
-                                       "grid": list(args.grid),
+                                       "sampler": args.sampler, "grid": list(args.grid),
                                        "model": args.model or f"{args.preset} (random)"})
     target = Path(args.out)
     print(json.dumps({"out": str(target), "targets": [str(target / f) for f in files], "seed": result.seed}))
