@@ -51,6 +51,8 @@ from imagpose.io import MissingInputFileError, OutputFolder, read_json
 from imagpose.pose import keypoints_from_json, render_pose
 from imagpose.runtime import TorchRuntime
 
+from .data import companion as data_companion
+
 MEASURES = ("ssim", "psnr", "pose_iou", "color_error")
 LOWER_IS_BETTER = frozenset({"color_error"})
 GENERATORS = ("model", "untrained", "copy_source")
@@ -155,15 +157,14 @@ def read_test_split(data_root: Path) -> list[list[str]]:
 
 
 def companion(data_root: Path, image_path: str, folder: str, suffix: str) -> Path:
-    """The official path rule: ``.../image/X/k.png`` -> ``.../<folder>/X/k<suffix>`` (the last ``image`` folder of
-    the path; image paths are relative to the dataset folder, or absolute)."""
-    parts = Path(image_path).parts
-    if "image" not in parts[:-1]:
+    """The official path rule (:func:`imagpose.train.data.companion`) under ``data_root``; a path outside any
+    ``image`` folder is an error naming the test split."""
+    relative = data_companion(image_path, folder, suffix)
+    if relative is None:
         raise InputFileError(f"{image_path} (in {data_root / 'test.json'}) is not inside an image/ folder, so its "
                              f"pose and mask cannot be found (the rule image/X/k.png -> {folder}/X/k{suffix}); "
                              f"{DATA_FIX}.")
-    index = len(parts) - 2 - parts[:-1][::-1].index("image")
-    return data_root.joinpath(*parts[:index], folder, *parts[index + 1:-1], Path(parts[-1]).stem + suffix)
+    return data_root / relative
 
 
 def pose_input(data_root: Path, image_path: str) -> Path:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from imagpose.presets import build_components
+from imagpose.train.data import collate
 from imagpose.train.objective import (
     STAGE_DROPOUT,
     ConditionDropout,
@@ -140,12 +141,6 @@ def test_draw_objective_is_a_function_of_the_generator_state_and_rows_slice_it()
 
 
 # ----------------------------------------------------------------------------- the loss on a tiny model
-def stack_items(items: list[dict]) -> dict:
-    batch = {key: torch.stack([item[key] for item in items]) for key in items[0] if key != "grid"}
-    batch["grid"] = items[0]["grid"]
-    return batch
-
-
 @pytest.fixture(scope="module")
 def tiny_stage1():
     components = build_components("tiny", seed=0)
@@ -154,7 +149,7 @@ def tiny_stage1():
 
 def test_training_loss_is_a_finite_scalar_weighted_per_sample_by_min_snr(tiny_stage1, sample_dataset, one_thread):
     model, vae, image_encoder = tiny_stage1
-    batch = stack_items([sample_dataset[0], sample_dataset[1]])
+    batch = collate([sample_dataset[0], sample_dataset[1]])
     scheduler = training_scheduler()
     draws = draw_objective(torch.Generator().manual_seed(3), 2, LATENT, ConditionDropout(), 0.05)
     draws.timesteps = torch.tensor([10, 700])  # one down-weighted (high SNR) and one full-weight sample
@@ -173,7 +168,7 @@ def test_training_loss_is_a_finite_scalar_weighted_per_sample_by_min_snr(tiny_st
 def test_training_loss_zeroes_exactly_the_dropped_conditions(tiny_stage1, sample_dataset, one_thread):
     """The DINO input pixels of the samples drawn for it, and the reference latent fed to the FLC tokenizer."""
     model, vae, image_encoder = tiny_stage1
-    batch = stack_items([sample_dataset[2], sample_dataset[3]])
+    batch = collate([sample_dataset[2], sample_dataset[3]])
     draws = draw_objective(torch.Generator().manual_seed(4), 2, LATENT, ConditionDropout(), 0.05)
     draws.drop_dino, draws.drop_reference = torch.tensor([True, False]), torch.tensor([False, True])
     seen = {}

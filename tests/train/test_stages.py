@@ -14,6 +14,7 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.presets import build_components, get_preset
 from imagpose.train.config import WeightsConfig
+from imagpose.train.data import collate
 from imagpose.train.objective import ConditionDropout, draw_objective, training_loss, training_scheduler
 from imagpose.train.stages import (
     build_stage,
@@ -118,12 +119,6 @@ def test_the_vae_and_image_encoder_are_frozen():
 
 
 # ----------------------------------------------------------------------------- one optimiser step learns
-def stack_items(items: list[dict]) -> dict:
-    batch = {key: torch.stack([item[key] for item in items]) for key in items[0] if key != "grid"}
-    batch["grid"] = items[0]["grid"]
-    return batch
-
-
 @pytest.fixture(scope="module")
 def encoders():
     components = build_components("tiny", seed=0)
@@ -134,7 +129,7 @@ def encoders():
 def test_one_adamw_step_of_each_stage_lowers_the_loss_on_its_batch(stage, encoders, sample_dataset, one_thread):
     vae, image_encoder = encoders
     model = build_trainable(stage, "tiny", seed=0)
-    batch = stack_items([sample_dataset[0], sample_dataset[1]])
+    batch = collate([sample_dataset[0], sample_dataset[1]])
     draws = draw_objective(torch.Generator().manual_seed(0), 2, (4, 16, 16), ConditionDropout(), 0.05)
     scheduler = training_scheduler()
     frozen_before = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
