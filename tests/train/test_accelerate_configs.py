@@ -1,6 +1,7 @@
 """train/accelerate/*.yaml: accelerate's own classes read every file, `accelerate launch` accepts it for the trainer's
 command line, the FSDP wrap classes exist in our model, and the 2-process CPU file really starts two gloo processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -71,11 +72,14 @@ def test_multi_gpu_is_ddp_on_gpus():
 
 
 PROBE = """
+import json, sys
 import torch.distributed as dist
 from accelerate import Accelerator
 accelerator = Accelerator()  # as the training loop makes it
-print("PROBE", accelerator.process_index, accelerator.num_processes, accelerator.distributed_type.value,
-      dist.get_backend(), accelerator.device.type, flush=True)
+report = [accelerator.process_index, accelerator.num_processes, accelerator.distributed_type.value, dist.get_backend(),
+          accelerator.device.type]
+with open(f"rank{accelerator.process_index}.json", "w") as handle:  # a file per rank: the launcher owns stdout
+    json.dump(report, handle)
 """
 
 
@@ -87,5 +91,5 @@ def test_cpu_2proc_starts_two_gloo_processes_on_the_cpu(tmp_path):
                            str(CONFIGS / "cpu_2proc.yaml"), str(script)], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = sorted(line.split()[1:] for line in done.stdout.splitlines() if line.startswith("PROBE"))
-    assert lines == [["0", "2", "MULTI_CPU", "gloo", "cpu"], ["1", "2", "MULTI_CPU", "gloo", "cpu"]]
+    reports = sorted(json.loads(path.read_text()) for path in tmp_path.glob("rank*.json"))
+    assert reports == [[0, 2, "MULTI_CPU", "gloo", "cpu"], [1, 2, "MULTI_CPU", "gloo", "cpu"]], done.stdout + done.stderr
