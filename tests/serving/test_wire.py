@@ -1,0 +1,73 @@
+"""The wire format: a request survives the trip (the served pipeline gets the same canvas), results come back
+bit for bit, and every malformed field is a WireFormatError that names it."""
+
+import base64
+import json
+
+import pytest
+import torch
+
+from imagpose import scenarios
+from imagpose.pose import keypoints_from_json
+from imagpose.samples import sample
+from imagpose.serving.wire import (
+    SamplingSettings,
+    WireFormatError,
+    request_from_json,
+    request_to_json,
+    result_from_json,
+    result_to_json,
+)
+
+
+def t2_request(seed=3):
+    image, pose = sample("person_red_front")
+    _, target = sample("person_red_walking")
+    return scenarios.t2(image, pose, keypoints_from_json(target), seed=seed, tile_size=(64, 64), name="a")
+
+
+def test_a_request_round_trips_to_the_same_canvas(tiny_pipe):
+    request = t2_request()
+    wire = json.loads(json.dumps(request_to_json(request, SamplingSettings(4, 1.5, "unipc"))))
+    parsed = request_from_json(wire)
+    assert parsed.settings == SamplingSettings(4, 1.5, "unipc")
+    assert (parsed.request.grid, parsed.request.tile_size, parsed.request.seed, parsed.request.name) == (
+        (2, 2), (64, 64), 3, "a")
+    ours, theirs = tiny_pipe.build_canvas(request), tiny_pipe.build_canvas(parsed.request)
+    assert ours.layout == theirs.layout and ours.roles == theirs.roles
+    for name in ("person", "pose", "flag"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    assert ours.reference.tobytes() == theirs.reference.tobytes()
+
+
+def test_a_result_round_trips_bit_for_bit(tiny_pipe):
+    result = tiny_pipe(t2_request(), num_inference_steps=2, progress=False).results[0]
+    back = result_from_json(json.dumps(result_to_json(result)))
+    assert torch.equal(back.latents, result.latents)
+    assert back.target_indices == result.target_indices and back.seed == result.seed and back.name == "a"
+    assert [im.tobytes() for im in back.targets] == [im.tobytes() for im in result.targets]
+    assert back.canvas.tobytes() == result.canvas.tobytes()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d.update(views="x"), "views must be"),
+    (lambda d: d["views"][0].update(image="not base64!"), "views[0].image is not valid base64"),
+    (lambda d: d["views"][0].update(image=base64.b64encode(b"garbage").decode()), "views[0].image is not a readable"),
+    (lambda d: d.update(grid=[2]), "grid must be two positive integers"),
+    (lambda d: d.update(seed=-1), "seed must be"),
+    (lambda d: d.update(colour="red"), "unknown keys ['colour']"),
+    (lambda d: d["settings"].update(sampler="euler"), "sampler 'euler' is unknown"),
+    (lambda d: d["settings"].update(num_inference_steps="20"), "num_inference_steps must be an integer"),
+    (lambda d: d["settings"].update(guidance_scale=None), "guidance_scale must be a number"),
+])
+def test_malformed_requests_name_the_field(edit, words):
+    data = request_to_json(t2_request())
+    edit(data)
+    with pytest.raises(WireFormatError, match=None) as info:
+        request_from_json(json.dumps(data))
+    assert words in str(info.value)
+
+
+def test_not_json_is_a_wire_error():
+    with pytest.raises(WireFormatError, match="not JSON"):
+        request_from_json(b"{nope")
