@@ -1,0 +1,55 @@
+"""Clients of a served pipeline, one interface whatever serves it.
+
+    with connect("http://localhost:8000") as client:            # Triton over HTTP (default kind)
+        results = client.generate([request1, request2], SamplingSettings(num_inference_steps=20))
+    connect("grpc://localhost:8001")                             # Triton over gRPC
+    connect("http://localhost:8000", kind="ray")                 # the Ray Serve HTTP service
+
+``generate`` takes the pipeline's request objects and returns the pipeline's result type
+(:class:`~imagpose.pipeline.GenerationResult`, PIL images), in request order; several requests are sent
+concurrently, so the server may batch them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from imagpose.canvas import PoseRequest
+from imagpose.errors import InvalidArgumentError
+from imagpose.pipeline import GenerationResult
+
+from .wire import SamplingSettings
+
+KINDS = ("triton", "ray")
+
+
+class GenerationClient(Protocol):
+    url: str
+
+    def generate(self, requests: PoseRequest | list[PoseRequest],
+                 settings: SamplingSettings | None = None) -> list[GenerationResult]: ...
+
+    def ready(self) -> bool: ...
+
+    def batch_sizes(self) -> dict[int, int]:
+        """How many batches of each size the server formed for generation requests since it started."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> GenerationClient: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+def connect(url: str, kind: str = "triton", **options) -> GenerationClient:
+    """A client for ``url``: ``kind`` "triton" (``http://`` or ``grpc://``) or "ray" (``http://``)."""
+    if kind not in KINDS:
+        raise InvalidArgumentError(f"Unknown server kind {kind!r}; choose from {', '.join(KINDS)}.")
+    if kind == "triton":
+        from .triton.client import TritonClient
+
+        return TritonClient(url, **options)
+    from .ray_client import RayServeClient
+
+    return RayServeClient(url, **options)
