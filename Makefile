@@ -17,7 +17,7 @@ $(VENV)/.stamp-run: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-run
-	$(PIP) install --quiet -c constraints.txt -e ".[dev,export,cpu,kernels,bench,train,serve]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,export,cpu,kernels,bench,train,serve,quant]"
 	touch $@
 
 demo: $(VENV)/.stamp-run  ## set up and run every scenario on the shipped samples -> outputs/demo/
