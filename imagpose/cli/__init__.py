@@ -13,9 +13,9 @@ import sys
 import traceback
 
 from ..errors import IMAGPoseError
-from . import bench, convert, demo, env, export, generate, parity, train, verify
+from . import bench, convert, demo, env, export, generate, loadtest, parity, serve, train, verify
 
-SUBCOMMANDS = (demo, generate, convert, verify, export, parity, bench, train, env)
+SUBCOMMANDS = (demo, generate, convert, verify, export, parity, bench, train, serve, loadtest, env)
 BUG_REPORT = ("This is a bug in imagpose, not a problem with your input: please report it with the traceback "
               "above and the output of `imagpose env`.")
 
