@@ -1,0 +1,127 @@
+"""The ``imagpose`` model's work: wire-format requests in, the pipeline's own call over in-server network models,
+wire-format results out.
+
+Triton's dynamic batcher hands :meth:`Orchestrator.execute` every request queued within the batching delay;
+requests with the same sampling settings run as one ``IMAGPosePipeline.__call__`` (the pipeline batches those of one
+canvas geometry into shared UNet calls). A request the user can fix (any :class:`~imagpose.errors.IMAGPoseError`:
+malformed JSON, a grid or tile size this repository does not serve, bad settings, the memory limit) gets an
+INVALID_ARG error (HTTP 400) naming the problem, and the other requests of the batch are answered; any other
+exception is a bug: its traceback goes to the server log and the requests of that pipeline call get an error.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from imagpose.errors import IMAGPoseError, InvalidArgumentError
+from imagpose.io import read_json_file
+
+from ..wire import SamplingSettings, request_from_json, result_to_json
+from .model_configs import REQUEST_INPUT, RESULT_OUTPUT
+from .pipeline_configs import load_config_only_pipeline
+from .runtime import TritonModelRuntime
+
+SERVING_RECORD = "serving.json"  # in the orchestrator's version folder: what the repository serves
+
+
+class Orchestrator:
+    def __init__(self, pb_utils, version_folder: str | Path):
+        folder = Path(version_folder)
+        self.pb_utils = pb_utils
+        self.record = read_json_file(folder / SERVING_RECORD, "rebuild the repository with `imagpose export triton`")
+        self.pipe = load_config_only_pipeline(folder / "pipeline")
+        self.grid = tuple(self.record["grid"])
+        self.runtime = TritonModelRuntime(pb_utils, self.record["input_types"], self.grid, self.record["models"])
+        self.latent_sizes = [tuple(size) for size in self.record["latent_sizes"] or []]  # static shapes only
+        self.unet_rows = self.record["unet_rows"]  # [min, max] rows per UNet call, or None (any)
+
+    # ------------------------------------------------------------------ one execute() of the dynamic batcher
+    def execute(self, requests) -> list:
+        parsed, errors = {}, {}
+        for index, request in enumerate(requests):
+            rows = self.pb_utils.get_input_tensor_by_name(request, REQUEST_INPUT).as_numpy().reshape(-1)
+            try:
+                parsed[index] = [self.parse(row) for row in rows]
+            except IMAGPoseError as exc:
+                errors[index] = exc
+        groups: dict[SamplingSettings, list[tuple[int, int]]] = {}
+        for index, items in parsed.items():
+            for row, item in enumerate(items):
+                groups.setdefault(item.settings, []).append((index, row))
+        answers = {}
+        for settings, members in groups.items():
+            outcomes = self.generate([parsed[i][row] for i, row in members], settings)
+            for (index, row), outcome in zip(members, outcomes):
+                if isinstance(outcome, BaseException):
+                    errors.setdefault(index, outcome)
+                else:
+                    answers[index, row] = outcome
+        return [self.response(index, len(parsed.get(index, ())), answers, errors.get(index))
+                for index in range(len(requests))]
+
+    def response(self, index: int, rows: int, answers: dict, error: BaseException | None):
+        pb = self.pb_utils
+        if error is not None:
+            code = pb.TritonError.INVALID_ARG if isinstance(error, IMAGPoseError) else pb.TritonError.INTERNAL
+            return pb.InferenceResponse(error=pb.TritonError(str(error), code))
+        data = np.array([[answers[index, row]] for row in range(rows)], dtype=np.object_)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(RESULT_OUTPUT, data)])
+
+    # ------------------------------------------------------------------ requests
+    def parse(self, data: bytes):
+        """A wire request, checked against what this repository serves before anything runs."""
+        wire = request_from_json(data)
+        wire.settings.check(self.pipe.scheduler.config.num_train_timesteps)
+        request = wire.request
+        if tuple(request.grid) != self.grid:
+            raise InvalidArgumentError(f"This server's UNet bakes in the {self.grid[0]}x{self.grid[1]} grid; the "
+                                       f"request uses {request.grid[0]}x{request.grid[1]}. Send grid "
+                                       f"{list(self.grid)}, or serve a repository exported with --grid "
+                                       f"{request.grid[0]}x{request.grid[1]}.")
+        if self.latent_sizes:
+            layout = self.pipe.request_layout(request)
+            if layout.latent_size not in self.latent_sizes:
+                tiles = ", ".join(f"{h}x{w}" for h, w in self.record["tile_sizes"])
+                raise InvalidArgumentError(
+                    f"This server's networks take static shapes: tiles of {tiles} (padded to multiples of "
+                    f"{self.pipe.pad_multiple}); the request's tiles are {layout.tile_height}x{layout.tile_width}. "
+                    "Send tile_size accordingly, or serve engines built with `imagpose export trt --dynamic`.")
+        return wire
+
+    def generate(self, items: list, settings: SamplingSettings) -> list:
+        """Results (wire JSON bytes) or exceptions, one per item: the items run as few pipeline calls as the served
+        UNet's batch allows; a call that fails on a user error is retried per request, so only the bad ones fail."""
+        per_request = 2 if settings.guidance_scale > 1.0 else 1  # UNet rows: [uncond, cond] under CFG
+        size = len(items) if self.unet_rows is None else self.unet_rows[1] // per_request
+        if size < 1:
+            error = InvalidArgumentError(self._rows_message(settings, per_request))
+            return [error] * len(items)
+        outcomes = []
+        for start in range(0, len(items), size):
+            outcomes += self._call(items[start:start + size], settings, per_request)
+        return outcomes
+
+    def _call(self, items: list, settings: SamplingSettings, per_request: int) -> list:
+        if self.unet_rows is not None and per_request * len(items) < self.unet_rows[0]:
+            return [InvalidArgumentError(self._rows_message(settings, per_request))] * len(items)
+        try:
+            output = self.pipe([item.request for item in items], output_type="pil", progress=False,
+                               backend=self.runtime, **settings.pipeline_arguments())
+        except IMAGPoseError as exc:
+            if len(items) == 1:
+                return [exc]
+            return [outcome for item in items for outcome in self._call([item], settings, per_request)]
+        except Exception as exc:  # a bug: its traceback in the server log, an error for these requests only
+            self.pb_utils.Logger.log_error(f"imagpose: a pipeline call failed:\n{traceback.format_exc()}")
+            return [exc] * len(items)
+        return [json.dumps(result_to_json(result)).encode() for result in output.results]
+
+    def _rows_message(self, settings: SamplingSettings, per_request: int) -> str:
+        low, high = self.unet_rows
+        return (f"The served UNet takes {low} to {high} rows per call; guidance_scale {settings.guidance_scale} runs "
+                f"{per_request} row(s) per request. Use guidance_scale {'> 1' if per_request == 1 else '<= 1'}, or "
+                "serve engines whose UNet profile covers it (imagpose export trt --bucket).")

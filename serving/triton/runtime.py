@@ -1,0 +1,55 @@
+"""The pipeline's Runtime inside a Triton server: every network call is a request to the repository's model of
+that network (Triton's business-logic scripting, ``pb_utils.InferenceRequest(...).exec()``).
+
+``pb_utils`` (``triton_python_backend_utils``, which exists only inside the Python backend) is passed in, so the
+class imports anywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from imagpose.export.components import CONTRACTS
+from imagpose.export.runtime.base import ExportedRuntime
+
+NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
+
+
+class NetworkModelError(RuntimeError):
+    """A network model answered with an error the orchestrator did not foresee (the server's problem, not the
+    request's: shapes and grids are checked before anything runs)."""
+
+
+class TritonModelRuntime(ExportedRuntime):
+    """Runs each component on the Triton model of that name (``models`` maps component -> model name).
+
+    ``input_types``: {component: {input: "TYPE_FP32" | "TYPE_FP16"}}, the tensors' types in the models' configs;
+    ``grid``: the view grid the served UNet bakes in.
+    """
+
+    name = "triton"
+
+    def __init__(self, pb_utils, input_types: dict, grid: tuple[int, int], models: dict | None = None):
+        self.pb_utils = pb_utils
+        self.input_types = input_types
+        self.grid = tuple(grid)
+        self.models = models or {component: component for component in CONTRACTS}
+
+    def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor:
+        contract = CONTRACTS[component]
+        types = self.input_types[component]
+        tensors = [self.pb_utils.Tensor(name, np.ascontiguousarray(t.detach().cpu().numpy().astype(NUMPY_TYPES[
+            types[name]], copy=False))) for name, t in zip(contract.input_names, inputs)]
+        request = self.pb_utils.InferenceRequest(model_name=self.models[component], inputs=tensors,
+                                                 requested_output_names=contract.output_names)
+        response = request.exec()
+        if response.has_error():
+            raise NetworkModelError(f"Model {self.models[component]!r} failed: {response.error().message()}")
+        out = self.pb_utils.get_output_tensor_by_name(response, contract.output_names[0]).as_numpy()
+        reference = inputs[0]
+        dtype = reference.dtype if reference.is_floating_point() else torch.float32
+        return torch.from_numpy(np.array(out)).to(reference.device, dtype)
+
+    def supported_grids(self) -> set[tuple[int, int]]:
+        return {self.grid}
