@@ -267,8 +267,10 @@ def random_pipeline_like(pipe, seed: int = 0):
 
 
 def generate(pipe, items: list[EvalItem], data_root: Path, steps: int, guidance_scale: float, seed: int,
-             backend=None, batch_size: int = 8, progress: bool = False) -> list[torch.Tensor]:
-    """The target tile of every item: T2 requests at the items' tile size, seed ``seed + index``."""
+             backend=None, batch_size: int = 8, progress: bool = False,
+             pipeline_arguments: dict | None = None) -> list[torch.Tensor]:
+    """The target tile of every item: T2 requests at the items' tile size, seed ``seed + index``;
+    ``pipeline_arguments``: further keyword arguments of the pipeline call (sampler, ...)."""
     requests = []
     for index, item in enumerate(items):
         size = tuple(item.target.shape[-2:])
@@ -278,7 +280,7 @@ def generate(pipe, items: list[EvalItem], data_root: Path, steps: int, guidance_
     tiles = []
     for start in range(0, len(requests), batch_size):
         results = pipe(requests[start:start + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       output_type="pt", progress=progress, backend=backend).results
+                       output_type="pt", progress=progress, backend=backend, **(pipeline_arguments or {})).results
         tiles += [result.targets[0] for result in results]
     return tiles
 

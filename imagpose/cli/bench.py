@@ -46,11 +46,32 @@ def add_arguments(parser) -> None:
     report = sub.add_parser("report", help="re-render report.md / plots from a results.json folder",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     report.add_argument("folder", help="folder holding results.json")
+    quality = sub.add_parser(
+        "quality", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="speed and quality of the fast-sampling options on held-out people (table + Pareto plot)",
+        description="Every sampler, step count, guidance interval, DeepCache and INT8 setting generates the same "
+                    "held-out people beside the default (DDIM 20, CFG every step): seconds per image, exact "
+                    "full-size FLOPs, SSIM/PSNR against the default's output and the trainer's measures against "
+                    "the ground truth. Writes report.md, results.json, results.csv and speed_quality.png.")
+    quality.add_argument("--model", default=None, metavar="DIR",
+                         help="a trained pipeline folder (default: the shipped trained model)")
+    quality.add_argument("--data", default=None, metavar="DIR",
+                         help="dataset folder with test.json (default: the model's held-out people, generated "
+                              "into --work-dir from the seed its training.json records)")
+    quality.add_argument("--sweep", default="full", choices=["full", "quick"], help="which settings to run")
+    quality.add_argument("--items", type=int, default=24, help="held-out items scored per setting")
+    quality.add_argument("--batch-size", type=int, default=8, help="requests per pipeline call")
+    quality.add_argument("--out", default="outputs/bench/quality", help="report folder")
+    quality.add_argument("--work-dir", default=None,
+                         help="held-out data and ONNX/INT8 exports, reused between runs (default: OUT/work)")
+    quality.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args) -> int:
     from ..bench.report import write_report
 
+    if args.bench_command == "quality":
+        return run_quality(args)
     if args.bench_command == "report":
         data = json.loads((Path(args.folder) / "results.json").read_text())
         suite = {key: data[key] for key in ("environment", "results", "imagpose_weights") if key in data}
@@ -102,6 +123,46 @@ def run(args) -> int:
         if name != "md":
             print(f"  {name}: {path}")
     return 0
+
+
+def run_quality(args) -> int:
+    from ..bench.quality import run_quality_bench, sweep
+    from ..bench.quality_report import write_quality_report
+    from ..errors import InvalidArgumentError
+    from ..io import OutputFolder
+    from ..pretrained import shipped_model_dir, training_record
+    from ..timing import Stopwatch
+
+    if args.items < 1 or args.batch_size < 1:
+        raise InvalidArgumentError(f"--items and --batch-size must be >= 1, got {args.items} and {args.batch_size}.")
+    model = Path(args.model) if args.model else shipped_model_dir()
+    out = Path(args.out)
+    work_dir = Path(args.work_dir) if args.work_dir else out / "work"
+    data = Path(args.data) if args.data else held_out_people(model, work_dir / "heldout", training_record)
+    with OutputFolder(out) as folder, Stopwatch() as watch:
+        results = run_quality_bench(model, data, sweep(args.sweep), work_dir, max_items=args.items,
+                                    batch_size=args.batch_size, progress=not args.no_progress)
+        names = write_quality_report(results, folder)
+    print(f"bench quality: {len(results['results'])} settings on {results['items']} items in {watch.seconds:.0f} s")
+    print((out / "report.md").read_text().split("\n## Best")[0].split("\n\n", 2)[-1])
+    for name in names:
+        print(f"  {out / name}")
+    return 0
+
+
+def held_out_people(model: Path, folder: Path, training_record) -> Path:
+    """The model's held-out people (training.json: seed and count never used in training), made once."""
+    from ..errors import InvalidArgumentError
+    from ..train.synthetic import make_dataset
+
+    record = training_record(model)
+    if record is None or "held_out" not in record:
+        raise InvalidArgumentError(f"{model} records no held-out people (no training.json with 'held_out'); pass "
+                                   "--data DIR (a dataset from `imagpose train make-data`).")
+    if not (folder / "dataset.json").is_file():
+        make_dataset(folder, record["held_out"]["identities"], seed=record["held_out"]["seed"],
+                     size=tuple(record["tile_size"]), test_fraction=0.999)
+    return folder
 
 
 def _names(text: str) -> list[str]:
