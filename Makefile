@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 FIXTURES ?= tests/fixtures/official
 
-.PHONY: demo test test-slow bench verify lint clean
+.PHONY: .venv-triton demo test test-slow bench verify lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,22 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-run
 demo: $(VENV)/.stamp-run  ## set up and run every scenario on the shipped samples -> outputs/demo/
 	$(BIN)/imagpose demo --out outputs/demo
 
-test: $(VENV)/.stamp-dev  ## set up and run the default test tier (CPU, < 15 min on 2 cores)
-	$(BIN)/pytest
+# The Triton server environment: the tritonserver binary of the nvidia-pytriton wheel, which pins numpy<2, beside
+# imagpose (the Python models import it), ONNX Runtime and onnx, with the overrides of serving/triton/server-constraints.txt
+TRITON_ENV ?= .venv-triton
+SERVER_CONSTRAINTS := serving/triton/server-constraints.txt
+
+$(TRITON_ENV)/.stamp: pyproject.toml constraints.txt $(SERVER_CONSTRAINTS)
+	$(PYTHON) -m venv $(TRITON_ENV)
+	grep -v '^opencv' constraints.txt | cat - $(SERVER_CONSTRAINTS) > $(TRITON_ENV)/constraints.txt
+	$(TRITON_ENV)/bin/pip install --quiet -c $(TRITON_ENV)/constraints.txt -e '.[cpu]' nvidia-pytriton onnx
+	touch $@
+
+.venv-triton: $(TRITON_ENV)/.stamp  ## the Triton server environment the end-to-end serving tests start servers from
+
+# IMAGPOSE_REQUIRE_SERVERS=1: a missing server environment fails the serving tests instead of skipping them
+test: $(VENV)/.stamp-dev $(TRITON_ENV)/.stamp  ## set up and run the default test tier (CPU, < 15 min on 2 cores)
+	IMAGPOSE_REQUIRE_SERVERS=1 IMAGPOSE_TRITON_ENV=$(abspath $(TRITON_ENV)) $(BIN)/pytest
 
 test-slow: $(VENV)/.stamp-dev  ## full-size (SD1.5) tests, several minutes each on CPU
 	$(BIN)/pytest -m slow

@@ -6,3 +6,12 @@
 
 Import-light: tritonclient and Ray are imported by the modules that need them.
 """
+
+
+def __getattr__(name: str):
+    # TritonClient is exported lazily: tritonclient is imported only when it is used
+    if name == "TritonClient":
+        from .triton.client import TritonClient
+
+        return TritonClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

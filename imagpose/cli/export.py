@@ -3,7 +3,10 @@
   imagpose export onnx --preset tiny --out onnx/                    every component, fp32, opset 17, dynamic
   imagpose export onnx --model DIR --dtype fp16 --out onnx_fp16/
   imagpose export check-trt onnx/unet.onnx --trt-version 10.1       exit 1 on a blocker
-  imagpose export trt --onnx onnx_fp16/ --out engines/ --bucket 1,512x512,2x2 --bucket 2,512x512,2x2"""
+  imagpose export trt --onnx onnx_fp16/ --out engines/ --bucket 1,512x512,2x2 --bucket 2,512x512,2x2
+  imagpose export triton --model DIR --runtime onnxruntime --out repo/     Triton model repository (docs/serving.md)
+  imagpose export triton --model DIR --runtime tensorrt --engines engines/ --out repo/
+  imagpose export triton --check repo/                               validate offline, exit 1 on a problem"""
 
 from __future__ import annotations
 
@@ -13,12 +16,12 @@ import logging
 from .common import add_model_arguments, parse_grid, parse_size
 
 NAME = "export"
-HELP = "ONNX export, TensorRT compatibility check, TensorRT engine builds"
+HELP = "ONNX export, TensorRT compatibility check, TensorRT engine builds, Triton model repositories"
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="export_command", required=True, metavar="WHAT",
-                                help="onnx | check-trt | trt")
+                                help="onnx | check-trt | trt | triton")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     onnx = sub.add_parser("onnx", help="export components to ONNX (cached, atomic)", formatter_class=fmt)
@@ -59,6 +62,34 @@ def add_arguments(parser) -> None:
     trt.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
     trt.add_argument("--dry-run", action="store_true", help="print the plans and trtexec commands, build nothing")
 
+    triton = sub.add_parser("triton", help="write a Triton Inference Server model repository, or --check one",
+                            formatter_class=fmt)
+    add_model_arguments(triton)
+    triton.add_argument("--runtime", choices=["tensorrt", "onnxruntime", "python"], default=None,
+                        help="network models: tensorrt_plan (needs --engines), onnxruntime_onnx, or python (ONNX "
+                             "Runtime in the Python backend, for servers without the onnxruntime backend)")
+    triton.add_argument("--out", default=None, help="repository folder (written beside what is there, atomically)")
+    triton.add_argument("--check", metavar="REPO", default=None,
+                        help="validate REPO offline (Triton's config schema, shapes against the ONNX files or the "
+                             "engines' build records) instead of writing one; exit 1 on a problem")
+    triton.add_argument("--onnx", metavar="DIR", default=None,
+                        help="an `imagpose export onnx` folder of this model to serve (default: export now)")
+    triton.add_argument("--engines", metavar="DIR", default=None,
+                        help="an `imagpose export trt` folder (one engine per network) for --runtime tensorrt")
+    triton.add_argument("--export-dtype", default="fp32", choices=["fp32", "fp16"],
+                        help="precision of the graphs exported now")
+    triton.add_argument("--opset", type=int, default=17, help="ONNX opset of the graphs exported now")
+    triton.add_argument("--static", action="store_true", help="export static shapes (the sample bucket) only")
+    triton.add_argument("--tile-size", type=parse_size, default=(512, 512), help="sample tile HEIGHTxWIDTH")
+    triton.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS grid baked into the UNet")
+    triton.add_argument("--max-batch", type=int, default=8,
+                        help="requests the orchestrator's dynamic batcher runs as one pipeline call")
+    triton.add_argument("--queue-delay-ms", type=float, default=50.0, help="how long the batcher waits for more")
+    triton.add_argument("--instances", type=int, default=1, help="orchestrator instances")
+    triton.add_argument("--network-instances", type=int, default=1, help="instances of each network model")
+    triton.add_argument("--instance-kind", choices=["gpu", "cpu"], default=None,
+                        help="where the networks run (default: gpu for tensorrt, cpu otherwise)")
+
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -66,6 +97,8 @@ def run(args) -> int:
         return _onnx(args)
     if args.export_command == "check-trt":
         return _check(args)
+    if args.export_command == "triton":
+        return _triton(args)
     return _trt(args)
 
 
@@ -118,4 +151,34 @@ def _trt(args) -> int:
     for plan in plans:
         status = "planned" if args.dry_run else ("reused" if plan.reused else "built")
         print(f"{plan.engine_path.name:<36} {status}\n  {plan.trtexec_command()}")
+    return 0
+
+
+def _triton(args) -> int:
+    from ..errors import InvalidArgumentError
+    from ..export import ExportOptions, ShapeBucket
+    from ..serving.triton.repository import RepositoryOptions, write_repository
+    from ..serving.triton.validate import validate_repository
+    from .common import load_pipeline
+
+    if args.check:
+        problems = validate_repository(args.check)
+        for problem in problems:
+            print("  " + problem)
+        print(f"check {args.check}: " + (f"FAIL ({len(problems)} problem(s))" if problems else "OK"))
+        return 1 if problems else 0
+    if not args.runtime or not args.out:
+        raise InvalidArgumentError("imagpose export triton needs --runtime and --out to write a repository (or "
+                                   "--check REPO to validate one).")
+    options = RepositoryOptions(args.runtime, max_batch_size=args.max_batch, queue_delay_ms=args.queue_delay_ms,
+                                instances=args.instances, network_instances=args.network_instances,
+                                instance_kind=args.instance_kind)
+    export_options = ExportOptions(dtype=args.export_dtype, opset=args.opset, dynamic=not args.static,
+                                   bucket=ShapeBucket(1, *args.tile_size, *args.grid))
+    pipe = load_pipeline(args)
+    repo = write_repository(pipe, args.out, options, onnx_dir=args.onnx, export_options=export_options,
+                            engines_dir=args.engines)
+    print(f"{repo}: Triton model repository ({args.runtime}), validated. Serve it with\n"
+          f"  docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v {repo.resolve()}:/models "
+          "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
     return 0

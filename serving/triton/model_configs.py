@@ -74,8 +74,16 @@ def shapes_from_profile(component: str, profile: dict, model_config: dict, dtype
         for axis, symbol in enumerate(spec.shape):
             if isinstance(symbol, str):
                 values[symbol] = low[axis] if low[axis] == high[axis] else -1
-    if "N" in values and "F" not in values:  # the UNet's context is N = T + F tokens; F only for the record
-        values["F"] = -1 if values["N"] == -1 else values["N"] - values["T"]
+    # the output axes no input has, from the input axes they follow (the contracts' definitions, axis_values)
+    scale, patch = model_config["vae_scale"], model_config["flc_patch"]
+    for latent, pixel in (("H", "PH"), ("W", "PW")):
+        if pixel in values and latent not in values:
+            values[latent] = -1 if values[pixel] == -1 else values[pixel] // scale
+        if latent in values and pixel not in values:
+            values[pixel] = -1 if values[latent] == -1 else values[latent] * scale
+    if "H" in values and "F" not in values:
+        fixed = values["H"] != -1 and values["W"] != -1
+        values["F"] = (values["H"] // patch) * (values["W"] // patch) if fixed else -1
     return _shapes(component, values, dtype)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from imagpose.export.components import CONTRACTS
+from imagpose.export.components import COMPONENTS, CONTRACTS
 from imagpose.export.runtime.base import ExportedRuntime
 
 NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
@@ -34,7 +34,7 @@ class TritonModelRuntime(ExportedRuntime):
         self.pb_utils = pb_utils
         self.input_types = input_types
         self.grid = tuple(grid)
-        self.models = models or {component: component for component in CONTRACTS}
+        self.models = models or {component: component for component in COMPONENTS}
 
     def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor:
         contract = CONTRACTS[component]
