@@ -47,7 +47,7 @@ def sample_requests(count: int, tile_size: tuple[int, int], seed: int = 0) -> li
         raise InvalidArgumentError(f"The load needs at least one request, got {count!r}.")
     names = sample_names()
     pairs = [(person, target) for person in names if person.endswith("_front")
-             for target in names if target != person and target.rsplit("_", 1)[0] == person.rsplit("_", 1)[0]]
+             for target in names if target != person and target.startswith(person[:-len("front")])]
     if not pairs:  # every shipped person has a front view; other sample sets pose every sample as the next one
         pairs = [(name, names[(i + 1) % len(names)]) for i, name in enumerate(names)]
     requests = []
