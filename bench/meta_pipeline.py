@@ -6,6 +6,10 @@ DDIM update reads the timestep's value. So the pipeline runs on the CPU exactly 
 assembly, conditions, CFG batching, the scheduler) and only its network calls go to the meta device:
 :class:`MetaRuntime` moves each call's tensors to meta, runs the network there, where FlopCounterMode sees it,
 and hands the pipeline zeros of the output's shape and dtype on the CPU.
+
+The DeepCache steps and the guidance interval go through the same runtime calls (``unet_deepcache_full`` /
+``unet_deepcache_shallow``, and ``unet`` at B or 2B rows), so their FLOPs are counted as they run: a cached step
+counts only its shallow path.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class MetaRuntime:
     def _call(self, network: str, *args):
         args = [arg.to("meta") if torch.is_tensor(arg) else arg for arg in args]
         output = getattr(self.inner, network)(*args)
+        if isinstance(output, tuple):  # DeepCache's full step: (prediction, deep feature)
+            return tuple(torch.zeros(o.shape, dtype=o.dtype, device="cpu") for o in output)
         return torch.zeros(output.shape, dtype=output.dtype, device="cpu")
 
     def image_encoder(self, pixels):
@@ -54,6 +60,13 @@ class MetaRuntime:
 
     def unet(self, sample, timestep, context, pose_features, grid):
         return self._call("unet", sample, timestep, context, pose_features, grid)
+
+    def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
+        return self._call("unet_deepcache_full", sample, timestep, context, pose_features, grid, branch)
+
+    def unet_deepcache_shallow(self, sample, timestep, context, pose_features, deep_feature, grid, branch):
+        return self._call("unet_deepcache_shallow", sample, timestep, context, pose_features, deep_feature, grid,
+                          branch)
 
     def vae_decode(self, latents):
         return self._call("vae_decode", latents)

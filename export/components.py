@@ -7,6 +7,11 @@ Axis symbols (resolved per :class:`ShapeBucket` and model config by :func:`axis_
     N     context tokens = T + F               T    DINOv2 tokens (static: 1 + (224 / patch)^2)
     F     FLC tokens = (H / 16)(W / 16)         D    context width, C0 UNet width (static)
 The UNet graph bakes in its view grid (rows x cols): the CVA split reshapes by it.
+
+DeepCache graphs (exported only when asked: ``ExportOptions(deepcache_branches=(k, ...))``), one pair per skip branch
+k: ``unet_deepcache_full_b<k>`` (the UNet's inputs; outputs prediction and ``deep_feature``) and
+``unet_deepcache_shallow_b<k>`` (the UNet's inputs and ``deep_feature``; output prediction). The deep feature is
+(2B, CF<k>, HF<k>, WF<k>): CF<k> channels at H / 2**l x W / 2**l (``IMAGPoseUNet.deepcache_feature``).
 """
 
 from __future__ import annotations
@@ -18,10 +23,32 @@ from torch import nn
 
 from imagpose.canvas import GridLayout
 from imagpose.errors import InvalidArgumentError
-from imagpose.runtime import RUNTIME_METHODS, TorchRuntime
+from imagpose.runtime import DEEPCACHE_METHODS, RUNTIME_METHODS, TorchRuntime
 
-COMPONENTS = tuple(RUNTIME_METHODS)
-DYNAMIC_SYMBOLS = ("B", "2B", "H", "W", "PH", "PW", "N", "F")
+COMPONENTS = tuple(RUNTIME_METHODS)  # what an export holds by default
+MAX_DEEPCACHE_BRANCHES = 24  # contracts exist for branches 0..23 (SD1.5 has 12)
+DYNAMIC_SYMBOLS = ("B", "2B", "H", "W", "PH", "PW", "N", "F") + tuple(
+    f"{axis}F{k}" for k in range(MAX_DEEPCACHE_BRANCHES) for axis in "HW")
+
+
+def deepcache_component(form: str, branch: int) -> str:
+    """The exported component of a DeepCache ``form`` ("unet_deepcache_full", "unet_deepcache_shallow") and branch."""
+    return f"{form}_b{branch}"
+
+
+def deepcache_components(branches) -> tuple[str, ...]:
+    return tuple(deepcache_component(form, branch) for branch in branches for form in DEEPCACHE_METHODS)
+
+
+def deepcache_form(component: str) -> tuple[str, int] | None:
+    """(form, branch) of a DeepCache component name, None for any other component."""
+    form, _, branch = component.rpartition("_b")
+    return (form, int(branch)) if form in DEEPCACHE_METHODS and branch.isdigit() else None
+
+
+def uses_grid(component: str) -> bool:
+    """The UNet graphs (plain and DeepCache) take the view grid and the CFG batch 2B; the others neither."""
+    return component == "unet" or deepcache_form(component) is not None
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,7 @@ def model_config(pipe) -> dict:
         "flc_patch": pipe.flc_tokenizer.config.patch_size,
         "pad_multiple": pipe.pad_multiple,
         "vae_scale": pipe.vae_scale_factor,
+        "deepcache_features": [list(pipe.unet.deepcache_feature(k)) for k in range(pipe.unet.num_skip_branches)],
     }
 
 
@@ -134,9 +162,12 @@ def axis_values(bucket: ShapeBucket, config: dict) -> dict[str, int]:
     height, width = layout.latent_size
     p = config["flc_patch"]
     flc_tokens = (height // p) * (width // p)
-    return {"B": bucket.batch, "2B": bucket.batch * (2 if bucket.cfg else 1), "H": height, "W": width,
-            "PH": height * config["vae_scale"], "PW": width * config["vae_scale"], "F": flc_tokens,
-            "N": config["T"] + flc_tokens, "T": config["T"], "D": config["D"], "C0": config["C0"]}
+    values = {"B": bucket.batch, "2B": bucket.batch * (2 if bucket.cfg else 1), "H": height, "W": width,
+              "PH": height * config["vae_scale"], "PW": width * config["vae_scale"], "F": flc_tokens,
+              "N": config["T"] + flc_tokens, "T": config["T"], "D": config["D"], "C0": config["C0"]}
+    for k, (channels, downscale) in enumerate(config.get("deepcache_features", [])):  # older manifests: none
+        values |= {f"CF{k}": channels, f"HF{k}": height // downscale, f"WF{k}": width // downscale}
+    return values
 
 
 CONTRACTS = {
@@ -161,28 +192,47 @@ CONTRACTS = {
 }
 
 
+
+
+def _deepcache_contracts(branch: int) -> dict[str, ExportContract]:
+    unet = CONTRACTS["unet"]
+    feature = TensorSpec("deep_feature", ("2B", f"CF{branch}", f"HF{branch}", f"WF{branch}"))
+    full, shallow = (deepcache_component(form, branch) for form in DEEPCACHE_METHODS)
+    return {full: ExportContract(full, unet.inputs, unet.outputs + (feature,), unet.float_inputs),
+            shallow: ExportContract(shallow, unet.inputs + (feature,), unet.outputs, unet.float_inputs)}
+
+
+CONTRACTS |= {name: contract for branch in range(MAX_DEEPCACHE_BRANCHES)
+              for name, contract in _deepcache_contracts(branch).items()}
+
+
 class ComponentModule(nn.Module):
     """A component as a plain-tensor module for export: the TorchRuntime method, so torch and ONNX agree."""
 
     def __init__(self, pipe, component: str, grid: tuple[int, int] = (2, 2)):
         super().__init__()
-        if component not in COMPONENTS:
-            raise InvalidArgumentError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
+        if component not in CONTRACTS:
+            raise InvalidArgumentError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)} or a "
+                                       "DeepCache pair unet_deepcache_full_b<k>, unet_deepcache_shallow_b<k>.")
         self.component, self.grid = component, tuple(grid)
         # register only the modules this component uses, so the exported graph holds only their weights
-        needs = {"unet": ("unet",), "vae_encoder": ("vae",), "vae_decoder": ("vae",),
-                 "image_encoder": ("image_encoder",), "pose_guider": ("pose_guider",),
-                 "flc_tokenizer": ("flc_tokenizer",)}[component]
+        needs = ("unet",) if uses_grid(component) else {
+            "vae_encoder": ("vae",), "vae_decoder": ("vae",), "image_encoder": ("image_encoder",),
+            "pose_guider": ("pose_guider",), "flc_tokenizer": ("flc_tokenizer",)}[component]
         for name in needs:
             self.add_module(name, getattr(pipe, name))
         self.runtime = TorchRuntime(pipe.unet, pipe.vae, pipe.image_encoder,
                                     pipe.flc_tokenizer, pipe.pose_guider)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return call_runtime(self.runtime, self.component, inputs, self.grid)
 
 
-def call_runtime(runtime, component: str, inputs, grid: tuple[int, int]) -> torch.Tensor:
-    """Run ``component`` on any Runtime: its method from ``RUNTIME_METHODS``; only the UNet takes the grid."""
+def call_runtime(runtime, component: str, inputs, grid: tuple[int, int]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Run ``component`` on any Runtime: its method from ``RUNTIME_METHODS`` (or ``DEEPCACHE_METHODS``, which also
+    take the branch); only the UNet graphs take the grid."""
+    if (deepcache := deepcache_form(component)) is not None:
+        form, branch = deepcache
+        return getattr(runtime, DEEPCACHE_METHODS[form])(*inputs, grid, branch)
     method = getattr(runtime, RUNTIME_METHODS[component])
     return method(*inputs, grid) if component == "unet" else method(*inputs)

@@ -29,10 +29,22 @@ from pathlib import Path
 
 import torch
 
+from imagpose.deepcache import DeepCacheConfig
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.io import write_json
 
-from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, axis_values, model_config
+from .components import (
+    COMPONENTS,
+    CONTRACTS,
+    MAX_DEEPCACHE_BRANCHES,
+    ComponentModule,
+    ShapeBucket,
+    axis_values,
+    deepcache_components,
+    deepcache_form,
+    model_config,
+    uses_grid,
+)
 from .digests import changed_files, file_record, weights_digest
 from .passes import infer_and_check, initializer_bytes, name_dynamic_axes, run_passes, save_model
 
@@ -57,6 +69,8 @@ class ExportOptions:
         bucket: the sample shape traced (and the static shape when ``dynamic`` is False); its grid is baked
             into the UNet graph.
         passes: named graph passes run after export (see ``passes.PASSES``).
+        deepcache_branches: also export the DeepCache UNet pair of each of these skip branches
+            (``unet_deepcache_full_b<k>``, ``unet_deepcache_shallow_b<k>``); none by default.
     """
 
     dtype: str = "fp32"
@@ -64,8 +78,14 @@ class ExportOptions:
     dynamic: bool = True
     bucket: ShapeBucket = field(default_factory=ShapeBucket)
     passes: tuple[str, ...] = ("cleanup_toposort", "fold_constants")
+    deepcache_branches: tuple[int, ...] = ()
 
     def __post_init__(self):
+        bad = [b for b in self.deepcache_branches
+               if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < MAX_DEEPCACHE_BRANCHES]
+        if bad:
+            raise InvalidArgumentError(f"deepcache_branches must be integers in [0, {MAX_DEEPCACHE_BRANCHES}) (and "
+                                       f"within the UNet's skip branches), got {bad}.")
         if self.dtype not in DTYPES:
             raise InvalidArgumentError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
         if not 17 <= self.opset <= 23:
@@ -127,12 +147,13 @@ def describe(pipe, component: str, options: ExportOptions) -> dict:
     configs, weights = prints["configs"], prints["weights"]
     contract = CONTRACTS[component]
     options_dict = asdict(options)
-    if component != "unet":  # only the UNet bakes the grid in
+    del options_dict["deepcache_branches"]  # which graphs to export, not how: the component names the branch
+    if not uses_grid(component):  # only the UNet graphs bake the grid in
         options_dict["bucket"] = {**options_dict["bucket"], "rows": None, "cols": None}
     data = {"component": component, "versions": versions(), "options": options_dict, "configs": configs,
             "weights": weights, "inputs": contract.input_names, "outputs": contract.output_names,
             "dynamic_axes": contract.dynamic_axes() if options.dynamic else {},
-            "grid": [options.bucket.rows, options.bucket.cols] if component == "unet" else None}
+            "grid": [options.bucket.rows, options.bucket.cols] if uses_grid(component) else None}
     data["cache_key"] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return data
 
@@ -202,8 +223,11 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
     """Export one component to ``out_dir/<component>.onnx`` (+ ``.onnx.data`` when over 2 GB)."""
     import onnx
 
-    if component not in COMPONENTS:
-        raise InvalidArgumentError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)}.")
+    if component not in CONTRACTS:
+        raise InvalidArgumentError(f"Unknown component {component!r}; choose from {', '.join(COMPONENTS)} or a "
+                                   "DeepCache pair unet_deepcache_full_b<k>, unet_deepcache_shallow_b<k>.")
+    if (deepcache := deepcache_form(component)) is not None:
+        DeepCacheConfig(1, deepcache[1]).check(pipe.unet)  # a branch this UNet has
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     description = describe(pipe, component, options)
@@ -217,7 +241,7 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
     if dtype != torch.float32:
         module = copy.deepcopy(module).to(dtype)
     module.eval()
-    bucket = options.bucket if component == "unet" else replace(options.bucket, cfg=False)
+    bucket = options.bucket if uses_grid(component) else replace(options.bucket, cfg=False)
     sample = CONTRACTS[component].sample_inputs(axis_values(bucket, model_config(pipe)), dtype, device=pipe.device)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{component}.tmp-", dir=out_dir))
@@ -264,8 +288,10 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
 
 def export_pipeline(pipe, out_dir: str | Path, options: ExportOptions = ExportOptions(),
                     components: tuple[str, ...] = COMPONENTS, force: bool = False) -> list[ExportResult]:
-    """Export several components and write ``out_dir/manifest.json`` listing them."""
-    results = [export_component(pipe, c, out_dir, options, force) for c in components]
+    """Export several components (and the DeepCache pairs of ``options.deepcache_branches``) and write
+    ``out_dir/manifest.json`` listing them."""
+    extra = [c for c in deepcache_components(options.deepcache_branches) if c not in components]
+    results = [export_component(pipe, c, out_dir, options, force) for c in (*components, *extra)]
     manifest = {"components": {r.component: {"file": r.path.name, "sidecar": f"{r.component}.json"}
                                for r in results},
                 "options": asdict(options), "model_config": model_config(pipe),

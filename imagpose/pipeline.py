@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas
 from .conditions import Conditions, encode_conditions
+from .deepcache import DeepCache, DeepCacheConfig, check_deepcache_runtime, deepcache_config
 from .errors import InvalidArgumentError
+from .guidance import check_guidance_interval, guided_steps
 from .images import tensor_to_pil
 from .memory import (
     MemoryEstimate,
@@ -253,27 +255,34 @@ class IMAGPosePipeline(DiffusionPipeline):
         return noise.to(dtype) * scheduler.init_noise_sigma
 
     def denoise(self, runtime: Runtime, scheduler, latents, conditions: Conditions, guidance_scale, grid, eta,
-                generators, callback_on_step_end=None, progress: bool = True) -> torch.Tensor:
+                generators, callback_on_step_end=None, progress: bool = True,
+                guidance_interval: tuple[float, float] | None = None,
+                deepcache: DeepCacheConfig | None = None) -> torch.Tensor:
         """The denoising loop over ``scheduler.timesteps`` (DDIM or a multistep solver); ``scheduler`` belongs to this
         call (see ``__call__``).
 
         A KeyboardInterrupt (Ctrl-C) raised during a step, or by ``callback_on_step_end``, ends the loop there:
         nothing here catches it.
         """
-        do_cfg = guidance_scale > 1.0  # the official rule: w <= 1 runs the conditional branch only
-        context, image_condition, pose_features = (
-            conditions.for_guidance() if do_cfg else conditions.without_guidance())
-        step_generator = generators if len(generators) > 1 else generators[0]
         timesteps = scheduler.timesteps
+        guided = guided_steps(len(timesteps), guidance_scale, guidance_interval)  # w <= 1: no step is guided
+        branches = {True: conditions.for_guidance() if any(guided) else None, False: conditions.without_guidance()}
+        cache = DeepCache(deepcache) if deepcache is not None else None
+        step_generator = generators if len(generators) > 1 else generators[0]
         with tqdm(total=len(timesteps), desc="denoising", unit="step", disable=not progress, leave=False) as bar:
             for i, t in enumerate(timesteps):
+                do_cfg = guided[i]
+                context, image_condition, pose_features = branches[do_cfg]
                 # 7.1 model input: [x_t, flag, masked latent], duplicated for CFG as [uncond, cond]
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 model_input = torch.cat([model_input, image_condition], dim=1)
-                # 7.2 predict (v-prediction in the official model)
+                # 7.2 predict (v-prediction in the official model); DeepCache: a full or a cached (shallow) step
                 timestep = t.reshape(1).to(latents.device)  # one timestep for every row
-                prediction = runtime.unet(model_input, timestep, context, pose_features, grid)
+                if cache is None:
+                    prediction = runtime.unet(model_input, timestep, context, pose_features, grid)
+                else:
+                    prediction = cache.predict(runtime, i, do_cfg, model_input, timestep, context, pose_features, grid)
                 # 7.3 guidance: u + w (c - u)
                 if do_cfg:
                     uncond, cond = prediction.chunk(2)
@@ -303,6 +312,9 @@ class IMAGPosePipeline(DiffusionPipeline):
         backend: Runtime | None = None,
         canvases: list[JointCanvas] | None = None,
         sampler: str = "ddim",
+        guidance_interval: tuple[float, float] | None = None,
+        deepcache_interval: int | None = None,
+        deepcache_branch: int = 0,
     ) -> IMAGPosePipelineOutput | list[GenerationResult]:
         r"""Generate the target views of one or more requests.
 
@@ -322,6 +334,13 @@ class IMAGPosePipeline(DiffusionPipeline):
                 ``pipe.backend`` or PyTorch.
             canvases: the requests' canvases, already built with :meth:`build_canvas` (one per request).
             sampler: "ddim" (official), "dpmsolver++" or "unipc" (:mod:`imagpose.samplers`), on the same schedule.
+            guidance_interval: ``(start, stop)``, fractions of the steps (0 = the first, noisiest): classifier-free
+                guidance only on steps ``int(start * N) <= i < int(stop * N)``, one conditional UNet batch elsewhere
+                (:mod:`imagpose.guidance`); None guides every step (the paper).
+            deepcache_interval: DeepCache (:mod:`imagpose.deepcache`): a full UNet step every that many steps, the
+                steps between reuse its deep feature; None (default) runs the whole UNet every step.
+            deepcache_branch: the DeepCache skip branch, 0 (shallowest: fastest cached steps) to
+                ``unet.num_skip_branches - 1``.
 
         Raises:
             MemoryLimitError: the call's estimated peak memory exceeds the limit (:meth:`set_memory_limit`);
@@ -331,8 +350,13 @@ class IMAGPosePipeline(DiffusionPipeline):
         requests = self.check_inputs(requests, num_inference_steps, guidance_scale, eta, output_type, generator,
                                      canvases)
         check_sampler(sampler, eta)
+        guidance_interval = check_guidance_interval(guidance_interval)
+        guided_steps(num_inference_steps, guidance_scale, guidance_interval)  # refuse an interval before any work
+        deepcache = deepcache_config(deepcache_interval, deepcache_branch, self.unet)
         generators, seeds = self.resolve_generators(requests, generator)
         runtime = self.runtime(backend)
+        if deepcache is not None:
+            check_deepcache_runtime(runtime)
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. refuse a call that would not fit in memory, before any image is loaded
@@ -359,7 +383,8 @@ class IMAGPosePipeline(DiffusionPipeline):
                                            conditions.context.dtype)
             # 7. denoising loop
             latents = self.denoise(runtime, scheduler, latents, conditions, guidance_scale,
-                                   (layout.rows, layout.cols), eta, group_generators, callback_on_step_end, progress)
+                                   (layout.rows, layout.cols), eta, group_generators, callback_on_step_end, progress,
+                                   guidance_interval, deepcache)
             # 8. decode the canvas and 9. crop the target tiles (padding removed)
             images = None
             if output_type != "latent":  # one request at a time, as the encoders (see encode_conditions)

@@ -14,6 +14,11 @@ Shapes (B = batch, Hc x Wc canvas pixels, h x w = canvas / 8, N context tokens):
     unet(sample (B, 9, h, w), timestep (1,) or (B,), context (B, N, D), pose_features (B, C0, h, w), grid)
                                                                  -> prediction (B, 4, h, w)
     vae_decode(latents (B, 4, h, w))                             -> images (B, 3, Hc, Wc) in [0, 1]
+
+DeepCache (:mod:`imagpose.deepcache`) needs two more UNet forms, :class:`DeepCacheRuntime`; ``branch`` is the
+DeepCache skip branch, and the deep feature is (B, C_k, h / 2**l, w / 2**l) (``IMAGPoseUNet.deepcache_feature``):
+    unet_deepcache_full(sample, timestep, context, pose_features, grid, branch)   -> (prediction, deep feature)
+    unet_deepcache_shallow(sample, timestep, context, pose_features, deep_feature, grid, branch) -> prediction
 """
 
 from __future__ import annotations
@@ -49,6 +54,23 @@ class Runtime(Protocol):
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
+# DeepCache's UNet forms -> the Runtime methods that run them (exported per branch as ``<form>_b<branch>``)
+DEEPCACHE_METHODS = {"unet_deepcache_full": "unet_deepcache_full", "unet_deepcache_shallow": "unet_deepcache_shallow"}
+
+
+class DeepCacheRuntime(Runtime, Protocol):
+    """A runtime that can also run DeepCache steps (the PyTorch, ONNX Runtime and TensorRT runtimes can). Kept
+    apart from :class:`Runtime` so a runtime without it still runs every other setting."""
+
+    def unet_deepcache_full(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                            pose_features: torch.Tensor, grid: tuple[int, int],
+                            branch: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def unet_deepcache_shallow(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                               pose_features: torch.Tensor, deep_feature: torch.Tensor, grid: tuple[int, int],
+                               branch: int) -> torch.Tensor: ...
+
+
 class TorchRuntime:
     """The reference runtime: the pipeline's PyTorch modules, in whatever device/dtype they are."""
 
@@ -72,6 +94,13 @@ class TorchRuntime:
 
     def unet(self, sample, timestep, context, pose_features, grid):
         return self.unet_model(sample, timestep, context, pose_features, grid=grid, return_dict=False)[0]
+
+    def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
+        return self.unet_model.forward_deepcache_full(sample, timestep, context, pose_features, grid, branch)
+
+    def unet_deepcache_shallow(self, sample, timestep, context, pose_features, deep_feature, grid, branch):
+        return self.unet_model.forward_deepcache_shallow(sample, timestep, context, pose_features, deep_feature,
+                                                         grid, branch)
 
     def vae_decode(self, latents):
         image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]

@@ -27,7 +27,7 @@ def runtime_folders(work_dir: str | Path, dtype: str) -> tuple[Path, Path]:
 
 
 def prepare_runtime(name: str, pipe, work_dir: str | Path, bucket: ShapeBucket, dtype: str = "fp32",
-                    providers=None) -> Runtime:
+                    providers=None, deepcache_branches: tuple[int, ...] = ()) -> Runtime:
     """The runtime ``name`` for ``pipe``, ready to pass as ``pipe(..., backend=...)``.
 
     Args:
@@ -40,6 +40,8 @@ def prepare_runtime(name: str, pipe, work_dir: str | Path, bucket: ShapeBucket, 
             engine built per component.
         dtype: "fp32" or "fp16" precision of the exported graphs (and so of the engines).
         providers: ONNX Runtime execution providers; default CUDA for a pipeline on a GPU, else CPU.
+        deepcache_branches: also export (and build) the DeepCache UNet graphs of these skip branches, for
+            ``pipe(..., deepcache_interval=..., deepcache_branch=k)`` on this runtime.
     """
     if name not in BACKENDS:
         raise InvalidArgumentError(f"Unknown backend {name!r}; choose from {', '.join(BACKENDS)}.")
@@ -47,7 +49,7 @@ def prepare_runtime(name: str, pipe, work_dir: str | Path, bucket: ShapeBucket, 
         return pipe.torch_runtime()
     from ..onnx_export import ExportOptions, export_pipeline
 
-    options = ExportOptions(dtype=dtype, bucket=bucket)
+    options = ExportOptions(dtype=dtype, bucket=bucket, deepcache_branches=tuple(deepcache_branches))
     onnx_dir, engine_dir = runtime_folders(work_dir, dtype)
     if name == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend, import_onnxruntime

@@ -1,8 +1,10 @@
 """The Runtime interface over exported components: one ``_run(component, *inputs)`` per backend.
 
 ONNX Runtime and TensorRT differ only in how they run one component. The pipeline's six Runtime methods map
-onto the export contracts through ``imagpose.runtime.RUNTIME_METHODS``; the UNet's one-timestep-per-row input
-and its baked-in grid are handled here once.
+onto the export contracts through ``imagpose.runtime.RUNTIME_METHODS``, and DeepCache's two UNet forms onto the
+graphs of their branch (``unet_deepcache_full_b<k>``, ``unet_deepcache_shallow_b<k>``); the UNet graphs'
+one-timestep-per-row input and baked-in grid are handled here once. ``_run`` returns one tensor per output of the
+component's contract (a tuple when there are several).
 """
 
 from __future__ import annotations
@@ -11,7 +13,17 @@ import torch
 
 from imagpose.runtime import RUNTIME_METHODS
 
+from ..components import deepcache_component, deepcache_form
 from ..onnx_export import ExportError
+
+
+def export_hint(component: str) -> str:
+    """How to export ``component``: DeepCache graphs only when their branch is asked for."""
+    form = deepcache_form(component)
+    if form is None:
+        return "export it with `imagpose export onnx`"
+    return (f"export the DeepCache graphs of branch {form[1]} with ExportOptions(deepcache_branches=({form[1]},)) "
+            f"or prepare_runtime(..., deepcache_branches=({form[1]},))")
 
 
 class ExportedRuntime:
@@ -24,13 +36,24 @@ class ExportedRuntime:
         """Grids the exported UNet(s) bake in; empty when unknown."""
         raise NotImplementedError
 
-    def unet(self, sample, timestep, context, pose_features, grid):
+    def _unet_timestep(self, sample, timestep, grid) -> torch.Tensor:
+        """The UNet graphs' timestep input (one per row), once the grid is known to be one they bake in."""
         grids = self.supported_grids()
         if grids and tuple(grid) not in grids:
             raise ExportError(f"The exported UNet bakes in the grid(s) {sorted(grids)}; this request uses "
                               f"{grid[0]}x{grid[1]}. Export another UNet with --grid {grid[0]}x{grid[1]}.")
-        timestep = timestep.float().reshape(-1).expand(sample.shape[0])  # the graphs take one per row
-        return self._run("unet", sample, timestep, context, pose_features)
+        return timestep.float().reshape(-1).expand(sample.shape[0])
+
+    def unet(self, sample, timestep, context, pose_features, grid):
+        return self._run("unet", sample, self._unet_timestep(sample, timestep, grid), context, pose_features)
+
+    def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
+        return self._run(deepcache_component("unet_deepcache_full", branch), sample,
+                         self._unet_timestep(sample, timestep, grid), context, pose_features)
+
+    def unet_deepcache_shallow(self, sample, timestep, context, pose_features, deep_feature, grid, branch):
+        return self._run(deepcache_component("unet_deepcache_shallow", branch), sample,
+                         self._unet_timestep(sample, timestep, grid), context, pose_features, deep_feature)
 
 
 def _one_input_method(component: str):

@@ -18,9 +18,9 @@ import torch
 
 from imagpose.errors import MissingDependencyError
 
-from ..components import COMPONENTS, CONTRACTS
+from ..components import COMPONENTS, CONTRACTS, deepcache_form
 from ..onnx_export import ExportError, fingerprint, verify_export
-from .base import ExportedRuntime
+from .base import ExportedRuntime, export_hint
 
 _NP_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
 
@@ -44,7 +44,9 @@ class OnnxRuntimeBackend(ExportedRuntime):
     name = "onnxruntime"
 
     def __init__(self, onnx_dir: str | Path, providers=("CPUExecutionProvider",), provider_options=None,
-                 session_options=None, components: tuple[str, ...] = COMPONENTS):
+                 session_options=None, components: tuple[str, ...] | None = None):
+        """``components``: the ones to open; default the six of :data:`COMPONENTS` and every DeepCache graph the
+        manifest lists."""
         ort = import_onnxruntime()
         self.onnx_dir = Path(onnx_dir)
         manifest_path = self.onnx_dir / "manifest.json"
@@ -52,6 +54,8 @@ class OnnxRuntimeBackend(ExportedRuntime):
             raise ExportError(f"{self.onnx_dir} has no manifest.json; export it with `imagpose export onnx`.")
         self.manifest = json.loads(manifest_path.read_text())
         self.grid = tuple(self.manifest["grid"])
+        if components is None:
+            components = COMPONENTS + tuple(c for c in self.manifest["components"] if deepcache_form(c) is not None)
         available = ort.get_available_providers()
         missing = [p if isinstance(p, str) else p[0] for p in providers
                    if (p if isinstance(p, str) else p[0]) not in available]
@@ -94,15 +98,18 @@ class OnnxRuntimeBackend(ExportedRuntime):
                     f"{self.onnx_dir / (component + '.onnx')} was exported from other weights or another config "
                     f"than this pipeline; re-export with `imagpose export onnx --out {self.onnx_dir}`.")
 
-    def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor:
+    def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if component not in self.sessions:  # a DeepCache branch that was not exported
+            raise ExportError(f"{self.onnx_dir} holds no {component}; {export_hint(component)}.")
         contract = CONTRACTS[component]
         types = self.input_types[component]
         feed = {name: np.ascontiguousarray(t.detach().to("cpu", types[name]).numpy())
                 for name, t in zip(contract.input_names, inputs)}
-        (out,) = self.sessions[component].run(contract.output_names, feed)
+        outputs = self.sessions[component].run(contract.output_names, feed)
         reference = inputs[0]
         dtype = reference.dtype if reference.is_floating_point() else torch.float32
-        return torch.from_numpy(out).to(reference.device, dtype)
+        outputs = tuple(torch.from_numpy(out).to(reference.device, dtype) for out in outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def supported_grids(self) -> set[tuple[int, int]]:
         return {self.grid}

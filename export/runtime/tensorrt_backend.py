@@ -25,7 +25,7 @@ from ..components import CONTRACTS
 from ..digests import changed_files
 from ..onnx_export import ExportError, fingerprint
 from ..trt_build import BuildTarget, import_tensorrt
-from .base import ExportedRuntime
+from .base import ExportedRuntime, export_hint
 
 
 def read_engine_index(engine_dir: str | Path, target: BuildTarget) -> dict[str, list[dict]]:
@@ -162,16 +162,19 @@ class TensorRTBackend(ExportedRuntime):
         if not loaded.context.execute_async_v3(self.stream.cuda_stream):
             raise ExportError(f"TensorRT execution of {loaded.entry['engine']} failed; see the TensorRT log above.")
 
-    def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor:
+    def _run(self, component: str, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         contract = CONTRACTS[component]
         shapes = {name: tuple(t.shape) for name, t in zip(contract.input_names, inputs)}
-        loaded = self._load(select_engine(self.entries.get(component, []), shapes, component))
-        output_name = contract.output_names[0]
+        if component not in self.entries:  # a DeepCache branch whose engines were not built
+            raise ExportError(f"{self.engine_dir} holds no {component} engine; {export_hint(component)}, then build "
+                              "its engines with `imagpose export trt`.")
+        loaded = self._load(select_engine(self.entries[component], shapes, component))
         if loaded.runner is not None:
             feed = {name: t.to(self.device, loaded.dtypes[name]).contiguous()
                     for name, t in zip(contract.input_names, inputs)}
             torch.cuda.current_stream(self.device).synchronize()  # the runner works on its own stream
-            result = loaded.runner.infer(feed, copy_outputs_to_host=False)[output_name].clone()
+            outputs = loaded.runner.infer(feed, copy_outputs_to_host=False)
+            results = [outputs[name].clone() for name in contract.output_names]
         else:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self.stream):
@@ -179,9 +182,11 @@ class TensorRTBackend(ExportedRuntime):
                     loaded.inputs[name].copy_(tensor, non_blocking=True)
                 self._execute_static(loaded)
                 loaded.calls += 1
-                result = loaded.outputs[output_name].clone()
+                results = [loaded.outputs[name].clone() for name in contract.output_names]
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return result.to(inputs[0].dtype if inputs[0].is_floating_point() else torch.float32)
+        dtype = inputs[0].dtype if inputs[0].is_floating_point() else torch.float32
+        results = tuple(result.to(dtype) for result in results)
+        return results[0] if len(results) == 1 else results
 
     def supported_grids(self) -> set[tuple[int, int]]:
         return self.grids

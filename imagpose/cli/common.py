@@ -41,12 +41,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
                             "$IMAGPOSE_MAX_MEMORY_GIB, else the weights + 80%% of the free memory)")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None,
+                           guidance_interval: bool = True) -> None:
+    """``guidance_interval=False`` leaves out ``--guidance-interval`` (a command that cannot pass it on yet)."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=default_steps,
                        help="DDIM steps (default: the preset's, 20 as in the paper)")
     group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
                        help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
+    if guidance_interval:
+        group.add_argument("--guidance-interval", type=parse_guidance_interval, default=None, metavar="START:STOP",
+                           help="apply guidance only on the steps i with int(START*N) <= i < int(STOP*N), fractions "
+                                "of the N steps (0 = the first, noisiest), e.g. 0.2:0.8; the other steps run the "
+                                "conditional branch alone (half the UNet rows). Default: every step")
     group.add_argument("--eta", type=sampling_setting("eta", float), default=0.0,
                        help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
     group.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],
@@ -71,6 +78,17 @@ def sampling_setting(name: str, parse):
         return value
 
     return convert
+
+
+def parse_guidance_interval(text: str) -> tuple[float, float]:
+    """'0.2:0.8' -> (0.2, 0.8), checked as :func:`imagpose.guidance.check_guidance_interval` checks it."""
+    from ..guidance import check_guidance_interval
+
+    try:
+        return check_guidance_interval(tuple(float(v) for v in text.split(":")))
+    except (ValueError, InvalidArgumentError) as exc:
+        raise argparse.ArgumentTypeError(f"expected START:STOP, two fractions of the steps with 0 <= START < STOP "
+                                         f"<= 1, e.g. 0.2:0.8, got {text!r}") from exc
 
 
 def positive_gib(text: str) -> float:

@@ -21,7 +21,7 @@ HELP = "run all scenarios on the shipped sample inputs (the shipped trained tiny
 def add_arguments(parser) -> None:
     add_output_argument(parser, "outputs/demo")
     add_model_arguments(parser, default_preset=None)
-    add_sampling_arguments(parser)
+    add_sampling_arguments(parser, guidance_interval=False)  # run_demo cannot pass it on yet
     add_backend_arguments(parser)
 
 

@@ -44,6 +44,11 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     add_backend_arguments(parser)
+    served = parser.add_argument_group("served model")
+    served.add_argument("--server", metavar="URL", default=None,
+                        help="send the request to a running server (Triton: http://HOST:8000 or grpc://HOST:8001) "
+                             "instead of running the model here; the model and backend flags are then unused")
+    served.add_argument("--server-kind", choices=["triton", "ray"], default="triton", help="what serves --server")
 
 
 def build_request(args):
@@ -89,11 +94,8 @@ def run(args) -> int:
 
     with OutputFolder(args.out) as out:  # checked before anything is read or loaded; written when it succeeds
         request = build_request(args)
-        pipe = load_pipeline(args)
-        backend = resolve_backend(pipe, args, tuple(args.grid))
+        result = _served_result(args, request) if args.server else _local_result(args, request)
         steps = args.steps or 20
-        result = pipe(request, num_inference_steps=steps, guidance_scale=args.guidance, eta=args.eta,
-                      sampler=args.sampler, progress=not args.no_progress, backend=backend).results[0]
         files = [f"target_tile{index}.png" for index in result.target_indices]
         for name, image in zip(files, result.targets):
             out.save_image(name, image)
@@ -101,7 +103,31 @@ def run(args) -> int:
         out.write_json("result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
                                        "steps": steps, "guidance_scale": args.guidance, "eta": args.eta,
                                        "sampler": args.sampler, "grid": list(args.grid),
-                                       "model": args.model or f"{args.preset} (random)"})
+                                       "model": args.server or args.model or f"{args.preset} (random)"})
     target = Path(args.out)
     print(json.dumps({"out": str(target), "targets": [str(target / f) for f in files], "seed": result.seed}))
     return 0
+
+
+def _local_result(args, request):
+    """The result of ``request`` from the model named by the model flags, run here."""
+    pipe = load_pipeline(args)
+    backend = resolve_backend(pipe, args, tuple(args.grid))
+    steps = args.steps or 20
+    return pipe(request, num_inference_steps=steps, guidance_scale=args.guidance, eta=args.eta,
+              sampler=args.sampler, progress=not args.no_progress, backend=backend,
+              guidance_interval=args.guidance_interval).results[0]
+
+
+def _served_result(args, request):
+    """The result of ``request`` from the server at ``--server``, with the same seed and sampling settings."""
+    from ..errors import InvalidArgumentError
+    from ..serving.client import connect
+    from ..serving.wire import SamplingSettings
+
+    if args.eta != 0.0:
+        raise InvalidArgumentError("A served request runs deterministic sampling (eta 0); drop --eta or run without "
+                                   "--server.")
+    settings = SamplingSettings(args.steps or 20, args.guidance, args.sampler)
+    with connect(args.server, kind=args.server_kind) as client:
+        return client.generate([request], settings)[0]

@@ -153,6 +153,41 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         for _, module in self.cva_modules():
             module.set_backend(backend)
 
+    # ------------------------------------------------------------------ DeepCache
+    @property
+    def num_skip_branches(self) -> int:
+        """Skip connections between the down and the up path (conv_in's output and every down layer and
+        downsampler): DeepCache branches ``0..num_skip_branches - 1``, 0 the shallowest."""
+        return 1 + sum(block.num_skips for block in self.down_blocks)
+
+    def deepcache_feature(self, branch: int) -> tuple[int, int]:
+        """(channels, downscale from the latent canvas) of the feature DeepCache caches for ``branch``: the input
+        of the up layer that consumes skip ``branch`` (see :meth:`forward_deepcache_full`)."""
+        layers = len(self.up_blocks[0].resnets)
+        block, layer = divmod(self.num_skip_branches - 1 - branch, layers)
+        channels = list(reversed(self.config.block_out_channels))
+        width = channels[max(block - 1, 0)] if layer == 0 else channels[block]  # the previous block's output
+        return width, 2 ** (len(channels) - 1 - block)
+
+    def forward_deepcache_full(self, sample, timestep, encoder_hidden_states, pose_features, grid,
+                               branch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole UNet (a DeepCache full step): ``(prediction, deep feature)``.
+
+        The up layers run in order; the one that consumes skip ``branch`` (its skip counted from the shallowest,
+        conv_in's output = 0) is where the shallow path rejoins the deep one. The deep feature is that layer's
+        input (B, C, H / 2**k, W / 2**k): the output of every deeper layer, the mid block and the down layers
+        beyond skip ``branch``, CVA modules included (each layer ends with its CVA module).
+        """
+        return self._run(sample, timestep, encoder_hidden_states, pose_features, grid, branch)
+
+    def forward_deepcache_shallow(self, sample, timestep, encoder_hidden_states, pose_features, deep_feature, grid,
+                                  branch: int) -> torch.Tensor:
+        """A DeepCache cached step: conv_in, the down layers that produce skips ``1..branch`` (with their CVA
+        modules), the up layers from the one that consumes skip ``branch`` to the last (with theirs), conv_out;
+        ``deep_feature`` (from :meth:`forward_deepcache_full` at an earlier step) stands in for everything deeper.
+        The mid block and every deeper layer (their CVA modules included) do not run."""
+        return self._run(sample, timestep, encoder_hidden_states, pose_features, grid, branch, deep_feature)[0]
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -173,9 +208,18 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         Returns:
             (B, out_channels, H, W) model prediction (v in the official training).
         """
+        out, _ = self._run(sample, timestep, encoder_hidden_states, pose_features, grid)
+        if not return_dict:
+            return (out,)
+        return UNetOutput(sample=out)
+
+    def _run(self, sample, timestep, encoder_hidden_states, pose_features, grid, branch=None, deep_feature=None):
+        """(prediction, deep feature or None). ``branch``: capture the deep feature of that DeepCache branch (full
+        step), or with ``deep_feature`` run the shallow path only (cached step)."""
         grid = tuple(grid or self.config.default_grid)
         num_upsamplers = len(self.up_blocks) - 1
         forward_upsample_size = any(s % (2**num_upsamplers) for s in sample.shape[-2:])
+        shallow = deep_feature is not None
 
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
@@ -193,26 +237,40 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         if pose_features is not None:
             hidden = hidden + pose_features
 
-        # 3. down
+        # 3. down (the shallow path stops once skips 0..branch exist)
         skips = (hidden,)
         for block in self.down_blocks:
-            hidden, block_skips = block(hidden, emb, encoder_hidden_states, grid)
+            if shallow and len(skips) > branch:
+                break
+            hidden, block_skips = block(hidden, emb, encoder_hidden_states, grid,
+                                        branch + 1 - len(skips) if shallow else None)
             skips += block_skips
 
         # 4. mid
-        hidden = self.mid_block(hidden, emb, encoder_hidden_states, grid)
+        if not shallow:
+            hidden = self.mid_block(hidden, emb, encoder_hidden_states, grid)
 
-        # 5. up
+        # 5. up; layers counted in execution order, ``entry`` the one that consumes skip ``branch``
+        entry = self.num_skip_branches - 1 - branch if branch is not None else None
+        captured, first = None, 0  # ``first``: the execution index of the block's first layer
         for i, block in enumerate(self.up_blocks):
             num = len(block.resnets)
-            block_skips, skips = skips[-num:], skips[:-num]
+            here = entry is not None and first <= entry < first + num
+            first += num
+            if shallow and first <= entry:
+                continue  # deeper than the branch: its output is in the deep feature
+            start = entry - (first - num) if shallow and here else 0
+            if shallow and here:
+                hidden = deep_feature
+            block_skips, skips = skips[start - num:], skips[:start - num]
             upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(self.up_blocks) - 1 else None
-            hidden = block(hidden, block_skips, emb, encoder_hidden_states, grid, upsample_size)
+            if here and not shallow:
+                hidden, captured = block(hidden, block_skips, emb, encoder_hidden_states, grid, upsample_size,
+                                         capture_layer=entry - (first - num))
+            else:
+                hidden = block(hidden, block_skips, emb, encoder_hidden_states, grid, upsample_size, first_layer=start)
 
         # 6. output
         if self.conv_norm_out is not None:
             hidden = self.conv_act(self.conv_norm_out(hidden))
-        out = self.conv_out(hidden)
-        if not return_dict:
-            return (out,)
-        return UNetOutput(sample=out)
+        return self.conv_out(hidden), captured

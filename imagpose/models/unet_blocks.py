@@ -99,13 +99,22 @@ class DownStage(Stage):
             if add_downsample else None
         )
 
-    def forward(self, hidden, temb, context, grid):
+    @property
+    def num_skips(self) -> int:
+        """Skip states this stage produces: one per layer, plus the downsampler's output."""
+        return len(self.resnets) + (self.downsamplers is not None)
+
+    def forward(self, hidden, temb, context, grid, num_skips=None):
+        """``num_skips``: stop once that many skip states exist (DeepCache's shallow path); None runs the stage."""
+        limit = self.num_skips if num_skips is None else num_skips
         skips = ()
         for i, resnet in enumerate(self.resnets):
+            if len(skips) == limit:
+                return hidden, skips
             hidden = self._layer(resnet, self.attentions[i] if self.attentions else None,
                                  self.motion_modules[i] if self.motion_modules else None, hidden, temb, context, grid)
             skips += (hidden,)
-        if self.downsamplers is not None:
+        if self.downsamplers is not None and len(skips) < limit:
             hidden = self.downsamplers[0](hidden)
             skips += (hidden,)
         return hidden, skips
@@ -152,11 +161,17 @@ class UpStage(Stage):
         self.motion_modules = _cva_list(spec, out_channels, num_layers, with_cva)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True)]) if add_upsample else None
 
-    def forward(self, hidden, skips, temb, context, grid, upsample_size=None):
-        for i, resnet in enumerate(self.resnets):
-            hidden = torch.cat([hidden, skips[-1 - i]], dim=1)  # hidden first, then the skip (official order)
-            hidden = self._layer(resnet, self.attentions[i] if self.attentions else None,
+    def forward(self, hidden, skips, temb, context, grid, upsample_size=None, first_layer=0, capture_layer=None):
+        """``skips``: the skip states of layers ``first_layer..``, deepest last. DeepCache: ``first_layer`` > 0 starts
+        at that layer (``hidden`` is then the cached input of that layer); ``capture_layer`` also returns the input
+        of that layer, as ``(hidden, captured)``."""
+        captured = None
+        for i in range(first_layer, len(self.resnets)):
+            if i == capture_layer:
+                captured = hidden
+            hidden = torch.cat([hidden, skips[first_layer - 1 - i]], dim=1)  # hidden, then the skip (official order)
+            hidden = self._layer(self.resnets[i], self.attentions[i] if self.attentions else None,
                                  self.motion_modules[i] if self.motion_modules else None, hidden, temb, context, grid)
         if self.upsamplers is not None:
             hidden = self.upsamplers[0](hidden, upsample_size)
-        return hidden
+        return hidden if capture_layer is None else (hidden, captured)
