@@ -65,7 +65,8 @@ class TritonServer:
         repo: the model repository.
         http_port, grpc_port, metrics_port: None picks free ports.
         wait_ready: on entering, wait until every model is ready; a model that fails to load raises
-            :class:`ServerNotReadyError` with the server's reason (the server is stopped first).
+            :class:`ServerNotReadyError` with the server's reason (the server is stopped first). False: only until
+            the server answers (``model_states()`` then shows the models loading, ready or failed).
         timeout: seconds to wait for readiness.
         log_path: the server's output (default: a temporary file, removed on stop).
         exit_timeout: seconds the server gives in-flight requests when stopping.
@@ -126,12 +127,11 @@ class TritonServer:
         self._log = open(self.log_file, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(self.command(env, backends), stdout=self._log, stderr=subprocess.STDOUT,
                                         env=variables, start_new_session=True)
-        if self.wait_ready:
-            try:
-                self.wait_until_ready()
-            except BaseException:
-                self.stop()
-                raise
+        try:
+            self.wait_until_ready() if self.wait_ready else self.wait_until_live()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __enter__(self) -> TritonServer:
@@ -165,6 +165,15 @@ class TritonServer:
         """{model: (state, reason)} from the repository index API (state READY, LOADING, UNAVAILABLE, ...)."""
         status, body = self._get("/v2/repository/index", "POST", b"{}")
         return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in json.loads(body)} if status == 200 else {}
+
+    def wait_until_live(self) -> None:
+        """Until the HTTP endpoint answers (models may still be loading)."""
+        deadline = time.monotonic() + self.timeout
+        while not self.live():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise ServerNotReadyError(f"tritonserver did not start (status {self.process.poll()}):\n"
+                                          f"{self.log_tail()}")
+            time.sleep(0.25)
 
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.timeout
