@@ -112,67 +112,75 @@ def run_load(url: str, kind: str, requests: list[PoseRequest], settings: Samplin
     if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
         raise InvalidArgumentError(f"clients must be an integer >= 1, got {clients!r}.")
     settings.check()
-    connections = [connect(url, kind, **client_options) for _ in range(clients)]
-    try:
-        if not connections[0].ready():
+    latencies, errors, failures, lock = [], [], [], threading.Lock()
+    queue = iter(range(len(requests)))
+    connected = threading.Barrier(clients + 1)  # every client connected (and warmed up), and this thread
+    go, cancelled = threading.Event(), threading.Event()
+
+    def send_all(client) -> None:
+        while not cancelled.is_set():
+            with lock:
+                index = next(queue, None)
+            if index is None:
+                return
+            request = requests[index]
+            started = time.perf_counter()
+            try:
+                result = client.generate([request], settings)[0]
+                problem = _mismatch(request, result)
+            except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, kept with its reason
+                problem = f"{type(exc).__name__}: {exc}"
+            finished = time.perf_counter()
+            with lock:
+                if problem is None:
+                    latencies.append(finished - started)
+                else:
+                    errors.append(f"{request.name}: {problem}")
+
+    def client_thread() -> None:
+        try:
+            # Made, used and closed on this thread: some clients are bound to the thread that made them
+            # (tritonclient's HTTP client runs on gevent).
+            with connect(url, kind, **client_options) as client:
+                if warmup:
+                    client.generate([requests[0]], settings)
+                connected.wait()
+                go.wait()
+                send_all(client)
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:  # noqa: BLE001 - raised by the calling thread
+            failures.append(exc)
+            connected.abort()
+
+    with connect(url, kind, **client_options) as control:  # this thread's: readiness and the server's batch counts
+        if not control.ready():
             raise InvalidArgumentError(f"The {kind} server at {url} is not ready (its readiness check failed); start "
                                        "it, or wait until its model has loaded.")
-        if warmup:
-            _concurrently(connections, lambda client, _: client.generate([requests[0]], settings))
-        before = connections[0].batch_sizes()
-        latencies, errors, lock = [], [], threading.Lock()
-        queue = iter(range(len(requests)))
-
-        def client_loop(client, _):
-            while True:
-                with lock:
-                    index = next(queue, None)
-                if index is None:
-                    return
-                request = requests[index]
-                started = time.perf_counter()
-                try:
-                    result = client.generate([request], settings)[0]
-                    problem = _mismatch(request, result)
-                except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, kept with its reason
-                    problem = f"{type(exc).__name__}: {exc}"
-                finished = time.perf_counter()
-                with lock:
-                    if problem is None:
-                        latencies.append(finished - started)
-                    else:
-                        errors.append(f"{request.name}: {problem}")
-
-        started = time.perf_counter()
-        _concurrently(connections, client_loop)
-        wall = time.perf_counter() - started
-        after = connections[0].batch_sizes()
-    finally:
-        for client in connections:
-            client.close()
+        threads = [threading.Thread(target=client_thread, name=f"imagpose-load-{i}") for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            connected.wait()
+            before = control.batch_sizes()
+            started = time.perf_counter()
+            go.set()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+            after = control.batch_sizes()
+        except threading.BrokenBarrierError:
+            for thread in threads:
+                thread.join()
+            raise failures[0] from None
+        finally:
+            cancelled.set()  # on an error here (Ctrl-C included) the clients stop after their current request
+            go.set()
+    if failures:
+        raise failures[0]
     formed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     return LoadReport(url, kind, clients, len(requests), asdict(settings), list(requests[0].tile_size or ()), wall,
                       latencies, errors, {size: n for size, n in formed.items() if n > 0}, before)
-
-
-def _concurrently(connections, work) -> None:
-    """``work(client, index)`` on one thread per client; the first exception of a thread is raised here."""
-    failures = []
-
-    def target(client, index):
-        try:
-            work(client, index)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=target, args=(client, i), name=f"imagpose-load-{i}")
-               for i, client in enumerate(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
 
 
 def _mismatch(request: PoseRequest, result) -> str | None:

@@ -451,12 +451,3 @@ def _stop(stop_ray: bool) -> None:
 def shutdown() -> None:
     """Stop the service this process started (no-op when none runs)."""
     _stop(_started_ray)
-
-
-def service_summary(service: RayService) -> dict:
-    return {"url": service.url, "model": service.model, "start_seconds": round(service.start_seconds, 2),
-            "endpoints": {"generate": f"{service.url}/generate", "docs": f"{service.url}/docs",
-                          "health": f"{service.url}/healthz", "ready": f"{service.url}/readyz",
-                          "stats": f"{service.url}/stats"}}
-
-
