@@ -3,11 +3,16 @@ service (the folder's shared `imagpose serve`, ray_fixture.py), end to end on sm
 distinct; a server that does not answer is a one-line error before anything is written."""
 
 import json
+import threading
 
 import pytest
+import torch
 
 from imagpose.cli import main
+from imagpose.pipeline import GenerationResult
+from imagpose.serving import load
 from imagpose.serving.load import LoadReport, format_table, sample_requests
+from imagpose.serving.wire import SamplingSettings
 
 from .ray_fixture import free_port, shared_service
 
@@ -69,3 +74,40 @@ def test_bad_counts_stop_the_command_while_it_parses(capsys):
     with pytest.raises(SystemExit):
         main(["loadtest", "--server", "http://x", "--kind", "ray", "--clients", "0"])
     assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+class ThreadBoundClient:
+    """A client usable only on the thread that made it, as tritonclient's HTTP client (gevent); answers at once."""
+
+    def __init__(self, url, **options):
+        self.url, self.thread = url, threading.get_ident()
+
+    def _check(self):
+        assert threading.get_ident() == self.thread, "used on another thread than the one that made it"
+
+    def generate(self, requests, settings=None):
+        self._check()
+        return [GenerationResult([], [3], None, torch.zeros(1), r.seed, r.name) for r in requests]
+
+    def ready(self):
+        self._check()
+        return True
+
+    def batch_sizes(self):
+        self._check()
+        return {1: 0}
+
+    def close(self):
+        self._check()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_each_client_stays_on_the_thread_that_made_it(monkeypatch):
+    monkeypatch.setattr(load, "connect", lambda url, kind, **options: ThreadBoundClient(url, **options))
+    report = load.run_load("http://x", "triton", sample_requests(12, (64, 64)), SamplingSettings(2), clients=4)
+    assert report.succeeded == 12 and report.errors == []
