@@ -18,6 +18,8 @@ Sections, in priority order (what a CPU cannot show comes first), each with its 
                      the section stops right before the builder and says why
     train     (240)  one full-size (SD1.5) training step of each stage (stage1, stage2, end2end) at 512x512 tiles,
                      bf16 autocast over fp32 weights, gradient checkpointing, AdamW: samples/s and peak memory
+    quant     (240)  the full UNet quantized to INT8 and FP8 (Model Optimizer) beside fp16: export, check-trt; with
+                     tensorrt one engine each (FP8: compute capability 8.9+): step latency and SQNR against fp32
 
 The budgets sum to 12 minutes, more than one 10-minute device command: run ``--skip train`` and
 ``--only env --only train`` as two calls (docs/gpu.md).
@@ -411,6 +413,70 @@ def trt_latency_and_parity(plan: Plan, pipe, runtime, bucket, record: Record) ->
         raise CheckFailed("TensorRT fp16 parity against fp32 PyTorch failed; see the parity rows")
 
 
+def quant_section(plan: Plan, args, record: Record) -> None:
+    """The UNet in fp16, INT8 and FP8 (Model Optimizer, calibrated on generated people; imagpose.export.quantize):
+    export and check-trt of each; with tensorrt, one engine each (FP8 needs compute capability 8.9+), their step
+    latency and SQNR against the fp32 PyTorch UNet on the inputs of a real pipeline call."""
+    record("setup", {"preset": plan.preset, "device": plan.device, "tile": f"{plan.tile}x{plan.tile}", "grid": "2x2",
+                     "calibration": f"2 generated people x {plan.parity_steps} steps", "weights": "random"})
+    import torch
+
+    from imagpose.errors import DeviceError, IMAGPoseError, MissingDependencyError
+    from imagpose.export import ExportOptions, export_pipeline
+    from imagpose.export.parity import sqnr_db
+    from imagpose.export.quantize import QuantizeOptions, export_quantized_unet, generated_requests, record_unet_calls
+    from imagpose.export.trt_build import BuildOptions, BuildTarget, build_engines
+    from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
+    from imagpose.presets import build_pipeline
+    from imagpose.timing import Stopwatch, time_runs
+
+    require_device(plan.device)
+    pipe = build_pipeline(plan.preset, seed=0, device=plan.device)
+    bucket, work = bucket_of(plan), Path(args.workdir) / "quant"
+    requests = generated_requests(2, (plan.tile, plan.tile))
+    folders = {"fp16": work / "fp16"}
+    export_pipeline(pipe, folders["fp16"], ExportOptions(dtype="fp16", bucket=bucket), components=("unet",))
+    for precision in ("int8", "fp8"):
+        with Stopwatch(plan.device) as watch:
+            folders[precision] = export_quantized_unet(pipe, work / precision, requests, precision,
+                                                       QuantizeOptions(precision, steps=plan.parity_steps))
+        unet = folders[precision] / "unet.onnx"
+        findings = check_onnx_for_trt(unet)
+        record(f"{precision}_export", {"megabytes": round(unet.stat().st_size / 2**20, 1),
+                                       "seconds": round(watch.seconds, 1),
+                                       "check_trt_passed": not has_blockers(findings),
+                                       "blockers": [f.format() for f in findings if f.severity == "blocker"]})
+        if has_blockers(findings):
+            raise CheckFailed(f"check-trt found blockers in the {precision} UNet")
+    try:
+        target = BuildTarget.current(plan.device)
+    except (MissingDependencyError, DeviceError) as exc:
+        record("stopped_before_builder", str(exc))
+        return
+    from imagpose.export.runtime.tensorrt_backend import TensorRTBackend
+
+    call = record_unet_calls(pipe, requests[:1], steps=plan.parity_steps)[-1]  # the last step: the finest details
+    with torch.no_grad():
+        reference = pipe.torch_runtime().unet(*call.inputs, call.grid).float()
+    for precision, folder in folders.items():
+        if precision == "fp8" and target.compute_capability < (8, 9):
+            record(precision, {"skipped": f"FP8 needs compute capability 8.9+, this GPU is {target.describe()}"})
+            continue
+        try:
+            engines = work / "engines" / precision
+            with Stopwatch(plan.device) as watch:
+                build_engines(folder, engines, BuildOptions(buckets=(bucket,), components=("unet",)), target=target)
+            runtime = TensorRTBackend(engines, device=plan.device)
+            with torch.no_grad():
+                step_ms = time_runs(lambda runtime=runtime: runtime.unet(*call.inputs, call.grid), plan.device,
+                                    plan.warmup, plan.runs).median * 1e3
+                sqnr = sqnr_db(reference, runtime.unet(*call.inputs, call.grid).float())
+            record(precision, {"build_seconds": round(watch.seconds, 1), "step_ms": round(step_ms, 3),
+                               "sqnr_db_vs_fp32": round(sqnr, 2)})
+        except IMAGPoseError as exc:  # one precision failing to build is a result; the others still run
+            record(precision, {"error": f"{type(exc).__name__}: {exc}"})
+
+
 def train_section(plan: Plan, args, record: Record) -> None:
     """One optimiser step (forward, backward, clip 1.0, AdamW) of each stage as the trainer takes it, timed after a
     warm-up. Written against imagpose.train.stages / objective directly, not the training loop: the loop's data,
@@ -518,7 +584,8 @@ class Section:
 
 SECTIONS = (Section("env", 30, env_section), Section("cva", 100, cva_section),
             Section("kernels", 100, kernels_section), Section("bench", 130, bench_section),
-            Section("trt", 120, trt_section), Section("train", 240, train_section))
+            Section("trt", 120, trt_section), Section("train", 240, train_section),
+            Section("quant", 240, quant_section))
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 
 

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_checks.py"
-SECTIONS = ["env", "cva", "kernels", "bench", "trt", "train"]
+SECTIONS = ["env", "cva", "kernels", "bench", "trt", "train", "quant"]
 # source folder -> its package in an installed imagpose (pyproject's package-dir)
 PACKAGE_FOLDERS = {"imagpose": "imagpose", "export": "imagpose/export", "kernels": "imagpose/kernels",
                    "bench": "imagpose/bench", "train": "imagpose/train"}
@@ -90,6 +90,16 @@ def test_dry_run_records_what_each_section_measures(dry_run):
         assert len(row["losses"]) == 2 and row["peak_memory_gib"] is None  # warm-up + timed step; no CUDA
     assert train["stage2"]["trainable_parameters"] < train["stage1"]["trainable_parameters"] < train["end2end"][
         "trainable_parameters"]  # CVA only < UNet without CVA + pose guider + FLC < everything
+
+
+def test_dry_run_quant_section_exports_int8_and_fp8_and_stops_before_the_builder(dry_run):
+    out, _ = dry_run
+    quant = read_report(out)["sections"]["quant"]["results"]
+    for precision in ("int8", "fp8"):
+        export = quant[f"{precision}_export"]
+        assert export["check_trt_passed"] and export["blockers"] == [] and export["megabytes"] > 0, export
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "TensorRT is not installed" in quant["stopped_before_builder"]
 
 
 def test_a_section_over_its_budget_is_killed_with_its_partial_results_and_the_next_runs(tmp_path):
