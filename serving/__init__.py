@@ -3,6 +3,8 @@
     wire             the JSON form of a request and a result, shared by every server and client
     triton           a Triton Inference Server model repository (networks + an orchestrator model) and its client
     ray_service      an HTTP service on Ray Serve, batching requests into the pipeline's batched call
+    ray_client       the client of that service (RayServeClient, a GenerationClient)
+    load             load measurement of either server (imagpose loadtest)
 
 Import-light: tritonclient and Ray are imported by the modules that need them.
 """
