@@ -15,8 +15,8 @@ Recipe (the one of Model Optimizer's diffusers example, ``examples/diffusers/qua
 The fake-quantized module is exported by the TorchScript exporter; Model Optimizer writes QuantizeLinear /
 DequantizeLinear pairs (FP8: its ``trt::TRT_FP8*`` ops, rewritten here into the opset-19 ONNX ops with a
 FLOAT8E4M3FN zero point). Weight quantizers are then folded: each weight is stored as INT8 (FP8) with one
-DequantizeLinear in front of its Conv/MatMul/Gemm, the explicitly quantized form TensorRT builds, and a quarter
-of the fp32 file size. ONNX Runtime runs the INT8 graph on CPU; the FP8 graph needs TensorRT on a GPU of
+DequantizeLinear in front of its Conv/MatMul/Gemm, the explicitly quantized form TensorRT builds, each weight in a
+quarter of its fp32 bytes. ONNX Runtime runs the INT8 graph on CPU; the FP8 graph needs TensorRT on a GPU of
 compute capability >= 8.9 (see docs/fast_sampling.md for what ONNX Runtime's CPU provider does with it).
 
 The folder follows the export convention (``manifest.json`` + ``<component>.onnx`` + ``<component>.json``
@@ -265,7 +265,7 @@ def native_fp8_qdq(model):
 def fold_weight_quantization(model):
     """Quantize every constant weight ahead of time: a QuantizeLinear whose input, scale and zero point are
     constants becomes an INT8 (FP8) initializer that keeps its DequantizeLinear, the form TensorRT reads as a
-    quantized weight, at a quarter of the bytes. Activation Q/DQ pairs stay. Hand-written: graphsurgeon's and
+    quantized weight, in a quarter of the bytes. Activation Q/DQ pairs stay. Hand-written: graphsurgeon's and
     polygraphy's constant folding leave Q/DQ nodes alone on purpose."""
     import onnx
     from onnx import numpy_helper
@@ -421,7 +421,7 @@ def _write_quantized_unet(pipe, out_dir: Path, requests, options: QuantizeOption
                     "quantization"):
             model.metadata_props.add(key=f"imagpose.{key}", value=json.dumps(description[key], default=str))
         path = tmp / "unet.onnx"
-        save_model(model, path, external=False)  # INT8/FP8 weights: a quarter of the fp32 UNet's bytes
+        save_model(model, path, external=False)  # 8-bit weights: a full-size UNet fits under 2 GB
         infer_and_check(path)
         sidecar = {**description, "file": path.name, "data_file": None, "files": {path.name: file_record(path)},
                    "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
