@@ -51,7 +51,7 @@ def add_parser(subparsers, formatter_class=argparse.ArgumentDefaultsHelpFormatte
                         help="then measure on N held-out people against fp32 torch (per-step SQNR, final SSIM, "
                              "UNet call time fp32 vs quantized ONNX Runtime); writes quantization.json into --out")
     parser.add_argument("--force", action="store_true", help="re-quantize even when the folder matches")
-    parser.set_defaults(export_command="quantize")
+    parser.set_defaults(export_command="quantize", handler=run)  # the top-level CLI calls args.handler
     return parser
 
 
