@@ -3,6 +3,7 @@
   imagpose export onnx --preset tiny --out onnx/                    every component, fp32, opset 17, dynamic
   imagpose export onnx --model DIR --dtype fp16 --out onnx_fp16/
   imagpose export check-trt onnx/unet.onnx --trt-version 10.1       exit 1 on a blocker
+  imagpose export quantize --model DIR --precision int8 --out int8/    INT8 Q/DQ UNet (Model Optimizer)
   imagpose export trt --onnx onnx_fp16/ --out engines/ --bucket 1,512x512,2x2 --bucket 2,512x512,2x2
   imagpose export triton --model DIR --runtime onnxruntime --out repo/     Triton model repository (docs/serving.md)
   imagpose export triton --model DIR --runtime tensorrt --engines engines/ --out repo/
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from . import export_quantize
 from .common import add_model_arguments, parse_grid, parse_size
 
 NAME = "export"
@@ -21,7 +23,7 @@ HELP = "ONNX export, TensorRT compatibility check, TensorRT engine builds, Trito
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="export_command", required=True, metavar="WHAT",
-                                help="onnx | check-trt | trt | triton")
+                                help="onnx | check-trt | trt | triton | quantize")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     onnx = sub.add_parser("onnx", help="export components to ONNX (cached, atomic)", formatter_class=fmt)
@@ -89,6 +91,7 @@ def add_arguments(parser) -> None:
     triton.add_argument("--network-instances", type=int, default=1, help="instances of each network model")
     triton.add_argument("--instance-kind", choices=["gpu", "cpu"], default=None,
                         help="where the networks run (default: gpu for tensorrt, cpu otherwise)")
+    export_quantize.add_parser(sub, fmt)
 
 
 def run(args) -> int:
