@@ -20,9 +20,12 @@ Sections, in priority order (what a CPU cannot show comes first), each with its 
                      bf16 autocast over fp32 weights, gradient checkpointing, AdamW: samples/s and peak memory
     quant     (240)  the full UNet quantized to INT8 and FP8 (Model Optimizer) beside fp16: export, check-trt; with
                      tensorrt one engine each (FP8: compute capability 8.9+): step latency and SQNR against fp32
+    serve     (120)  fp16 engines of every network, the Triton tensorrt_plan repository written from them and
+                     validated; the TensorRT pipeline's latency and throughput at 1, 4 and 16 concurrent clients
 
-The budgets sum to 12 minutes, more than one 10-minute device command: run ``--skip train`` and
-``--only env --only train`` as two calls (docs/gpu.md).
+The budgets sum to 18 minutes, more than one 10-minute device command: run them as three calls in priority order,
+``--skip train --skip quant --skip serve``, ``--only env --only quant --only serve`` and ``--only env --only train``
+(docs/gpu.md).
 
 Each section runs in its own child process. The parent imports nothing heavy: it starts the child, reads the
 results the child records (a JSON status file, rewritten atomically after every record), kills the child's
@@ -477,6 +480,111 @@ def quant_section(plan: Plan, args, record: Record) -> None:
             record(precision, {"error": f"{type(exc).__name__}: {exc}"})
 
 
+SERVE_CLIENTS = (1, 4, 16)
+
+
+def serve_section(plan: Plan, args, record: Record) -> None:
+    """The Triton repository of the TensorRT engines (imagpose.serving.triton): fp16 engines of every network at the
+    plan's bucket, the tensorrt_plan repository written from them and validated offline (Triton's config schema,
+    shapes against the engines' profiles); then the TensorRT pipeline's latency and throughput at 1, 4 and 16
+    concurrent clients (the batching SDK). Serving the repository itself needs a tritonserver with the tensorrt
+    backend (NVIDIA's container, docs/serving.md); with one on PATH the repository is also served and loaded.
+    Without tensorrt (the dry run) the python flavour's repository is written and validated, and the clients
+    are timed on the PyTorch runtime."""
+    record("setup", {"preset": plan.preset, "device": plan.device, "tile": f"{plan.tile}x{plan.tile}", "grid": "2x2",
+                     "clients": list(SERVE_CLIENTS), "weights": "random"})
+    from imagpose.errors import DeviceError, MissingDependencyError
+    from imagpose.export import ExportOptions
+    from imagpose.export.runtime import prepare_runtime, runtime_folders
+    from imagpose.export.trt_build import BuildTarget
+    from imagpose.presets import build_pipeline
+    from imagpose.serving.triton.repository import RepositoryOptions, write_repository
+    from imagpose.serving.triton.validate import validate_repository
+    from imagpose.timing import Stopwatch
+
+    require_device(plan.device)
+    pipe = build_pipeline(plan.preset, seed=0, device=plan.device)
+    bucket, work = bucket_of(plan), Path(args.workdir) / "serve"
+    try:
+        BuildTarget.current(plan.device)
+        runtime_name = "tensorrt"
+    except (MissingDependencyError, DeviceError) as exc:
+        record("no_tensorrt", str(exc))
+        runtime_name = None
+    with Stopwatch(plan.device) as watch:
+        if runtime_name == "tensorrt":
+            runtime = prepare_runtime("tensorrt", pipe, work, bucket, dtype="fp16")
+            engines = runtime_folders(work, "fp16")[1]
+            repo = write_repository(pipe, work / "repo", RepositoryOptions("tensorrt"), engines_dir=engines)
+        else:
+            runtime = None
+            repo = write_repository(pipe, work / "repo", RepositoryOptions("python"),
+                                    export_options=ExportOptions(bucket=bucket))
+    problems = validate_repository(repo)
+    record("repository", {"flavour": "tensorrt" if runtime_name else "python", "path": str(repo),
+                          "models": sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()),
+                          "problems": problems, "seconds": round(watch.seconds, 1)})
+    if problems:
+        raise CheckFailed("the Triton repository does not validate; see its problems")
+    record("concurrent_clients", concurrent_client_stats(plan, pipe, runtime, bucket))
+    server = shutil.which("tritonserver")
+    record("tritonserver", server or "not on PATH: serve the repository with NVIDIA's container (docs/serving.md)")
+
+
+def concurrent_client_stats(plan: Plan, pipe, runtime, bucket) -> dict:
+    """Requests per second and latency percentiles of the batching SDK at each client count (each client submits
+    its requests one after the other, from its own thread)."""
+    import statistics
+
+    from imagpose import scenarios
+    from imagpose.samples import sample
+    from imagpose.sdk import IMAGPoseGenerator
+
+    steps = 20 if plan.device == "cuda" else 1
+    per_client = 4 if plan.device == "cuda" else 1
+    image, pose = sample("person_red_front")
+    target = sample("person_red_walking")[1]
+
+    def request(seed: int):
+        return scenarios.t2(image, pose, target, tile_size=(plan.tile, plan.tile), seed=seed)
+
+    stats = {}
+    with IMAGPoseGenerator(pipe, backend=runtime, max_batch=bucket.batch, num_inference_steps=steps) as generator:
+        generator.generate([request(0)])  # warm-up
+        for clients in SERVE_CLIENTS:
+            latencies, seconds = drive_clients(generator, request, clients, per_client)
+            ordered = sorted(latencies)
+            stats[str(clients)] = {"requests": len(latencies), "requests_per_s": round(len(latencies) / seconds, 3),
+                                   "p50_s": round(statistics.median(ordered), 4),
+                                   "p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 4),
+                                   "steps": steps}
+    return stats
+
+
+def drive_clients(generator, request, clients: int, per_client: int) -> tuple[list[float], float]:
+    """``clients`` threads, each submitting ``per_client`` requests in turn: every latency, and the wall time."""
+    import threading
+    import time
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        for k in range(per_client):
+            start = time.perf_counter()
+            generator.submit(request(index * per_client + k)).result()
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - start
+
+
 def train_section(plan: Plan, args, record: Record) -> None:
     """One optimiser step (forward, backward, clip 1.0, AdamW) of each stage as the trainer takes it, timed after a
     warm-up. Written against imagpose.train.stages / objective directly, not the training loop: the loop's data,
@@ -585,7 +693,7 @@ class Section:
 SECTIONS = (Section("env", 30, env_section), Section("cva", 100, cva_section),
             Section("kernels", 100, kernels_section), Section("bench", 130, bench_section),
             Section("trt", 120, trt_section), Section("train", 240, train_section),
-            Section("quant", 240, quant_section))
+            Section("quant", 240, quant_section), Section("serve", 120, serve_section))
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 
 
@@ -876,7 +984,7 @@ def parse_args(argv=None):
     parser.add_argument("--dry-run", action="store_true",
                         help="every section on the CPU at tiny sizes (tiny preset, 64x64 tiles, Triton interpreter)")
     parser.add_argument("--budget-scale", type=float, default=1.0,
-                        help="multiply every section's time budget (default budgets sum to 12 minutes)")
+                        help="multiply every section's time budget (default budgets sum to 18 minutes)")
     parser.add_argument("--workdir", default=None,
                         help="folder for ONNX exports and engines, kept for reuse (default: a temporary folder, "
                              "removed at the end)")

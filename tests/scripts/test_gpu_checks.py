@@ -18,10 +18,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_checks.py"
-SECTIONS = ["env", "cva", "kernels", "bench", "trt", "train", "quant"]
+SECTIONS = ["env", "cva", "kernels", "bench", "trt", "train", "quant", "serve"]
 # source folder -> its package in an installed imagpose (pyproject's package-dir)
 PACKAGE_FOLDERS = {"imagpose": "imagpose", "export": "imagpose/export", "kernels": "imagpose/kernels",
-                   "bench": "imagpose/bench", "train": "imagpose/train"}
+                   "bench": "imagpose/bench", "train": "imagpose/train", "serving": "imagpose/serving"}
 
 
 def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -186,10 +186,15 @@ def test_skip_leaves_sections_out_and_only_still_selects(monkeypatch):
         return [s.name for s in gpu_checks.selected_sections(gpu_checks.parse_args(list(argv)))]
 
     assert names() == SECTIONS
-    assert names("--skip", "train") == SECTIONS[:-1]  # the first of the two device calls (docs/gpu.md)
-    assert names("--only", "train", "--only", "env") == ["env", "train"]  # the second
+    first = names("--skip", "train", "--skip", "quant", "--skip", "serve")  # the device calls of docs/gpu.md
+    second = names("--only", "env", "--only", "quant", "--only", "serve")
+    third = names("--only", "train", "--only", "env")
+    assert first == ["env", "cva", "kernels", "bench", "trt"] and second == ["env", "quant", "serve"]
+    assert third == ["env", "train"]
     assert names("--only", "cva", "--skip", "cva") == []
-    assert sum(s.budget_s for s in gpu_checks.SECTIONS if s.name != "train") <= 480  # one 10-minute command
+    budgets = {s.name: s.budget_s for s in gpu_checks.SECTIONS}
+    for call in (first, second, third):
+        assert sum(budgets[name] for name in call) <= 480  # each fits one 10-minute command
 
 
 def test_the_train_section_uses_the_sd15_presets_batch_sizes(monkeypatch):
@@ -228,3 +233,17 @@ def test_the_tensorrt_part_of_the_trt_section_with_a_stand_in_runtime(monkeypatc
     assert records["unet_step_ms"]["torch_fp16"] > 0 and records["unet_step_ms"]["tensorrt_fp16"] > 0
     rows = {(row["backend"], row["component"]) for row in records["parity"]["components"]}
     assert ("tensorrt", "unet") in rows and ("torch-fp16", "unet") in rows and records["parity"]["passed"]
+
+
+def test_dry_run_serve_section_writes_and_validates_a_repository_and_times_clients(dry_run):
+    out, _ = dry_run
+    serve = read_report(out)["sections"]["serve"]["results"]
+    assert "TensorRT is not installed" in serve["no_tensorrt"]
+    repository = serve["repository"]
+    assert repository["flavour"] == "python" and repository["problems"] == []
+    assert repository["models"] == sorted(["imagpose", "image_encoder", "flc_tokenizer", "pose_guider", "unet",
+                                           "vae_encoder", "vae_decoder"])
+    clients = serve["concurrent_clients"]
+    assert list(clients) == ["1", "4", "16"]
+    assert [clients[k]["requests"] for k in clients] == [1, 4, 16]
+    assert all(clients[k]["requests_per_s"] > 0 and clients[k]["p95_s"] >= clients[k]["p50_s"] for k in clients)
