@@ -15,7 +15,7 @@ from pathlib import Path
 from imagpose.errors import InvalidArgumentError
 from imagpose.runtime import Runtime
 
-from ..components import ShapeBucket
+from ..components import COMPONENTS, ShapeBucket, deepcache_components
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -64,5 +64,6 @@ def prepare_runtime(name: str, pipe, work_dir: str | Path, bucket: ShapeBucket, 
 
     target = BuildTarget.current(pipe.device)  # fail early (no tensorrt, no GPU), before exporting anything
     export_pipeline(pipe, onnx_dir, options)
-    build_engines(onnx_dir, engine_dir, BuildOptions(buckets=(bucket,)), target=target)
+    components = COMPONENTS + deepcache_components(options.deepcache_branches)
+    build_engines(onnx_dir, engine_dir, BuildOptions(buckets=(bucket,), components=components), target=target)
     return TensorRTBackend.for_pipeline(pipe, engine_dir, device=pipe.device)
