@@ -54,6 +54,15 @@ class MeteredRuntime:
         with self.meter.stage("denoiser", repeat=self.steps):
             return self.inner.unet(sample, timestep, context, pose_features, grid)
 
+    def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
+        with self.meter.stage("denoiser", repeat=self.steps):
+            return self.inner.unet_deepcache_full(sample, timestep, context, pose_features, grid, branch)
+
+    def unet_deepcache_shallow(self, sample, timestep, context, pose_features, deep_feature, grid, branch):
+        with self.meter.stage("denoiser", repeat=self.steps):
+            return self.inner.unet_deepcache_shallow(sample, timestep, context, pose_features, deep_feature, grid,
+                                                     branch)
+
     def vae_decode(self, latents):
         with self.meter.stage("vae_decode"):
             return self.inner.vae_decode(latents)

@@ -29,7 +29,7 @@ from pathlib import Path
 from imagpose.errors import DeviceError, MissingDependencyError
 from imagpose.io import atomic_file, write_json
 
-from .components import COMPONENTS, CONTRACTS, ShapeBucket, axis_values
+from .components import COMPONENTS, CONTRACTS, ShapeBucket, axis_values, uses_grid
 from .digests import changed_files, combined_digest
 from .onnx_export import ExportError, verify_export
 
@@ -155,7 +155,7 @@ def plan_builds(onnx_dir: str | Path, out_dir: str | Path, options: BuildOptions
         if not onnx["options"]["dynamic"] and (options.dynamic or len(options.buckets) > 1):
             raise ExportError(f"{onnx_path} was exported with static shapes; export with dynamic axes to build "
                               "several buckets or a dynamic engine.")
-        buckets = [b if component == "unet" else ShapeBucket(**{**asdict(b), "cfg": False}) for b in options.buckets]
+        buckets = [b if uses_grid(component) else ShapeBucket(**{**asdict(b), "cfg": False}) for b in options.buckets]
         if options.dynamic:
             plans.append(EnginePlan(component, onnx_path, out_dir / f"{component}.dynamic.plan",
                                     contract.profile(buckets, config), None, onnx, options))

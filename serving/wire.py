@@ -5,7 +5,8 @@ base64 PNG (lossless, so a served result equals the in-process one) and keypoint
 
     {"grid": [2, 2], "tile_size": [128, 96] | null, "seed": 0 | null, "reference": 0 | null, "name": "a" | null,
      "views": [{"image": "<base64 PNG>" | null, "pose": "<base64 PNG>" | {"format": "openpose18", ...}}, ...],
-     "settings": {"num_inference_steps": 20, "guidance_scale": 2.0, "sampler": "ddim"}}
+     "settings": {"num_inference_steps": 20, "guidance_scale": 2.0, "sampler": "ddim",
+                  "guidance_interval": [0.0, 0.5] | null}}
 
 A result is a :class:`~imagpose.pipeline.GenerationResult`::
 
@@ -32,6 +33,7 @@ from PIL import Image
 
 from imagpose.canvas import PoseRequest, View, validate_request
 from imagpose.errors import InvalidArgumentError
+from imagpose.guidance import check_guidance_interval, guided_steps
 from imagpose.images import load_image
 from imagpose.pipeline import GenerationResult
 from imagpose.pose import Keypoints, keypoints_from_json
@@ -52,12 +54,17 @@ class SamplingSettings:
     num_inference_steps: int = 20
     guidance_scale: float = 2.0
     sampler: str = "ddim"
+    guidance_interval: tuple[float, float] | None = None  # fractions of the steps that apply guidance (None: all)
 
     def check(self, num_train_timesteps: int = MAX_TRAIN_TIMESTEPS) -> SamplingSettings:
         if self.sampler not in SAMPLERS:
             raise WireFormatError(f"settings.sampler {self.sampler!r} is unknown; choose from {', '.join(SAMPLERS)}.")
-        check_sampler(self.sampler, 0.0)
-        check_sampling_settings(self.num_inference_steps, self.guidance_scale, 0.0, num_train_timesteps)
+        try:  # the pipeline's own checks, so a server refuses exactly what the pipeline would
+            check_sampler(self.sampler, 0.0)
+            check_sampling_settings(self.num_inference_steps, self.guidance_scale, 0.0, num_train_timesteps)
+            guided_steps(self.num_inference_steps, self.guidance_scale, check_guidance_interval(self.guidance_interval))
+        except InvalidArgumentError as exc:
+            raise WireFormatError(f"settings: {exc}") from exc
         return self
 
     def pipeline_arguments(self) -> dict:
@@ -153,7 +160,13 @@ def _settings_from_json(data) -> SamplingSettings:
         raise WireFormatError(f"settings.num_inference_steps must be an integer, got {steps!r}.")
     if not isinstance(guidance, (int, float)) or isinstance(guidance, bool):
         raise WireFormatError(f"settings.guidance_scale must be a number, got {guidance!r}.")
-    return SamplingSettings(steps, float(guidance), data.get("sampler", SamplingSettings.sampler))
+    interval = data.get("guidance_interval")
+    if interval is not None:
+        try:
+            interval = check_guidance_interval(interval)
+        except InvalidArgumentError as exc:
+            raise WireFormatError(f"settings: {exc}") from exc
+    return SamplingSettings(steps, float(guidance), data.get("sampler", SamplingSettings.sampler), interval)
 
 
 def request_from_json(data) -> WireRequest:

@@ -41,19 +41,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
                             "$IMAGPOSE_MAX_MEMORY_GIB, else the weights + 80%% of the free memory)")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None,
-                           guidance_interval: bool = True) -> None:
-    """``guidance_interval=False`` leaves out ``--guidance-interval`` (a command that cannot pass it on yet)."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=default_steps,
                        help="DDIM steps (default: the preset's, 20 as in the paper)")
     group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
                        help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
-    if guidance_interval:
-        group.add_argument("--guidance-interval", type=parse_guidance_interval, default=None, metavar="START:STOP",
-                           help="apply guidance only on the steps i with int(START*N) <= i < int(STOP*N), fractions "
-                                "of the N steps (0 = the first, noisiest), e.g. 0.2:0.8; the other steps run the "
-                                "conditional branch alone (half the UNet rows). Default: every step")
+    group.add_argument("--guidance-interval", type=parse_guidance_interval, default=None, metavar="START:STOP",
+                       help="apply guidance only on the steps i with int(START*N) <= i < int(STOP*N), fractions "
+                            "of the N steps (0 = the first, noisiest), e.g. 0.2:0.8; the other steps run the "
+                            "conditional branch alone (half the UNet rows). Default: every step")
     group.add_argument("--eta", type=sampling_setting("eta", float), default=0.0,
                        help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
     group.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],

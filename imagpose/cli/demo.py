@@ -21,7 +21,7 @@ HELP = "run all scenarios on the shipped sample inputs (the shipped trained tiny
 def add_arguments(parser) -> None:
     add_output_argument(parser, "outputs/demo")
     add_model_arguments(parser, default_preset=None)
-    add_sampling_arguments(parser, guidance_interval=False)  # run_demo cannot pass it on yet
+    add_sampling_arguments(parser)
     add_backend_arguments(parser)
 
 
@@ -45,7 +45,7 @@ def run(args) -> int:
               f"backend {args.backend}")
         summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, sampler=args.sampler,
                            seed=args.seed, model_label=label, progress=not args.no_progress, backend=args.backend,
-                           tile_height=tile[0] if tile else None)
+                           tile_height=tile[0] if tile else None, guidance_interval=args.guidance_interval)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))

@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS grid baked into the UNet")
     onnx.add_argument("--batch", type=int, default=1, help="sample number of requests (UNet batch is 2x)")
     onnx.add_argument("--no-passes", action="store_true", help="skip graphsurgeon cleanup and constant folding")
+    onnx.add_argument("--deepcache-branch", type=int, action="append", default=None, metavar="K",
+                      help="also export the DeepCache UNet pair of skip branch K (repeat for several; what "
+                           "pipe(..., deepcache_branch=K) runs on ONNX Runtime and TensorRT)")
     onnx.add_argument("--force", action="store_true", help="re-export even when the cache matches")
 
     check = sub.add_parser("check-trt", help="report what TensorRT's ONNX parser would reject (no TensorRT needed)",
@@ -113,7 +116,8 @@ def _onnx(args) -> int:
     pipe = load_pipeline(args)
     options = ExportOptions(dtype=args.export_dtype, opset=args.opset, dynamic=not args.static,
                             bucket=ShapeBucket(args.batch, *args.tile_size, *args.grid),
-                            passes=() if args.no_passes else ("cleanup_toposort", "fold_constants"))
+                            passes=() if args.no_passes else ("cleanup_toposort", "fold_constants"),
+                            deepcache_branches=tuple(args.deepcache_branch or ()))
     components = tuple(args.component) if args.component else COMPONENTS
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:

@@ -128,6 +128,7 @@ def _served_result(args, request):
     if args.eta != 0.0:
         raise InvalidArgumentError("A served request runs deterministic sampling (eta 0); drop --eta or run without "
                                    "--server.")
-    settings = SamplingSettings(args.steps or 20, args.guidance, args.sampler)
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    settings = SamplingSettings(args.steps or 20, args.guidance, args.sampler, interval)
     with connect(args.server, kind=args.server_kind) as client:
         return client.generate([request], settings)[0]

@@ -28,9 +28,10 @@ def t2_request(seed=3):
 
 def test_a_request_round_trips_to_the_same_canvas(tiny_pipe):
     request = t2_request()
-    wire = json.loads(json.dumps(request_to_json(request, SamplingSettings(4, 1.5, "unipc"))))
+    wire = json.loads(json.dumps(request_to_json(request, SamplingSettings(4, 1.5, "unipc", (0.0, 0.5)))))
     parsed = request_from_json(wire)
-    assert parsed.settings == SamplingSettings(4, 1.5, "unipc")
+    assert parsed.settings == SamplingSettings(4, 1.5, "unipc", (0.0, 0.5))
+    assert parsed.settings.pipeline_arguments()["guidance_interval"] == (0.0, 0.5)
     assert (parsed.request.grid, parsed.request.tile_size, parsed.request.seed, parsed.request.name) == (
         (2, 2), (64, 64), 3, "a")
     ours, theirs = tiny_pipe.build_canvas(request), tiny_pipe.build_canvas(parsed.request)
@@ -59,6 +60,8 @@ def test_a_result_round_trips_bit_for_bit(tiny_pipe):
     (lambda d: d["settings"].update(sampler="euler"), "sampler 'euler' is unknown"),
     (lambda d: d["settings"].update(num_inference_steps="20"), "num_inference_steps must be an integer"),
     (lambda d: d["settings"].update(guidance_scale=None), "guidance_scale must be a number"),
+    (lambda d: d["settings"].update(guidance_interval=[0.6, 0.2]), "empty or inverted"),
+    (lambda d: d["settings"].update(guidance_scale=1.0, guidance_interval=[0.0, 0.5]), "turns off"),
 ])
 def test_malformed_requests_name_the_field(edit, words):
     data = request_to_json(t2_request())
