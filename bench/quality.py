@@ -11,9 +11,11 @@ side by side with the default (the paper's setting: DDIM, 20 steps, CFG w = 2 on
 - quality against the default's output (SSIM, PSNR) and against the ground truth (the trainer's evaluation
   measures: SSIM, PSNR, pose IoU, colour error).
 
-A setting is on the Pareto front when no other setting is both faster and better on SSIM against the ground
-truth. ``best_at`` picks, for each speedup target, the setting with the best ground-truth SSIM among those at
-least that much faster.
+A setting is on the Pareto front when no other setting is both faster and closer to the default's output (SSIM
+against it). ``best_at`` picks, for each speedup target, the setting closest to the default's output among those at
+least that much faster. Fidelity to the faithful setting, not the ground-truth scores, ranks them: on a small model
+the ground-truth scores move with blur (fewer steps often score higher), so they are the budget a setting must keep
+(:data:`QUALITY_BUDGET`), not its rank.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ def sweep(kind: str = "full") -> list[QualitySetting]:
             settings.append(QualitySetting(f"{sampler} {steps} deepcache 2/0", sampler, steps,
                                            deepcache_interval=2))
         settings.append(QualitySetting(f"{sampler} 10 guidance [0.0, 0.5] deepcache 2/0", sampler, 10,
+                                       guidance_interval=(0.0, 0.5), deepcache_interval=2))
+        settings.append(QualitySetting(f"{sampler} 4 deepcache 2/0", sampler, 4, deepcache_interval=2))
+        settings.append(QualitySetting(f"{sampler} 6 deepcache 3/0", sampler, 6, deepcache_interval=3))
+        settings.append(QualitySetting(f"{sampler} 8 deepcache 3/0", sampler, 8, deepcache_interval=3))
+        settings.append(QualitySetting(f"{sampler} 6 guidance [0.0, 0.5] deepcache 2/0", sampler, 6,
                                        guidance_interval=(0.0, 0.5), deepcache_interval=2))
     settings += [QualitySetting("ddim 20 onnxruntime fp32", unet="onnxruntime"),
                  QualitySetting("ddim 20 onnxruntime int8 unet", unet="onnxruntime-int8"),
@@ -245,22 +252,23 @@ def run_quality_bench(model_dir: str | Path, data_root: str | Path, settings: li
 
 
 def mark_pareto(results: list[SettingResult]) -> None:
-    """Pareto front over (seconds per image: lower, ground-truth SSIM: higher)."""
+    """Pareto front over (seconds per image: lower, SSIM against the default's output: higher)."""
     for result in results:
         result.pareto = not any(
             other.seconds_per_image <= result.seconds_per_image
-            and other.vs_ground_truth["ssim"] >= result.vs_ground_truth["ssim"]
+            and other.vs_default["ssim"] >= result.vs_default["ssim"]
             and (other.seconds_per_image < result.seconds_per_image
-                 or other.vs_ground_truth["ssim"] > result.vs_ground_truth["ssim"])
+                 or other.vs_default["ssim"] > result.vs_default["ssim"])
             for other in results)
 
 
 def best_at(results: list[SettingResult]) -> dict[str, dict | None]:
-    """For each speedup target, the setting with the best ground-truth SSIM among those at least that fast."""
+    """For each speedup target, the setting closest to the default's output (SSIM) among those at least that fast
+    whose ground-truth drops stay within :data:`QUALITY_BUDGET`."""
     best = {}
     for target in SPEEDUP_TARGETS:
-        fast = [r for r in results if r.speedup >= target]
-        pick = max(fast, key=lambda r: r.vs_ground_truth["ssim"]) if fast else None
+        fast = [r for r in results if r.speedup >= target and _within(r)]
+        pick = max(fast, key=lambda r: r.vs_default["ssim"]) if fast else None
         best[f"{target:g}x"] = None if pick is None else {"name": pick.setting.name, "speedup": pick.speedup,
                                                          "flop_ratio": pick.flop_ratio, "drop": pick.drop,
                                                          "vs_default": pick.vs_default}
@@ -269,6 +277,9 @@ def best_at(results: list[SettingResult]) -> dict[str, dict | None]:
 
 def within_budget(results: list[SettingResult]) -> list[dict]:
     """Settings at least 3x faster whose ground-truth SSIM and pose IoU drop within :data:`QUALITY_BUDGET`."""
-    return [{"name": r.setting.name, "speedup": r.speedup, "flop_ratio": r.flop_ratio, "drop": r.drop}
-            for r in results
-            if r.speedup >= 3.0 and all(r.drop[m] <= bound for m, bound in QUALITY_BUDGET.items())]
+    return [{"name": r.setting.name, "speedup": r.speedup, "flop_ratio": r.flop_ratio, "drop": r.drop,
+             "ssim_vs_default": r.vs_default["ssim"]} for r in results if r.speedup >= 3.0 and _within(r)]
+
+
+def _within(result: SettingResult) -> bool:
+    return all(result.drop[m] <= bound for m, bound in QUALITY_BUDGET.items())

@@ -46,23 +46,24 @@ def test_a_small_run_scores_the_default_against_itself_exactly(heldout, tmp_path
     assert json.loads((tmp_path / "report" / "results.json").read_text())["items"] == 2
 
 
-def _result(name, seconds, ssim, pose=0.5):
+def _result(name, seconds, fidelity, ssim=0.6, pose=0.5):
     truth = {"ssim": ssim, "psnr": 10.0, "pose_iou": pose, "color_error": 1.0}
-    return SettingResult(QualitySetting(name), seconds, 1.0, {"ssim": 1.0, "psnr": 1.0}, truth)
+    return SettingResult(QualitySetting(name), seconds, 1.0, {"ssim": fidelity, "psnr": 30.0}, truth)
 
 
 def test_pareto_front_best_at_and_budget_follow_their_definitions():
-    results = [_result("default", 6.0, 0.60), _result("a", 2.0, 0.595), _result("b", 1.0, 0.50),
-               _result("c", 2.5, 0.58), _result("d", 1.2, 0.592, pose=0.47)]
+    results = [_result("default", 6.0, 1.0), _result("a", 2.0, 0.995), _result("b", 1.0, 0.95),
+               _result("c", 2.5, 0.99), _result("d", 1.2, 0.992, pose=0.47), _result("e", 1.1, 0.97, ssim=0.58)]
     default = results[0]
     for r in results:
         r.speedup = default.seconds_per_image / r.seconds_per_image
         r.drop = {m: default.vs_ground_truth[m] - r.vs_ground_truth[m] for m in default.vs_ground_truth}
     mark_pareto(results)
-    assert [r.setting.name for r in results if r.pareto] == ["default", "a", "b", "d"]
+    assert [r.setting.name for r in results if r.pareto] == ["default", "a", "b", "d", "e"]
     picks = best_at(results)
-    assert picks["2x"]["name"] == "a" and picks["3x"]["name"] == "a" and picks["5x"]["name"] == "d"
-    assert [r["name"] for r in within_budget(results)] == ["a"]  # d is 5x but loses 0.03 pose IoU
+    # d and e are closer to the default than b at 5x, but d loses 0.03 pose IoU and e 0.02 SSIM: over the budget
+    assert picks["2x"]["name"] == "a" and picks["3x"]["name"] == "a" and picks["5x"]["name"] == "b"
+    assert [r["name"] for r in within_budget(results)] == ["a", "b"]
 
 
 def test_unknown_sampler_or_unet_is_a_clear_error():
