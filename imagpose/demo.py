@@ -72,7 +72,7 @@ def demo_scenarios(seed: int = 0, tile_height: int | None = None) -> list[DemoSc
 def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance_scale: float = 2.0,
              eta: float = 0.0, seed: int = 0, model_label: str = "tiny (random weights)", progress: bool = True,
              backend: str = "torch", tile_height: int | None = None, sampler: str = "ddim",
-             guidance_interval: tuple[float, float] | None = None) -> dict:
+             guidance_interval: tuple[float, float] | None = None, deepcache: tuple[int, int] | None = None) -> dict:
     """Run every demo scenario and write ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and
     ``out_dir/summary.json``, beside what ``out_dir`` already holds. ``out_dir`` is a folder, or an open
     :class:`~imagpose.io.OutputFolder` (the caller checked it early and commits it). Returns the summary."""
@@ -86,7 +86,9 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
         canvases = [pipe.build_canvas(r) for r in requests]
         with Stopwatch(pipe.device) as watch:
             output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta,
-                          sampler=sampler, progress=progress, guidance_interval=guidance_interval)
+                          sampler=sampler, progress=progress, guidance_interval=guidance_interval,
+                          **({} if deepcache is None else {"deepcache_interval": deepcache[0],
+                                                           "deepcache_branch": deepcache[1]}))
         seconds = watch.seconds
         summary = {
             "model": model_label,
@@ -95,6 +97,7 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
             "eta": eta,
             "sampler": sampler,
             "guidance_interval": list(guidance_interval) if guidance_interval else None,
+            "deepcache": list(deepcache) if deepcache else None,
             "seconds_total": round(seconds, 3),
             "device": str(pipe.device),
             "backend": backend,

@@ -51,6 +51,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int |
                        help="apply guidance only on the steps i with int(START*N) <= i < int(STOP*N), fractions "
                             "of the N steps (0 = the first, noisiest), e.g. 0.2:0.8; the other steps run the "
                             "conditional branch alone (half the UNet rows). Default: every step")
+    group.add_argument("--deepcache", type=parse_deepcache, default=None, metavar="INTERVAL[:BRANCH]",
+                       help="DeepCache feature reuse: the whole UNet every INTERVAL steps, only the shallow layers "
+                            "around skip branch BRANCH (default 0, the shallowest) on the steps between")
     group.add_argument("--eta", type=sampling_setting("eta", float), default=0.0,
                        help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
     group.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],
@@ -86,6 +89,26 @@ def parse_guidance_interval(text: str) -> tuple[float, float]:
     except (ValueError, InvalidArgumentError) as exc:
         raise argparse.ArgumentTypeError(f"expected START:STOP, two fractions of the steps with 0 <= START < STOP "
                                          f"<= 1, e.g. 0.2:0.8, got {text!r}") from exc
+
+
+def parse_deepcache(text: str) -> tuple[int, int]:
+    """'3' -> (3, 0), '3:1' -> (3, 1): DeepCache's interval (>= 2; 1 would cache nothing) and skip branch."""
+    try:
+        parts = [int(v) for v in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or parts[0] < 2 or (len(parts) == 2 and parts[1] < 0):
+        raise argparse.ArgumentTypeError(f"expected INTERVAL[:BRANCH], an interval >= 2 and a branch >= 0, e.g. 3 or "
+                                         f"3:1, got {text!r}")
+    return parts[0], parts[1] if len(parts) == 2 else 0
+
+
+def deepcache_arguments(args) -> dict:
+    """The pipeline's DeepCache keyword arguments from --deepcache (none without it)."""
+    if getattr(args, "deepcache", None) is None:
+        return {}
+    interval, branch = args.deepcache
+    return {"deepcache_interval": interval, "deepcache_branch": branch}
 
 
 def positive_gib(text: str) -> float:
@@ -197,4 +220,6 @@ def resolve_backend(pipe, args, grid=(2, 2)):
         raise InvalidArgumentError(f"--backend {args.backend} runs fp32 or fp16 graphs, not --dtype {args.dtype}.")
     work_dir = Path(args.work_dir or Path("outputs/runtimes") / (Path(args.model).name if args.model else args.preset))
     tile = (getattr(args, "tile_size", None) or (64, 64)) if args.backend == "tensorrt" else (64, 64)
-    return prepare_runtime(args.backend, pipe, work_dir, ShapeBucket(1, *tile, *grid), dtype=args.dtype)
+    branches = (args.deepcache[1],) if getattr(args, "deepcache", None) else ()  # its graph pair, exported too
+    return prepare_runtime(args.backend, pipe, work_dir, ShapeBucket(1, *tile, *grid), dtype=args.dtype,
+                           deepcache_branches=branches)

@@ -45,7 +45,8 @@ def run(args) -> int:
               f"backend {args.backend}")
         summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, sampler=args.sampler,
                            seed=args.seed, model_label=label, progress=not args.no_progress, backend=args.backend,
-                           tile_height=tile[0] if tile else None, guidance_interval=args.guidance_interval)
+                           tile_height=tile[0] if tile else None, guidance_interval=args.guidance_interval,
+                           deepcache=args.deepcache)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))

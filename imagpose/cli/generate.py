@@ -14,6 +14,7 @@ from .common import (
     add_model_arguments,
     add_output_argument,
     add_sampling_arguments,
+    deepcache_arguments,
     load_pipeline,
     parse_grid,
     parse_positive_pair,
@@ -116,7 +117,7 @@ def _local_result(args, request):
     steps = args.steps or 20
     return pipe(request, num_inference_steps=steps, guidance_scale=args.guidance, eta=args.eta,
               sampler=args.sampler, progress=not args.no_progress, backend=backend,
-              guidance_interval=args.guidance_interval).results[0]
+              guidance_interval=args.guidance_interval, **deepcache_arguments(args)).results[0]
 
 
 def _served_result(args, request):
@@ -128,6 +129,9 @@ def _served_result(args, request):
     if args.eta != 0.0:
         raise InvalidArgumentError("A served request runs deterministic sampling (eta 0); drop --eta or run without "
                                    "--server.")
+    if args.deepcache:
+        raise InvalidArgumentError("DeepCache is chosen where the networks run, not per served request; drop "
+                                   "--deepcache or run without --server.")
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     settings = SamplingSettings(args.steps or 20, args.guidance, args.sampler, interval)
     with connect(args.server, kind=args.server_kind) as client:

@@ -140,3 +140,21 @@ def test_a_runtime_without_deepcache_is_a_user_error(tiny_pipe):
 def test_cva_modules_are_counted(tiny_pipe):
     """The hooks above see every CVA module: the tiny UNet has one after each of its 3 + 1 + 6 layers."""
     assert len([m for m in tiny_pipe.unet.modules() if isinstance(m, CrossViewAttention)]) == 10
+
+
+def test_the_command_line_takes_deepcache(generate_argv, tmp_path, capsys):
+    from imagpose.cli import main
+
+    for name, extra in (("plain", []), ("cached", ["--deepcache", "2:0"])):
+        assert main([*generate_argv, "--steps", "3", *extra, "--out", str(tmp_path / name)]) == 0
+    target = "target_tile3.png"  # step 1 reuses step 0's deep feature: the image changes
+    assert (tmp_path / "plain" / target).read_bytes() != (tmp_path / "cached" / target).read_bytes()
+    for bad in ("1", "2:-1", "x", "2:1:0"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*generate_argv, "--deepcache", bad, "--out", str(tmp_path / "bad")])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--deepcache" in error and "INTERVAL[:BRANCH]" in error, error
+    assert main([*generate_argv, "--deepcache", "2:99", "--out", str(tmp_path / "deep")]) == 2  # beyond the UNet
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "branch" in error[0], error
