@@ -49,7 +49,7 @@ def ray(out: Path, args) -> None:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 pass
             time.sleep(1)
         else:
