@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
                         help="sampling steps of every request")
     parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
                         help="classifier-free guidance scale of every request")
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"])
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],
+                        help="sampler of every request (ddim: the official one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first request (the others: +1, +2, ...)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up request of each client")
     add_output_argument(parser, "outputs/loadtest")
