@@ -39,8 +39,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .canvas import JointCanvas, PoseRequest, validate_request
+from .deepcache import deepcache_config
 from .errors import IMAGPoseError, InvalidArgumentError
+from .guidance import check_guidance_interval, guided_steps
 from .pipeline import OUTPUT_TYPES, GenerationResult
+from .samplers import check_sampler
 from .sampling_settings import check_sampling_settings
 from .timing import Stopwatch
 
@@ -81,13 +84,16 @@ class IMAGPoseGenerator:
         max_batch: most requests per pipeline call.
         max_wait: seconds the worker waits for more requests once it has one.
         max_queue: most queued (not yet running) requests; ``submit`` blocks or raises beyond it.
-        num_inference_steps, guidance_scale, eta, output_type: pipeline arguments shared by every request,
+        num_inference_steps, guidance_scale, eta, output_type, sampler, guidance_interval, deepcache_interval,
+            deepcache_branch: pipeline arguments shared by every request (see ``IMAGPosePipeline.__call__``),
             checked here (:class:`~imagpose.errors.InvalidArgumentError`), not per request.
     """
 
     def __init__(self, pipe, backend=None, max_batch: int = 4, max_wait: float = 0.01, max_queue: int = 64,
                  num_inference_steps: int = 20, guidance_scale: float = 2.0, eta: float = 0.0,
-                 output_type: str = "pil"):
+                 output_type: str = "pil", sampler: str = "ddim",
+                 guidance_interval: tuple[float, float] | None = None, deepcache_interval: int | None = None,
+                 deepcache_branch: int = 0):
         for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}.")
@@ -96,10 +102,16 @@ class IMAGPoseGenerator:
         check_sampling_settings(num_inference_steps, guidance_scale, eta, pipe.scheduler.config.num_train_timesteps)
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        # the fast-sampling options, checked now as the pipeline checks them (not once per request)
+        check_sampler(sampler, eta)
+        guided_steps(num_inference_steps, guidance_scale, check_guidance_interval(guidance_interval))
+        deepcache_config(deepcache_interval, deepcache_branch, pipe.unet)
         self.pipe, self.backend = pipe, backend
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
                              output_type=output_type)
+        self.fast_sampling = dict(sampler=sampler, guidance_interval=guidance_interval,
+                                  deepcache_interval=deepcache_interval, deepcache_branch=deepcache_branch)
         self.stats = GeneratorStats()
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -234,7 +246,7 @@ class IMAGPoseGenerator:
         try:
             results = self.pipe([job.request for job in jobs], canvases=[canvas for _, canvas in prepared],
                                 backend=self.backend, progress=False, callback_on_step_end=self._stop_if_aborted,
-                                **self.settings).results
+                                **self.settings, **self.fast_sampling).results
         except Exception as exc:  # noqa: BLE001 - handed to the futures, never raised in the worker
             if len(prepared) > 1 and not self._aborted:
                 for item in prepared:
