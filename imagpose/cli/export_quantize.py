@@ -16,19 +16,10 @@ import logging
 from pathlib import Path
 
 from .common import add_model_arguments, parse_grid, parse_size
+from .train_common import integer
 
 HELP = "quantize the UNet to INT8/FP8 (Model Optimizer) into an export folder"
 HELD_OUT_SEED = 1000  # the shipped model's held-out people (training.json), never used for calibration
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_parser(subparsers, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
@@ -39,15 +30,15 @@ def add_parser(subparsers, formatter_class=argparse.ArgumentDefaultsHelpFormatte
                         help="int8 (ONNX Runtime CPU and TensorRT) or fp8 E4M3 (TensorRT on compute capability 8.9+)")
     parser.add_argument("--algorithm", default="max", choices=["max", "smoothquant"],
                         help="calibration: maxima, or SmoothQuant (int8; alpha 0.8 as the TensorRT diffusion demo)")
-    parser.add_argument("--calib-requests", type=positive_int, default=4, metavar="N",
+    parser.add_argument("--calib-requests", type=integer(1), default=4, metavar="N",
                         help="generated people whose every denoising step calibrates the quantizers")
-    parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps of each calibration call")
+    parser.add_argument("--steps", type=integer(1), default=20, help="denoising steps of each calibration call")
     parser.add_argument("--tile-size", type=parse_size, default=None,
                         help="tile HEIGHTxWIDTH of calibration and export (default: the model's training tile "
                              "size from training.json, else 512x512)")
     parser.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS grid baked into the UNet")
     parser.add_argument("--static", action="store_true", help="static shapes instead of dynamic axes")
-    parser.add_argument("--measure", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--measure", type=integer(1), default=None, metavar="N",
                         help="then measure on N held-out people against fp32 torch (per-step SQNR, final SSIM, "
                              "UNet call time fp32 vs quantized ONNX Runtime); writes quantization.json into --out")
     parser.add_argument("--force", action="store_true", help="re-quantize even when the folder matches")

@@ -7,9 +7,8 @@ measures both servers the same way. See docs/serving.md."""
 
 from __future__ import annotations
 
-import argparse
-
 from .common import add_output_argument, parse_size, sampling_setting
+from .train_common import integer
 
 NAME = "loadtest"
 HELP = "measure a running Triton or Ray Serve server: throughput, latency percentiles, batch sizes"
@@ -20,8 +19,8 @@ def add_arguments(parser) -> None:
                         help="the server: http://HOST:PORT (Triton HTTP or the Ray service) or grpc://HOST:PORT "
                              "(Triton gRPC)")
     parser.add_argument("--kind", required=True, choices=["triton", "ray"], help="which server --server is")
-    parser.add_argument("--clients", type=_positive_int, default=8, help="concurrent clients")
-    parser.add_argument("--requests", type=_positive_int, default=64, help="requests in total (distinct seeds)")
+    parser.add_argument("--clients", type=integer(1), default=8, help="concurrent clients")
+    parser.add_argument("--requests", type=integer(1), default=64, help="requests in total (distinct seeds)")
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="pipeline folder whose training record sets the request tile size (default: the shipped "
                              "model's, 128x96); the model itself is the server's")
@@ -36,16 +35,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first request (the others: +1, +2, ...)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up request of each client")
     add_output_argument(parser, "outputs/loadtest")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def run(args) -> int:
