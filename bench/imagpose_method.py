@@ -52,9 +52,9 @@ TARGETS = ("walking", "arms_up", "side")  # poses of the same person; T2 uses th
 def model_architecture(model_dir: str | Path) -> Preset:
     """The architecture of a pipeline folder as a :class:`~imagpose.presets.Preset`, read from its component
     configs (no weights), so that ``build_components(..., meta=True)`` builds it on the meta device."""
-    from diffusers import AutoencoderKL
     from transformers import Dinov2Config
 
+    from imagpose.autoencoders import autoencoder_class, folder_class_name
     from imagpose.models import FLCTokenizer, IMAGPoseUNet, PoseGuider
 
     folder = Path(model_dir)
@@ -62,8 +62,9 @@ def model_architecture(model_dir: str | Path) -> Preset:
     def init_kwargs(cls, name: str) -> dict:
         return cls.extract_init_dict(cls.load_config(folder / name))[0]
 
-    return Preset(name=folder.name, description=f"the architecture of {folder}",
-                  unet=init_kwargs(IMAGPoseUNet, "unet"), vae=init_kwargs(AutoencoderKL, "vae"),
+    vae_class = folder_class_name(folder / "vae")
+    return Preset(name=folder.name, description=f"the architecture of {folder}", vae_class=vae_class,
+                  unet=init_kwargs(IMAGPoseUNet, "unet"), vae=init_kwargs(autoencoder_class(vae_class), "vae"),
                   image_encoder=Dinov2Config.from_pretrained(folder / "image_encoder").to_diff_dict(),
                   pose_guider=init_kwargs(PoseGuider, "pose_guider"), flc=init_kwargs(FLCTokenizer, "flc_tokenizer"))
 

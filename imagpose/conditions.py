@@ -2,13 +2,14 @@
 
 Notation (<field> -> paper):
     context         F_C = cat([DINOv2(ref), FLC(VAE(ref))])      (B, 257 + N, D)   "feature-level condition"
-    masked_latents  VAE(masked joint image) * 0.18215             (B, 4, h, w)      "image-level condition" F_I
+    masked_latents  VAE(masked joint image), scaled latents       (B, 4, h, w)      "image-level condition" F_I
     flag            1 on source tiles, 0 on target tiles          (B, 1, h, w)
     pose_features   F_P = PoseGuider(joint pose in [0, 1])        (B, C0, h, w)
 h, w = canvas / 8. Preprocessing follows the official pipeline exactly (see docs/parity_pitfalls.md):
     DINOv2 input  ref.resize((224, 224)) with PIL bicubic (aspect squash), CLIP mean/std
-    FLC input     ref resized to the whole canvas with PIL Lanczos, [-1, 1], VAE ``latent_dist.mean`` * 0.18215
-    masked canvas 2x - 1 (black tiles are -1), VAE ``latent_dist.mean`` * 0.18215
+    FLC input     ref resized to the whole canvas with PIL Lanczos, [-1, 1], VAE-encoded (AutoencoderKL: the
+                  official ``latent_dist.mean`` * 0.18215; see imagpose.autoencoders)
+    masked canvas 2x - 1 (black tiles are -1), VAE-encoded the same way
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def encode_conditions(canvases: list[JointCanvas], runtime: Runtime, device: tor
                       dtype: torch.dtype) -> Conditions:
     """Encode B canvases of one layout (same canvas size) into :class:`Conditions` with a runtime.
 
-    The VAE latents are the posterior mean (no sampling) times 0.18215, as the official inference. Each
+    The VAE latents are the scaled latents of :func:`imagpose.autoencoders.encode` (AutoencoderKL: the posterior
+    mean, no sampling, times 0.18215, as the official inference). Each
     request is encoded on its own (batch 1, like diffusers' VAE slicing): these networks run once per
     request, so batching them gains little, and this way a request's conditions - hence its images - do
     not depend on what it is batched with (convolution kernels choose different algorithms per batch size).

@@ -251,7 +251,8 @@ def convert_official_checkpoints(
 ) -> list[ConversionReport]:
     """Convert whichever official files are given and write them as ``OUT/{unet,pose_guider,flc_tokenizer}``.
 
-    With all three official files plus ``vae`` (a diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse) and
+    With all three official files plus ``vae`` (a diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or an
+    AutoencoderTiny folder, e.g. a TAESD that decodes SD-1.5 latents) and
     ``image_encoder`` (a transformers DINOv2 folder, e.g. dinov2-base), OUT is a complete pipeline folder
     (``IMAGPosePipeline.from_pretrained(OUT)``, ``imagpose generate --model OUT``) with the official DDIM.
     The architecture comes from ``official_unet_config`` (an official UNet3D config dict) when given, else
@@ -290,11 +291,17 @@ def convert_official_checkpoints(
 
 
 def _load_vae(path, dtype):
-    from diffusers import AutoencoderKL
+    from .autoencoders import AUTOENCODER_CLASSES, downscale_factor, folder_class_name, load_autoencoder
 
     if not (Path(path) / "config.json").is_file():
-        raise ConversionError(f"--vae {path} is not a diffusers AutoencoderKL folder (no config.json).")
-    return AutoencoderKL.from_pretrained(path, torch_dtype=dtype).eval()
+        raise ConversionError(f"--vae {path} is not a diffusers {' or '.join(AUTOENCODER_CLASSES)} folder (no "
+                              "config.json).")
+    folder_class_name(path)  # an unsupported class is named before any weight is read
+    vae = load_autoencoder(path, dtype)
+    if vae.config.latent_channels != 4 or downscale_factor(vae) != 8:
+        raise ConversionError(f"--vae {path} has {vae.config.latent_channels} latent channels and a "
+                              f"{downscale_factor(vae)}x downscale; IMAGPose's UNet needs SD-1.5's 4 channels at 8x.")
+    return vae
 
 
 def _load_image_encoder(path, dtype, context_dim: int):

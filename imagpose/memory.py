@@ -8,8 +8,8 @@ A call runs its phases one after the other, so its peak is what every phase keep
     denoise = conditions (x3: the CFG copies) + UNet activations of the group at its CFG batch
     decode  = the group's decoded canvases + the VAE decoder on one canvas
 
-Each network's activations are ``copies x widest full-resolution tensor``: the VAE encoder's first stage
-(``block_out_channels[0]`` at canvas size), the VAE decoder's last upsampler (``block_out_channels[1]``), the pose
+Each network's activations are ``copies x widest full-resolution tensor``: the VAE encoder's first stage and the
+VAE decoder's last upsampler at canvas size (:func:`imagpose.autoencoders.full_resolution_widths`), the pose
 guider's first stage, the UNet's first level (``block_out_channels[0]`` at latent size, per CFG row). Attention
 adds nothing that grows faster: ``scaled_dot_product_attention`` (UNet and VAE self-attention) runs a flash /
 memory-efficient kernel that never holds the (N, N) scores on CPU and on CUDA, and the CVA attends over the V views
@@ -39,6 +39,7 @@ import psutil
 import torch
 from PIL import Image
 
+from .autoencoders import full_resolution_widths
 from .canvas import GridLayout, PoseRequest
 from .errors import InvalidArgumentError, MemoryLimitError
 from .images import load_image
@@ -116,9 +117,10 @@ def _group_phases(pipe, layout: GridLayout, batch: int, do_cfg: bool, decode: bo
                   element: int) -> tuple[int, int, int]:
     """(encode, denoise, decode) bytes of one group of ``batch`` requests on ``layout``."""
     pixels, latent = _pixels(layout), layout.latent_size[0] * layout.latent_size[1]
-    vae, unet = pipe.vae.config, pipe.unet.config
+    unet = pipe.unet.config
     # encode: the reference and the masked canvas in [-1, 1], and the pose canvas, then the widest network
-    vae_encoder = VAE_ENCODER_COPIES * vae.block_out_channels[0]
+    encoder_width, decoder_width = full_resolution_widths(pipe.vae)
+    vae_encoder = VAE_ENCODER_COPIES * encoder_width
     pose_guider = POSE_GUIDER_COPIES * pipe.pose_guider.config.block_out_channels[0]
     encode = pixels * element * (3 * 3 + max(vae_encoder, pose_guider))
     # denoise: conditions (context tokens, masked latent + flag, pose features) and the UNet at the CFG batch
@@ -130,8 +132,7 @@ def _group_phases(pipe, layout: GridLayout, batch: int, do_cfg: bool, decode: bo
     # decode: one canvas at a time, the decoded canvases of the group kept (3 channels each)
     decoding = 0
     if decode:
-        widest = vae.block_out_channels[1] if len(vae.block_out_channels) > 1 else vae.block_out_channels[0]
-        decoder = VAE_DECODER_COPIES * widest + VAE_DECODER_FIXED_CHANNELS
+        decoder = VAE_DECODER_COPIES * decoder_width + VAE_DECODER_FIXED_CHANNELS
         decoding = pixels * element * (3 * batch + decoder)
     return round(encode), round(denoise), round(decoding)
 

@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .autoencoders import downscale_factor
 from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas
 from .conditions import Conditions, encode_conditions
 from .deepcache import DeepCache, DeepCacheConfig, check_deepcache_runtime, deepcache_config
@@ -80,7 +81,8 @@ class IMAGPosePipelineOutput(BaseOutput):
 class IMAGPosePipeline(DiffusionPipeline):
     r"""IMAGPose (NeurIPS 2024) inference.
 
-    Components: ``unet`` (:class:`~imagpose.models.IMAGPoseUNet`), ``vae`` (``AutoencoderKL``), ``image_encoder``
+    Components: ``unet`` (:class:`~imagpose.models.IMAGPoseUNet`), ``vae`` (``AutoencoderKL`` or the TAESD-style
+    ``AutoencoderTiny``, see :mod:`imagpose.autoencoders`), ``image_encoder``
     (:class:`~imagpose.models.IMAGPoseImageEncoder`, DINOv2), ``flc_tokenizer``
     (:class:`~imagpose.models.FLCTokenizer`), ``pose_guider`` (:class:`~imagpose.models.PoseGuider`),
     ``scheduler`` (:class:`~imagpose.schedulers.IMAGPoseDDIMScheduler`, diffusers' DDIM configured as
@@ -118,8 +120,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         """
         from pathlib import Path
 
-        from diffusers import AutoencoderKL
-
+        from .autoencoders import load_autoencoder
         from .errors import InputFileError
         from .io import MissingInputFileError, check_model_folder, read_json_file
         from .models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
@@ -137,7 +138,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         diffusers_weights = "diffusion_pytorch_model.safetensors"
         components = {  # name: (loader, config file, weights file)
             "unet": (IMAGPoseUNet, "config.json", diffusers_weights),
-            "vae": (AutoencoderKL, "config.json", diffusers_weights),
+            "vae": (load_autoencoder, "config.json", diffusers_weights),  # the class its config names
             "image_encoder": (IMAGPoseImageEncoder, "config.json", "model.safetensors"),
             "flc_tokenizer": (FLCTokenizer, "config.json", diffusers_weights),
             "pose_guider": (PoseGuider, "config.json", diffusers_weights),
@@ -153,6 +154,8 @@ class IMAGPosePipeline(DiffusionPipeline):
             try:
                 if name == "scheduler":
                     loaded[name] = loader.from_pretrained(path / name)
+                elif name == "vae":
+                    loaded[name] = loader(path / name, dtype)
                 elif name == "image_encoder":
                     loaded[name] = loader.from_pretrained(path / name, dtype=dtype).eval()
                 else:
@@ -172,7 +175,7 @@ class IMAGPosePipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ geometry
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return downscale_factor(self.vae)
 
     @property
     def pad_multiple(self) -> int:

@@ -46,6 +46,7 @@ class Preset:
     pose_guider: dict
     flc: dict
     default_steps: int = 20
+    vae_class: str = "AutoencoderKL"  # or "AutoencoderTiny" (imagpose.autoencoders)
 
 
 PRESETS = {
@@ -68,10 +69,13 @@ PRESETS = {
             num_attention_heads=4, cva_down_blocks=[True] * 3, cva_mid_block=True, cva_up_blocks=[True] * 3,
             cva_num_heads=8, cva_num_layers=1, cva_attention_blocks=2, cva_max_views=32,
         ),
+        # the TAESD design (diffusers' AutoencoderTiny: no norms, deterministic latents) at 32 channels, one block
+        # at full resolution and two at each lower level (TAESD: 64 channels, 1/3/3/3): 8x, 4 latent channels
+        vae_class="AutoencoderTiny",
         vae=dict(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 32, 32],
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=1, norm_num_groups=8, act_fn="silu", sample_size=256, scaling_factor=0.18215,
+            in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=[32] * 4,
+            decoder_block_out_channels=[32] * 4, num_encoder_blocks=[1, 2, 2, 2], num_decoder_blocks=[2, 2, 2, 1],
+            act_fn="relu", upsample_fn="nearest", scaling_factor=1.0,
         ),
         image_encoder=dict(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=518,
@@ -88,7 +92,8 @@ PRESETS = {
         description="SD1.5 layout at ~0.4x width (128/256/512/512, CVA everywhere, DINOv2-small size): a "
                     "mid-size model for CPU benchmarks",
         unet=dict(SD15_UNET, block_out_channels=[128, 256, 512, 512], cross_attention_dim=384, sample_size=32),
-        vae=dict(SD_VAE, block_out_channels=[64, 128, 256, 256], layers_per_block=1),
+        # 16 groups keep SD's 4 channels per group at the narrowest level (imagpose.autoencoders: colour capacity)
+        vae=dict(SD_VAE, block_out_channels=[64, 128, 256, 256], layers_per_block=1, norm_num_groups=16),
         image_encoder=dict(DINOV2_BASE, hidden_size=384, num_hidden_layers=6, num_attention_heads=6),
         pose_guider=dict(conditioning_embedding_channels=128, conditioning_channels=3,
                          block_out_channels=[16, 32, 96, 128]),
@@ -128,9 +133,9 @@ def randomize_weights(module: torch.nn.Module, generator: torch.Generator) -> No
 def build_components(preset: str | Preset, seed: int = 0, device: str | torch.device = "cpu",
                      dtype: torch.dtype = torch.float32, meta: bool = False) -> dict:
     """Every pipeline component of a preset with deterministic random weights (``meta=True``: shapes only)."""
-    from diffusers import AutoencoderKL
     from transformers import Dinov2Config
 
+    from .autoencoders import build_autoencoder
     from .models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
     from .schedulers import official_ddim_scheduler
 
@@ -138,7 +143,7 @@ def build_components(preset: str | Preset, seed: int = 0, device: str | torch.de
     with torch.device("meta" if meta else "cpu"):
         components = dict(
             unet=IMAGPoseUNet(**spec.unet),
-            vae=AutoencoderKL(**spec.vae),
+            vae=build_autoencoder(spec.vae_class, spec.vae),
             image_encoder=IMAGPoseImageEncoder(Dinov2Config(**spec.image_encoder)),
             flc_tokenizer=FLCTokenizer(**spec.flc),
             pose_guider=PoseGuider(**spec.pose_guider),

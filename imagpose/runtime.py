@@ -8,7 +8,7 @@ runs once per request.
 
 Shapes (B = batch, Hc x Wc canvas pixels, h x w = canvas / 8, N context tokens):
     image_encoder(pixels (B, 3, 224, 224))                      -> tokens (B, 257, D)
-    vae_encode(pixels (B, 3, Hc, Wc) in [-1, 1])                 -> latents (B, 4, h, w), posterior mean * 0.18215
+    vae_encode(pixels (B, 3, Hc, Wc) in [-1, 1])                 -> scaled latents (B, 4, h, w) (imagpose.autoencoders)
     flc(latents (B, 4, h, w))                                    -> tokens (B, (h/16)(w/16), D)
     pose_guider(pose (B, 3, Hc, Wc) in [0, 1])                   -> features (B, C0, h, w)
     unet(sample (B, 9, h, w), timestep (1,) or (B,), context (B, N, D), pose_features (B, C0, h, w), grid)
@@ -27,9 +27,7 @@ from typing import Protocol
 
 import torch
 
-# The official pipeline hard-codes this constant when *encoding* (and uses vae.config.scaling_factor when
-# decoding); both are 0.18215 for every SD1.x VAE.
-OFFICIAL_ENCODE_SCALE = 0.18215
+from . import autoencoders
 
 # Exportable component -> the Runtime method that runs it: the one table the exporter, the exported runtimes and
 # the parity harness share. Only the UNet also takes the view grid; every other method takes one tensor.
@@ -84,7 +82,7 @@ class TorchRuntime:
         return self.image_encoder_model(pixels).last_hidden_state
 
     def vae_encode(self, pixels):
-        return self.vae.encode(pixels).latent_dist.mean * OFFICIAL_ENCODE_SCALE
+        return autoencoders.encode(self.vae, pixels)
 
     def flc(self, latents):
         return self.flc_model(latents)
@@ -103,5 +101,4 @@ class TorchRuntime:
                                                          grid, branch)
 
     def vae_decode(self, latents):
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
+        return (autoencoders.decode(self.vae, latents) / 2 + 0.5).clamp(0, 1)

@@ -605,16 +605,16 @@ def train_section(plan: Plan, args, record: Record) -> None:
 def frozen_encoders(plan: Plan):
     """The preset's VAE and image encoder, frozen, in the autocast dtype (as the training loop casts them)."""
     import torch
-    from diffusers import AutoencoderKL
     from transformers import Dinov2Config
 
+    from imagpose.autoencoders import build_autoencoder
     from imagpose.models import IMAGPoseImageEncoder
     from imagpose.presets import get_preset
 
     spec = get_preset(plan.preset)
     dtype = getattr(torch, plan.train_autocast) if plan.train_autocast else torch.float32
     with torch.device(plan.device):
-        vae = AutoencoderKL(**spec.vae)
+        vae = build_autoencoder(spec.vae_class, spec.vae)
         image_encoder = IMAGPoseImageEncoder(Dinov2Config(**spec.image_encoder))
     return [module.to(dtype).requires_grad_(False).eval() for module in (vae, image_encoder)]
 
@@ -645,7 +645,8 @@ def train_step_stats(plan: Plan, stage: str, vae, image_encoder) -> dict:
 
     from imagpose.timing import time_runs
     from imagpose.train.objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
-    from imagpose.train.stages import build_trainable, count_trainable, trainable_parameters
+    from imagpose.train.loop import trainable_parameters
+    from imagpose.train.stages import build_trainable, count_trainable
 
     if plan.device == "cuda":
         torch.cuda.empty_cache()

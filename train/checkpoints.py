@@ -48,6 +48,11 @@ def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder (``step-NNNNNN``) was written at."""
+    return int(STEP_FOLDER.match(Path(folder).name).group(1))
+
+
 def latest_checkpoint(out: str | Path) -> Path | None:
     found = list_checkpoints(out)
     return found[-1][1] if found else None

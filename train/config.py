@@ -91,7 +91,7 @@ class WeightsConfig:
     """Local weight folders/files (never the hub). None: the preset's deterministic random weights."""
 
     pretrained_unet: str | None = None  # stage 1: an SD1.5-layout diffusers UNet folder (config.json + weights)
-    vae: str | None = None  # a diffusers AutoencoderKL folder (sd-vae-ft-mse; for tiny: imagpose.train.vae output)
+    vae: str | None = None  # an AutoencoderKL (sd-vae-ft-mse) or AutoencoderTiny folder (tiny: `imagpose train vae`)
     image_encoder: str | None = None  # a transformers DINOv2 folder (dinov2-base)
     motion_module: str | None = None  # stage 2: CVA init (.safetensors, or a .pth read with weights_only=True)
 
@@ -108,6 +108,32 @@ class ValidationConfig:
         _at_least("num_requests", self.num_requests, 0)
         _positive("inference_steps", self.inference_steps)
         _at_least("guidance_scale", self.guidance_scale, 0.0)
+
+
+@dataclass
+class AutoencoderConfig:
+    """The autoencoder's own run before the stages (``imagpose train all``; ``imagpose train vae`` flags)."""
+
+    steps: int = 2000
+    batch_size: int = 16  # images per step; a canvas step holds batch_size / 4 2x2 canvases
+    learning_rate: float = 5e-4
+    loss: str = "l1"  # "l1" or "mse"
+    kl_weight: float = 1e-6  # AutoencoderKL only (SD's)
+    canvas_fraction: float = 0.25  # steps that train on 2x2 canvases instead of tiles
+    colour_permutation: float = 0.5  # images whose RGB channels are put in another order (any colour)
+    eval_every: int = 250  # steps between held-out PSNR measurements
+    checkpoint_every: int = 250
+
+    def __post_init__(self):
+        for name in ("steps", "eval_every", "checkpoint_every", "learning_rate"):
+            _positive(name, getattr(self, name))
+        if self.batch_size < 4 or self.batch_size % 4:
+            raise InvalidArgumentError(f"batch_size must be a positive multiple of 4, got {self.batch_size!r}.")
+        _choice("loss", self.loss, ("l1", "mse"))
+        _at_least("kl_weight", self.kl_weight, 0.0)
+        for name in ("canvas_fraction", "colour_permutation"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidArgumentError(f"{name} must be in [0, 1], got {getattr(self, name)!r}.")
 
 
 @dataclass
@@ -149,6 +175,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def __post_init__(self):

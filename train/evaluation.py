@@ -287,10 +287,10 @@ def generate(pipe, items: list[EvalItem], data_root: Path, steps: int, guidance_
 
 @torch.no_grad()
 def vae_round_trip(pipe, image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [0, 1] through the pipeline's VAE (posterior mean), as a generated image is decoded."""
-    vae = pipe.vae
-    latents = vae.encode((image[None] * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
-    return (vae.decode(latents).sample[0].float().cpu() / 2 + 0.5).clamp(0, 1)
+    """(3, H, W) in [0, 1] through the pipeline's VAE (as the pipeline encodes), as a generated image is decoded."""
+    runtime = pipe.torch_runtime()
+    latents = runtime.vae_encode((image[None] * 2 - 1).to(pipe.vae.device, pipe.vae.dtype))
+    return runtime.vae_decode(latents)[0].float().cpu()
 
 
 # ----------------------------------------------------------------------------- summary

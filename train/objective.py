@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 import torch
 from diffusers.training_utils import compute_snr
 
-from imagpose.runtime import OFFICIAL_ENCODE_SCALE
+from imagpose.autoencoders import encode_for_training
 from imagpose.schedulers import IMAGPoseDDIMScheduler, official_ddim_scheduler
 
 TRAIN_BETA_SCHEDULE = "scaled_linear"  # train_stage*.py override the config's "linear"
@@ -134,12 +134,6 @@ def draw_objective(generator: torch.Generator, batch_size: int, latent_shape: tu
     return ObjectiveDraws(timesteps, noise, vae_noise, drop_dino, drop_reference)
 
 
-def sample_latents(vae, pixels: torch.Tensor, posterior_noise: torch.Tensor) -> torch.Tensor:
-    """``vae.encode(pixels).latent_dist.sample() * 0.18215`` with the given N(0, I) draw: mean + std * noise."""
-    posterior = vae.encode(pixels).latent_dist
-    return (posterior.mean + posterior.std * posterior_noise.to(posterior.mean.dtype)) * OFFICIAL_ENCODE_SCALE
-
-
 def training_loss(model, vae, image_encoder, scheduler, batch: dict, draws: ObjectiveDraws,
                   snr_gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, per-sample loss (B,)) of one batch of training items (``imagpose.train.data``; tensors on the device).
@@ -150,7 +144,7 @@ def training_loss(model, vae, image_encoder, scheduler, batch: dict, draws: Obje
     dtype = next(vae.parameters()).dtype
     with torch.no_grad():
         latents, masked_latents, reference_latents = (
-            sample_latents(vae, batch[name].to(dtype), noise).float()
+            encode_for_training(vae, batch[name].to(dtype), noise).float()
             for name, noise in zip(("target_pixels", "masked_pixels", "reference_pixels"), draws.vae_noise))
         dino_pixels = torch.where(draws.drop_dino[:, None, None, None], 0.0, batch["dino_pixels"])
         dino_tokens = image_encoder(dino_pixels.to(dtype)).last_hidden_state  # (B, 257, D)

@@ -18,6 +18,7 @@ guider's ``conv_out`` is zero (ControlNet), and a fresh CVA module has a zero ``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from imagpose.models import FLCTokenizer, IMAGPoseUNet, PoseGuider
 from imagpose.presets import Preset, build_components, get_preset
 
 from .config import STAGES
+from .loop import trainable_parameters
 
 CVA_MODULE_NAME = "motion_modules"  # the official name of the CVA module lists (state-dict keys too)
 TRAINABLE_MODULES = ("unet", "pose_guider", "flc_tokenizer")
@@ -107,10 +109,6 @@ def select_trainable(model: IMAGPoseTrainingModel, stage: str) -> None:
                 module.requires_grad_(True)
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in trainable_parameters(model))
 
@@ -180,15 +178,17 @@ def list_if_tuple(value):
 
 def load_frozen_encoders(preset: Preset, vae_folder: str | Path | None, image_encoder_folder: str | Path | None):
     """(vae, image_encoder) from local folders, or the preset's deterministic random ones (seed 0)."""
-    from diffusers import AutoencoderKL
-
+    from imagpose.autoencoders import FOLDER_FIX, colour_capacity_problem, load_autoencoder
     from imagpose.models import IMAGPoseImageEncoder
 
     random = build_components(preset, seed=0) if vae_folder is None or image_encoder_folder is None else {}
-    fix = "pass a local diffusers AutoencoderKL folder (save_pretrained output)"
     if vae_folder is not None:
-        check_model_folder(vae_folder, "config.json", "diffusion_pytorch_model.safetensors", fix)
-        vae = AutoencoderKL.from_pretrained(vae_folder)
+        check_model_folder(vae_folder, "config.json", "diffusion_pytorch_model.safetensors", FOLDER_FIX)
+        vae = load_autoencoder(vae_folder)
+        problem = colour_capacity_problem(vae)
+        if problem is not None:
+            warnings.warn(f"The autoencoder {vae_folder} may not reproduce colour: {problem}; the model trained on "
+                          "its latents inherits that (imagpose train vae trains one that does).", stacklevel=2)
     else:
         vae = random["vae"]
     if image_encoder_folder is not None:
@@ -252,12 +252,14 @@ def load_motion_module(path: str | Path, unet_state: dict[str, torch.Tensor]) ->
 
 def check_compatible(model: IMAGPoseTrainingModel, vae, image_encoder) -> None:
     """The frozen encoders must fit the UNet: 4 latent channels, 8x VAE, DINO width = cross-attention width."""
+    from imagpose.autoencoders import downscale_factor
+
     unet = model.unet.config
-    downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+    downscale = downscale_factor(vae)
     if vae.config.latent_channels != unet.out_channels or downscale != 8:
         raise InvalidArgumentError(
             f"The VAE has {vae.config.latent_channels} latent channels and a {downscale}x downscale; the UNet needs "
-            f"{unet.out_channels} channels and 8x (an SD-style AutoencoderKL).")
+            f"{unet.out_channels} channels and 8x (an SD-style AutoencoderKL or AutoencoderTiny).")
     if image_encoder.config.hidden_size != unet.cross_attention_dim:
         raise InvalidArgumentError(
             f"The image encoder emits {image_encoder.config.hidden_size}-d tokens but the UNet's cross-attention "

@@ -1,54 +1,58 @@
-"""Train the tiny AutoencoderKL (the ``tiny`` preset's VAE) on the generated people, and report its PSNR.
+"""Train the preset's autoencoder (``AutoencoderKL`` or the TAESD-style ``AutoencoderTiny``) on the generated
+people, on the shared training loop (:mod:`imagpose.train.loop`: checkpoints, exact resume, trackers), and report
+how faithfully it reproduces held-out people.
 
     from imagpose.train.vae import train_vae
-    folder = train_vae("data/", "runs/vae")   # config.json + diffusion_pytorch_model.safetensors (a diffusers
-                                              # AutoencoderKL folder), recon.png, recon_canvas.png, vae_report.json
+    folder = train_vae("data/", "runs/vae")   # the autoencoder folder (config.json + safetensors), recon.png,
+                                              # recon_canvas.png, vae_report.json, vae_curve.json, log.csv, loss.png
 
 Objective: SD's autoencoder loss (LDM ``LPIPSWithDiscriminator``) without its perceptual and adversarial terms:
-the L1 (or MSE) reconstruction of a posterior sample, summed over pixels, plus ``kl_weight`` (1e-6, as SD) times
-KL(q(z|x) || N(0, I)) summed over latent elements. The perceptual term (LPIPS) needs pretrained VGG/AlexNet weights,
-which cannot be downloaded here, so reconstructions are smoother than SD's at the same PSNR; SD's learned scalar
-output log-variance is left out too (it only rescales the reconstruction term).
+the L1 (or MSE) reconstruction, plus for AutoencoderKL ``kl_weight`` (1e-6, as SD) times KL(q(z|x) || N(0, I))
+of a posterior sample (the Tiny design has deterministic latents and no KL term, as TAESD). The perceptual term
+(LPIPS) needs pretrained VGG/AlexNet weights, which cannot be downloaded here, so reconstructions are smoother than
+SD's at the same PSNR.
 
-Data: every image of the train split, in the batches the pipeline actually encodes and decodes. A batch is either
+Data: every image of the train split, in the batches the pipeline actually encodes and decodes. A step is either
 ``batch_size`` tiles (one random crop and flip each) or ``batch_size / 4`` 2x2 canvases of one identity's views
 (one crop and flip per canvas), each canvas a full canvas (what the UNet's output decodes to), a masked canvas
 (1-3 tiles black, as the image condition) or one view upscaled to the whole canvas (the FLC reference), in equal
-parts. ``canvas_fraction`` of the steps are canvas batches: the VAE's GroupNorms and mid-block attention see the
-whole image, so a VAE trained on tiles only reconstructs canvases worse (measured in docs; the report has both).
+parts; ``canvas_fraction`` of the steps are canvas steps. Item ``(step, slot)`` is a function of ``(seed, step,
+slot)`` alone, so a resumed run and N processes see what one uninterrupted process does.
 
-Latent scale: the official pipeline multiplies encoded latents by 0.18215 (hard-coded), the factor SD chose as
-1 / std of its VAE's latents. Our VAE keeps that factor; instead, after training, its latent space is rescaled
-exactly (quant_conv scaled by s, post_quant_conv by 1 / s: reconstructions are unchanged) so that the scaled
-latents of the training images have unit std, the property 0.18215 gives SD's VAE.
+Latent scale: the pipeline's latents should have unit std, the property SD's 0.18215 gives SD's VAE. After
+training, AutoencoderKL's latent space is rescaled exactly (quant_conv scaled by s, post_quant_conv by 1 / s:
+reconstructions are unchanged) because the official pipeline hard-codes 0.18215 when encoding; AutoencoderTiny's
+``scaling_factor`` is set to 1 / std (its encode and decode both read it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
 from PIL import Image
+from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
-from tqdm.auto import tqdm
 
-from imagpose.errors import InputFileError, InvalidArgumentError
+from imagpose import autoencoders
+from imagpose.errors import InputFileError
 from imagpose.images import load_image, pil_to_tensor, tensor_to_pil
 from imagpose.io import OutputFolder, read_json
 from imagpose.presets import get_preset
-from imagpose.runtime import OFFICIAL_ENCODE_SCALE
-from imagpose.timing import Stopwatch
 
-LOSSES = ("l1", "mse")
+from .config import AutoencoderConfig, OptimizerConfig, StageConfig
+from .data import seeded_generator
+from .loop import RunSettings, TrainingResult, read_log, train
+
 GRID = (2, 2)  # the official canvas
 MAX_SCALE = 1.2  # random crops: zoom in by up to 20%, then a random offset (official ResizeAspect + RandomCrop)
 HELD_OUT_TILES = 64  # held-out images scored for PSNR (test split, in file order)
 HELD_OUT_CANVASES = 16  # held-out canvases of each kind
+TASK_KEY = 7  # seeds the autoencoder's draws apart from the stages' (seeded_generator(seed, TASK_KEY, ...))
 DATA_FIX = "create a dataset with `imagpose train make-data --out DIR`, or pass its folder"
 
 
@@ -75,8 +79,8 @@ def read_split_images(data_root: str | Path, split: str) -> list[torch.Tensor]:
     return identities
 
 
-def check_image_size(size: tuple[int, int], vae: AutoencoderKL, where: Path) -> None:
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+def check_image_size(size: tuple[int, int], vae, where: Path) -> None:
+    factor = autoencoders.downscale_factor(vae)
     if size[0] % factor or size[1] % factor:
         raise InputFileError(f"The images of {where} are {size[0]}x{size[1]} (HxW); the VAE needs sides that are "
                              f"multiples of {factor}: make the dataset with such a size.")
@@ -101,28 +105,25 @@ def augment(views: torch.Tensor, generator: torch.Generator, shared: bool = Fals
     return F.grid_sample(views, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def tile_batch(identities: list[torch.Tensor], size: int, generator: torch.Generator) -> torch.Tensor:
-    picks = [_pick_view(identities, generator) for _ in range(size)]
-    return augment(torch.stack(picks), generator)
+def random_tile(identities: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """One view of a random identity, cropped and flipped: (3, H, W) in [-1, 1]."""
+    views = identities[int(torch.randint(len(identities), (1,), generator=generator))]
+    view = views[int(torch.randint(len(views), (1,), generator=generator))]
+    return augment(view[None], generator)[0]
 
 
-def canvas_batch(identities: list[torch.Tensor], size: int, generator: torch.Generator) -> torch.Tensor:
-    """``size`` 2x2 canvases in [-1, 1]: full, masked (1-3 tiles black = -1) or an upscaled reference, in turn."""
-    canvases = []
-    for _ in range(size):
-        views = identities[int(torch.randint(len(identities), (1,), generator=generator))]
-        tiles = augment(views[torch.randint(len(views), (GRID[0] * GRID[1],), generator=generator)], generator,
-                        shared=True)
-        kind = int(torch.randint(3, (1,), generator=generator))
-        if kind == 1:
-            hidden = torch.randperm(len(tiles), generator=generator)[:1 + int(torch.randint(3, (1,),
-                                                                                             generator=generator))]
-            tiles[hidden] = -1.0
-        canvas = join_tiles(tiles)
-        if kind == 2:
-            canvas = upscale_reference(tiles[0], canvas.shape[-2:])
-        canvases.append(canvas)
-    return torch.stack(canvases)
+def random_canvas(identities: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """A 2x2 canvas of one identity's views in [-1, 1]: full, masked (1-3 tiles black = -1) or an upscaled
+    reference, with equal chances."""
+    views = identities[int(torch.randint(len(identities), (1,), generator=generator))]
+    tiles = augment(views[torch.randint(len(views), (GRID[0] * GRID[1],), generator=generator)], generator,
+                    shared=True)
+    kind = int(torch.randint(3, (1,), generator=generator))
+    if kind == 1:
+        hidden = torch.randperm(len(tiles), generator=generator)[:1 + int(torch.randint(3, (1,), generator=generator))]
+        tiles[hidden] = -1.0
+    canvas = join_tiles(tiles)
+    return upscale_reference(tiles[0], canvas.shape[-2:]) if kind == 2 else canvas
 
 
 def join_tiles(tiles: torch.Tensor) -> torch.Tensor:
@@ -137,9 +138,69 @@ def upscale_reference(tile: torch.Tensor, size) -> torch.Tensor:
     return pil_to_tensor(image) * 2 - 1
 
 
-def _pick_view(identities, generator) -> torch.Tensor:
-    views = identities[int(torch.randint(len(identities), (1,), generator=generator))]
-    return views[int(torch.randint(len(views), (1,), generator=generator))]
+def permute_colours(image: torch.Tensor, generator: torch.Generator, probability: float) -> torch.Tensor:
+    """With ``probability``, one of the five other orders of the RGB channels of a (3, H, W) image: a codec must
+    reproduce any colour, and the generated people's palette alone leaves saturated and flat colours rare."""
+    if probability == 0 or float(torch.rand(1, generator=generator)) >= probability:
+        return image
+    orders = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+    return image[list(orders[int(torch.randint(len(orders), (1,), generator=generator))])]
+
+
+def is_canvas_step(seed: int, step: int, canvas_fraction: float) -> bool:
+    """Whether optimizer step ``step`` trains on canvases (a function of (seed, step) alone)."""
+    return float(torch.rand(1, generator=seeded_generator(seed, TASK_KEY, step))) < canvas_fraction
+
+
+class AutoencoderItems(torch.utils.data.Dataset):
+    """Item ``(step, slot)``: a tile, or on canvas steps a canvas, and the posterior's N(0, I) draw for it."""
+
+    def __init__(self, identities: list[torch.Tensor], seed: int, canvas_fraction: float, latent_noise: bool,
+                 downscale: int, colour_permutation: float = 0.0):
+        self.identities, self.seed, self.canvas_fraction = identities, seed, canvas_fraction
+        self.latent_noise, self.downscale, self.colour_permutation = latent_noise, downscale, colour_permutation
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        step, slot = key
+        generator = seeded_generator(self.seed, TASK_KEY, step, slot)
+        if is_canvas_step(self.seed, step, self.canvas_fraction):
+            pixels = random_canvas(self.identities, generator)
+        else:
+            pixels = random_tile(self.identities, generator)
+        item = {"pixels": permute_colours(pixels, generator, self.colour_permutation)}
+        if self.latent_noise:
+            latent = (4, pixels.shape[-2] // self.downscale, pixels.shape[-1] // self.downscale)
+            item["noise"] = torch.randn(latent, generator=generator)
+        return item
+
+
+class AutoencoderSteps(torch.utils.data.Sampler):
+    """The ``(step, slot)`` keys this process reads, one list per micro-batch, from ``start_step`` on: a tile step
+    has ``batch_size`` slots per process and micro-batch, a canvas step ``batch_size / 4`` (the same pixels)."""
+
+    def __init__(self, start_step: int, settings: StageConfig, process_index: int, num_processes: int, seed: int,
+                 canvas_fraction: float):
+        self.start_step, self.settings = start_step, settings
+        self.process_index, self.num_processes = process_index, num_processes
+        self.seed, self.canvas_fraction = seed, canvas_fraction
+
+    def __len__(self) -> int:
+        return (self.settings.steps - self.start_step) * self.settings.gradient_accumulation_steps
+
+    def __iter__(self):
+        accumulation = self.settings.gradient_accumulation_steps
+        for step in range(self.start_step, self.settings.steps):
+            size = self.settings.batch_size // (4 if is_canvas_step(self.seed, step, self.canvas_fraction) else 1)
+            for micro in range(accumulation):
+                first = (micro * self.num_processes + self.process_index) * size
+                yield [(step, slot) for slot in range(first, first + size)]
+
+
+def collate(items: list[dict]) -> dict:
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
 def held_out_sets(identities: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -160,39 +221,97 @@ def held_out_sets(identities: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- measures
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Encode (posterior mean, as the pipeline) and decode (N, 3, H, W) images in [-1, 1]; output in [0, 1]."""
+def reconstruct(vae, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Encode (as the pipeline) and decode (N, 3, H, W) images in [-1, 1]; output in [0, 1]."""
     device = vae.device
     outputs = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        outputs.append(vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1).cpu())
+        latents = autoencoders.encode(vae, images[start:start + batch_size].to(device))
+        outputs.append(autoencoders.decode(vae, latents).clamp(-1, 1).cpu())
     return (torch.cat(outputs) + 1) / 2
 
 
-def psnr(vae: AutoencoderKL, images: torch.Tensor) -> float:
+def psnr(vae, images: torch.Tensor) -> float:
     """Mean per-image PSNR (dB, data range 1) of the reconstructions of (N, 3, H, W) images in [-1, 1]."""
     scores = peak_signal_noise_ratio(reconstruct(vae, images), (images + 1) / 2, data_range=1.0,
                                      reduction="none", dim=(1, 2, 3))
     return float(scores.mean())
 
 
-@torch.no_grad()
-def latent_std(vae: AutoencoderKL, images: torch.Tensor, sample: bool = False, batch_size: int = 16) -> float:
-    """Std of ``latents * 0.18215`` over all elements (posterior mean as the pipeline's encoding, or a sample as the
-    trainer's), for (N, 3, H, W) images in [-1, 1]."""
-    generator = torch.Generator().manual_seed(0)
-    latents = []
-    for start in range(0, len(images), batch_size):
-        posterior = vae.encode(images[start:start + batch_size].to(vae.device)).latent_dist
-        latents.append((posterior.sample(generator) if sample else posterior.mean).cpu())
-    return float(torch.cat(latents).std() * OFFICIAL_ENCODE_SCALE)
+# Colour probes in [0, 1] RGB: flat colours, and person-sized rectangles of one colour on another
+FLAT_COLOURS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, 1, 1), (0, 0, 0),
+                (0.5, 0.5, 0.5), (0.8, 0.4, 0.2), (0.2, 0.4, 0.8))
+TWO_COLOURS = (((0, 0, 1), (1, 1, 1)), ((1, 0, 0), (0, 1, 0)), ((1, 1, 0), (0.2, 0.2, 0.6)),
+               ((0.9, 0.5, 0.5), (0.3, 0.3, 0.3)), ((0.1, 0.6, 0.2), (0.9, 0.9, 0.7)))
+
+
+def colour_probe(inner, outer, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (3, H, W) in [0, 1], person mask (H, W)): a centred rectangle of ``inner`` on ``outer``, the
+    rectangle 5/8 of the height and 3/8 of the width (a standing person's box)."""
+    height, width = size
+    image = torch.tensor(outer, dtype=torch.float32)[:, None, None].expand(3, height, width).clone()
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[height * 3 // 16:height * 13 // 16, width * 5 // 16:width * 11 // 16] = True
+    image[:, mask] = torch.tensor(inner, dtype=torch.float32)[:, None]
+    return image, mask
+
+
+def colour_round_trip_errors(vae, size: tuple[int, int] = (128, 96)) -> dict[str, float]:
+    """The worst per-channel error (in [0, 1]) of the mean colour of each region after a round trip: ``flat`` over
+    flat images (the middle of the image; borders excluded), ``two_colour`` over rectangle-on-background probes
+    (each region's interior, away from the edge where any autoencoder blurs)."""
+    height, width = size
+    inner = (slice(height // 8, height - height // 8), slice(width // 8, width - width // 8))
+    flat = 0.0
+    for colour in FLAT_COLOURS:
+        image, _ = colour_probe(colour, colour, size)
+        output = reconstruct(vae, image[None] * 2 - 1)[0]
+        flat = max(flat, float((output[:, inner[0], inner[1]].mean((1, 2)) - image[:, 0, 0]).abs().max()))
+    two = 0.0
+    margin = max(2, min(size) // 16)
+    for person, background in TWO_COLOURS:
+        image, mask = colour_probe(person, background, size)
+        output = reconstruct(vae, image[None] * 2 - 1)[0]
+        eroded = -F.max_pool2d(-mask[None, None].float(), 2 * margin + 1, 1, margin)[0, 0] > 0.5
+        outside = F.max_pool2d(mask[None, None].float(), 2 * margin + 1, 1, margin)[0, 0] < 0.5
+        for region, colour in ((eroded, person), (outside, background)):
+            error = output[:, region].mean(1) - torch.tensor(colour, dtype=torch.float32)
+            two = max(two, float(error.abs().max()))
+    return {"flat": round(flat, 4), "two_colour": round(two, 4)}
 
 
 @torch.no_grad()
-def rescale_latents(vae: AutoencoderKL, factor: float) -> None:
-    """Make the latent space ``factor`` times larger without changing any reconstruction: the posterior mean and
-    std are scaled by ``factor`` (quant_conv; log-variance + 2 ln factor) and post_quant_conv divides it out."""
+def held_out_people(vae, data_root: Path) -> dict[str, float]:
+    """Round trip of the test split's people (one target view per identity, as ``imagpose train eval`` picks
+    them): PSNR, SSIM, person-mask IoU of the segmentation the evaluation uses, colour error inside the person."""
+    from .evaluation import color_error, foreground_mask, image_scores, load_items, mask_iou
+
+    items = load_items(data_root, pairs_per_identity=1, seed=0, max_items=None)
+    rows = []
+    for item in items:
+        output = reconstruct(vae, item.target[None] * 2 - 1)[0]
+        scores = image_scores(output, item.target)
+        rows.append({**scores, "pose_iou": mask_iou(foreground_mask(output, item.background), item.mask),
+                     "color_error": color_error(output, item.target, item.mask)})
+    return {key: round(sum(row[key] for row in rows) / len(rows), 4) for key in rows[0]} | {"items": len(rows)}
+
+
+@torch.no_grad()
+def latent_std(vae, images: torch.Tensor, batch_size: int = 16) -> float:
+    """Std of the pipeline's scaled latents over all elements, for (N, 3, H, W) images in [-1, 1]."""
+    latents = [autoencoders.encode(vae, images[start:start + batch_size].to(vae.device)).cpu()
+               for start in range(0, len(images), batch_size)]
+    return float(torch.cat(latents).std())
+
+
+@torch.no_grad()
+def rescale_latents(vae, factor: float) -> None:
+    """Make the latent space ``factor`` times larger without changing any reconstruction. KL: the posterior mean
+    and std are scaled by ``factor`` (quant_conv; log-variance + 2 ln factor) and post_quant_conv divides it out.
+    Tiny: its ``scaling_factor`` (read by encode and decode) is multiplied by ``factor``."""
+    if autoencoders.is_tiny(vae):
+        vae.register_to_config(scaling_factor=vae.config.scaling_factor * factor)
+        return
     channels = vae.config.latent_channels
     quant, post_quant = vae.quant_conv, vae.post_quant_conv
     quant.weight[:channels] *= factor
@@ -201,124 +320,172 @@ def rescale_latents(vae: AutoencoderKL, factor: float) -> None:
     post_quant.weight /= factor
 
 
-def calibrate_latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
-    """Rescale the latent space so that ``latent_dist.mean * 0.18215`` has unit std on ``images``; the factor."""
+def calibrate_latent_scale(vae, images: torch.Tensor) -> float:
+    """Rescale the latent space so that the pipeline's latents have unit std on ``images``; the factor."""
     factor = 1.0 / latent_std(vae, images)
     rescale_latents(vae, factor)
     return factor
 
 
 # ----------------------------------------------------------------------------- training
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, loss: str, kl_weight: float,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """SD's autoencoder loss without LPIPS/GAN, normalised per input element (SD's sums divided by one constant).
-    The posterior sample draws from ``generator`` (a run is reproducible by its seed)."""
-    posterior = vae.encode(images).latent_dist
-    reconstruction = vae.decode(posterior.sample(generator)).sample
-    error = (reconstruction - images).abs() if loss == "l1" else (reconstruction - images) ** 2
-    kl = posterior.kl().sum()  # summed over latent elements and the batch
-    total = (error.sum() + kl_weight * kl) / images.numel()
-    return total, {"reconstruction": float(error.detach().mean()), "kl": float(kl.detach()) / len(images)}
+class AutoencoderTrainingModel(nn.Module):
+    """The autoencoder as the one module accelerate wraps: ``forward`` is one training round trip."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, noise: torch.Tensor | None = None):
+        """pixels (B, 3, H, W) in [-1, 1] -> (reconstruction, KL summed over latent elements and the batch; 0 for
+        the deterministic Tiny design). ``noise``: the posterior's N(0, I) draw (KL)."""
+        if autoencoders.is_tiny(self.vae):
+            latents = self.vae.encode(pixels).latents
+            return self.vae.decode(latents).sample, pixels.new_zeros(())
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.mean + posterior.std * noise.to(posterior.mean.dtype)
+        return self.vae.decode(latents).sample, posterior.kl().sum()
 
 
-def check_settings(steps: int, batch_size: int, lr: float, loss: str, kl_weight: float, canvas_fraction: float,
-                   eval_every: int = 1) -> None:
-    if steps < 1:
-        raise InvalidArgumentError(f"steps must be at least 1, got {steps}.")
-    if eval_every < 1:
-        raise InvalidArgumentError(f"eval_every must be at least 1 (steps between held-out PSNR measurements), got "
-                                   f"{eval_every}.")
-    if batch_size < 4 or batch_size % 4:
-        raise InvalidArgumentError(f"batch_size must be a positive multiple of 4 (a canvas batch holds batch_size / 4"
-                                   f" 2x2 canvases), got {batch_size}.")
-    if not (math.isfinite(lr) and lr > 0):
-        raise InvalidArgumentError(f"lr must be a positive number, got {lr}.")
-    if loss not in LOSSES:
-        raise InvalidArgumentError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}.")
-    if not (math.isfinite(kl_weight) and kl_weight >= 0):
-        raise InvalidArgumentError(f"kl_weight must be a number >= 0, got {kl_weight}.")
-    if not 0 <= canvas_fraction <= 1:
-        raise InvalidArgumentError(f"canvas_fraction must be in [0, 1], got {canvas_fraction}.")
+def initialise_for_training(vae) -> None:
+    """Start a from-scratch AutoencoderTiny where its input reaches its output: Kaiming-normal convolutions (ReLU
+    gain, zero biases) and residual branches whose last convolution is zero, so every block starts as the identity
+    (as Fixup / zero-init residual networks). With PyTorch's default initialisation the norm-free design shrinks
+    the image-dependent signal about 2x per layer (35x by the latents) and trains for hundreds of steps to grey
+    images first (docs/training.md). AutoencoderKL keeps diffusers' initialisation: its GroupNorms rescale the
+    signal at every block."""
+    if not autoencoders.is_tiny(vae):
+        return
+    from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
+
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in vae.modules():
+            if isinstance(module, AutoencoderTinyBlock):
+                nn.init.zeros_(module.conv[-1].weight)
 
 
-def train_vae(data_root: str | Path, out_dir: str | Path, steps: int = 2000, batch_size: int = 16, lr: float = 2e-3,
-              seed: int = 0, *, loss: str = "l1", kl_weight: float = 1e-6, canvas_fraction: float = 0.25,
-              eval_every: int = 250, preset: str = "tiny", device: str | torch.device = "cpu",
-              progress: bool = True) -> Path:
-    """Train the ``preset``'s AutoencoderKL from scratch on ``data_root``'s train split; write it to ``out_dir``.
+class AutoencoderTask:
+    """The autoencoder on the shared loop; the product is the autoencoder folder itself (``out``)."""
 
-    Writes into ``out_dir`` (beside what is there; see :class:`imagpose.io.OutputFolder`): the diffusers folder
-    (``config.json`` + ``diffusion_pytorch_model.safetensors``, loadable with ``AutoencoderKL.from_pretrained``),
-    ``recon.png`` (held-out tiles: originals over reconstructions), ``recon_canvas.png`` (a held-out canvas |
-    its reconstruction) and ``vae_report.json`` (PSNR per held-out set, the curve, latent std, time, settings).
-    AdamW at ``lr`` with 1% warm-up and cosine decay; the held-out PSNR is measured every ``eval_every`` steps.
-    Returns ``out_dir``.
-    """
-    check_settings(steps, batch_size, lr, loss, kl_weight, canvas_fraction, eval_every)
-    root = Path(data_root)
-    with OutputFolder(out_dir) as out:  # an unwritable location fails before the data is read
-        held_out = held_out_sets(read_split_images(root, "test"))  # the smaller split first: a missing one fails now
-        train = read_split_images(root, "train")
+    name = "vae"
+
+    def __init__(self, data_root: str | Path, preset: str, seed: int, settings: AutoencoderConfig):
+        self.root, self.preset, self.seed, self.settings = Path(data_root), get_preset(preset), seed, settings
+        self.test = read_split_images(self.root, "test")  # the smaller split first: a missing one fails now
+        self.train = read_split_images(self.root, "train")
+        self.held_out = held_out_sets(self.test)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
             torch.manual_seed(seed)
-            vae = AutoencoderKL(**get_preset(preset).vae).to(device)
-        check_image_size(tuple(train[0].shape[-2:]), vae, root)
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-2)
-        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, steps // 100),
-                                 num_training_steps=steps)
-        curve = []
-        started = time.perf_counter()
-        with Stopwatch(device) as watch, tqdm(range(1, steps + 1), desc="vae", disable=not progress) as bar:
-            for step in bar:
-                vae.train()
-                if float(torch.rand(1, generator=generator)) < canvas_fraction:
-                    images = canvas_batch(train, batch_size // 4, generator)
-                else:
-                    images = tile_batch(train, batch_size, generator)
-                total, parts = vae_loss(vae, images.to(device), loss, kl_weight, generator)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                schedule.step()
-                if step % eval_every == 0 or step == steps:
-                    vae.eval()
-                    point = {"step": step, "seconds": round(time.perf_counter() - started, 1), **parts,
-                             **{f"psnr_{name}": round(psnr(vae, images), 2) for name, images in held_out.items()}}
-                    curve.append(point)
-                    bar.set_postfix(psnr=point["psnr_tiles"], canvas=point["psnr_canvas"])
-        vae.eval()
-        training_images = torch.cat(train)
+            vae = autoencoders.build_autoencoder(self.preset.vae_class, self.preset.vae)
+            initialise_for_training(vae)
+        autoencoders.check_colour_capacity(vae, f"The {preset!r} preset's {self.preset.vae_class}")
+        check_image_size(tuple(self.train[0].shape[-2:]), vae, self.root)
+        self.model = AutoencoderTrainingModel(vae)
+
+    def setup(self, accelerator, out: Path, start_step: int) -> None:
+        self.device = accelerator.device
+        # the held-out curve of a resumed run keeps its points up to the checkpoint
+        self.curve = [p for p in _read_curve(out) if p["step"] <= start_step] if start_step else []
+
+    def batches(self, start_step: int, settings: StageConfig, process_index: int, num_processes: int):
+        vae = self.model.vae
+        items = AutoencoderItems(self.train, self.seed, self.settings.canvas_fraction,
+                                 latent_noise=not autoencoders.is_tiny(vae),
+                                 downscale=autoencoders.downscale_factor(vae),
+                                 colour_permutation=self.settings.colour_permutation)
+        sampler = AutoencoderSteps(start_step, settings, process_index, num_processes, self.seed,
+                                   self.settings.canvas_fraction)
+        return torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate)
+
+    def loss(self, model, batch: dict, step: int, micro: int, accelerator) -> tuple[torch.Tensor, int]:
+        pixels = batch["pixels"].to(self.device)
+        noise = batch["noise"].to(self.device) if "noise" in batch else None
+        reconstruction, kl = model(pixels, noise)
+        error = reconstruction - pixels
+        error = error.abs() if self.settings.loss == "l1" else error.pow(2)
+        # SD's sums over pixels and latent elements, normalised by one constant (the input's element count)
+        return (error.sum() + self.settings.kl_weight * kl) / pixels.numel(), len(pixels)
+
+    def validate(self, out: Path, step: int, trained) -> None:
+        point = {"step": step, **{f"psnr_{name}": round(psnr(trained.vae, images), 2)
+                                  for name, images in self.held_out.items()}}
+        self.curve = [p for p in self.curve if p["step"] < step] + [point]
+        with OutputFolder(out) as folder:
+            folder.write_json("vae_curve.json", self.curve)
+
+    def finish(self, out: Path, trained) -> Path:
+        vae = trained.vae
+        training_images = torch.cat(self.train)
         std_before = latent_std(vae, training_images)
         factor = calibrate_latent_scale(vae, training_images)
+        rows = read_log(out / "log.csv", 10**12)
         report = {
-            "psnr": {name: round(psnr(vae, images), 2) for name, images in held_out.items()},
-            "held_out_counts": {name: len(images) for name, images in held_out.items()},
+            "class": type(vae).__name__,
+            "parameters": sum(p.numel() for p in vae.parameters()),
+            "psnr": {name: round(psnr(vae, images), 2) for name, images in self.held_out.items()},
+            "held_out_counts": {name: len(images) for name, images in self.held_out.items()},
+            "held_out_people": held_out_people(vae, self.root),
+            "colour_round_trip": colour_round_trip_errors(vae, tuple(training_images.shape[-2:])),
             "latent_std": {
-                "scaling_factor": OFFICIAL_ENCODE_SCALE,
                 "before_calibration": round(std_before, 4),
                 "calibration_factor": round(factor, 4),
-                "train_mean": round(latent_std(vae, training_images), 4),
-                "train_sample": round(latent_std(vae, training_images, sample=True), 4),
-                "held_out_mean": round(latent_std(vae, held_out["tiles"]), 4),
-                "held_out_canvas_mean": round(latent_std(vae, held_out["canvas"]), 4),
-                "held_out_masked_canvas_mean": round(latent_std(vae, held_out["masked_canvas"]), 4),
+                "train": round(latent_std(vae, training_images), 4),
+                "held_out": round(latent_std(vae, self.held_out["tiles"]), 4),
+                "held_out_canvas": round(latent_std(vae, self.held_out["canvas"]), 4),
+                "held_out_masked_canvas": round(latent_std(vae, self.held_out["masked_canvas"]), 4),
             },
-            "curve": curve,
-            "seconds": round(watch.seconds, 1),
+            "curve": self.curve,
+            "seconds": round(rows[-1]["seconds"], 1) if rows else None,
             "threads": torch.get_num_threads(),
-            "settings": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "loss": loss,
-                         "kl_weight": kl_weight, "canvas_fraction": canvas_fraction, "preset": preset,
-                         "train_images": len(training_images), "image_size": list(training_images.shape[-2:])},
+            "settings": {"steps": rows[-1]["step"] if rows else None, "seed": self.seed, "preset": self.preset.name,
+                         **dataclasses.asdict(self.settings), "train_images": len(training_images),
+                         "image_size": list(training_images.shape[-2:])},
         }
-        vae.to("cpu").save_pretrained(out.path())
-        out.save_image("recon.png", recon_strip(vae, held_out["tiles"][:8]))
-        out.save_image("recon_canvas.png", recon_strip(vae, held_out["canvas"][:1]))
-        out.write_json("vae_report.json", report)
-    return Path(out_dir)
+        with OutputFolder(out) as folder:
+            vae.save_pretrained(folder.path())
+            folder.save_image("recon.png", recon_strip(vae, self.held_out["tiles"][:8]))
+            folder.save_image("recon_canvas.png", recon_strip(vae, self.held_out["canvas"][:1]))
+            folder.write_json("vae_report.json", report)
+        return out
 
 
-def recon_strip(vae: AutoencoderKL, images: torch.Tensor) -> Image.Image:
+def _read_curve(out: Path) -> list[dict]:
+    path = out / "vae_curve.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def train_vae(data_root: str | Path, out_dir: str | Path, config: AutoencoderConfig | None = None, *, seed: int = 0,
+              preset: str = "tiny", trackers: tuple[str, ...] = (), resume: bool = False,
+              stop_after: int | None = None, progress: bool = True, **settings) -> TrainingResult:
+    """Train the ``preset``'s autoencoder from scratch on ``data_root``'s train split into ``out_dir``.
+
+    ``config`` (default :class:`~imagpose.train.config.AutoencoderConfig`), with any of its fields overridden by
+    keyword (``steps=3``). Writes into ``out_dir`` (beside what is there; see :class:`imagpose.io.OutputFolder`):
+    the diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, loadable with
+    :func:`imagpose.autoencoders.load_autoencoder`), ``recon.png`` (held-out tiles: originals over
+    reconstructions), ``recon_canvas.png``, ``vae_report.json`` (PSNR per held-out set, held-out people's round
+    trip, colour probes, latent std, time, settings), ``vae_curve.json`` (held-out PSNR every ``eval_every``
+    steps), ``log.csv`` / ``loss.png`` and ``checkpoints/``. AdamW with 1% warm-up and cosine decay.
+    ``resume`` / ``stop_after``: as :func:`imagpose.train.loop.train`.
+    """
+    config = dataclasses.replace(config or AutoencoderConfig(), **settings)  # validated as any config
+    with OutputFolder(out_dir):  # an unwritable location fails first; a folder made for a failed run is removed
+        task = AutoencoderTask(data_root, preset, seed, config)
+    optimizer = OptimizerConfig(lr_scheduler="cosine", warmup_steps=max(1, config.steps // 100),
+                                max_grad_norm=math.inf)
+    record = {"task": "vae", "data": str(data_root), "seed": seed, "preset": preset, **dataclasses.asdict(config)}
+    run = RunSettings(seed=seed, optimizer=optimizer, trackers=tuple(trackers), record=record)
+    stage = StageConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                        checkpoint_every=config.checkpoint_every, keep_checkpoints=2,
+                        validate_every=config.eval_every, log_every=1)
+    return train(task, run, stage, out_dir, resume=resume, stop_after=stop_after, progress=progress)
+
+
+def recon_strip(vae, images: torch.Tensor) -> Image.Image:
     """Originals (top row) over their reconstructions (bottom row), for (N, 3, H, W) images in [-1, 1]."""
     originals, reconstructions = (images + 1) / 2, reconstruct(vae, images)
     rows = [torch.cat(list(originals), dim=-1), torch.cat(list(reconstructions), dim=-1)]

@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import parse_size
+
 NAME = "bench"
 HELP = "speed benchmark vs PIDM / CFLD / PoCoLD / PCDMs, with a report and claim verdicts"
 
@@ -65,6 +67,13 @@ def add_arguments(parser) -> None:
     quality.add_argument("--work-dir", default=None,
                          help="held-out data and ONNX/INT8 exports, reused between runs (default: OUT/work)")
     quality.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    costs = sub.add_parser(
+        "autoencoders", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="FLOPs of SD's VAE, TAESD and the tiny preset's autoencoder at full size (meta device)",
+        description="Exact FLOPs of encoding and decoding one image with each autoencoder class (the pipeline's "
+                    "own calls, counted on the meta device: no weights needed) and their parameter counts.")
+    costs.add_argument("--size", type=parse_size, default=(512, 512), metavar="HxW", help="image size in pixels")
+    costs.add_argument("--out", default=None, metavar="DIR", help="also write autoencoders.json and .md here")
 
 
 def run(args) -> int:
@@ -72,6 +81,8 @@ def run(args) -> int:
 
     if args.bench_command == "quality":
         return run_quality(args)
+    if args.bench_command == "autoencoders":
+        return run_autoencoder_costs(args)
     if args.bench_command == "report":
         data = json.loads((Path(args.folder) / "results.json").read_text())
         suite = {key: data[key] for key in ("environment", "results", "imagpose_weights") if key in data}
@@ -122,6 +133,21 @@ def run(args) -> int:
     for name, path in paths.items():
         if name != "md":
             print(f"  {name}: {path}")
+    return 0
+
+
+def run_autoencoder_costs(args) -> int:
+    from ..bench.autoencoder_cost import as_json, autoencoder_costs, format_costs
+    from ..io import OutputFolder
+
+    size = tuple(args.size)
+    costs = autoencoder_costs(size)
+    table = format_costs(costs, size)
+    if args.out:
+        with OutputFolder(args.out) as folder:
+            folder.write_json("autoencoders.json", as_json(costs, size))
+            folder.path("autoencoders.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
     return 0
 
 

@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
                         help="held-out people generated for the evaluation")
     parser.add_argument("--eval-seed", type=int, default=1000,
                         help="seed of the held-out people (must differ from --seed)")
-    parser.add_argument("--vae-steps", type=integer(1), default=1200, help="VAE training steps")
+    parser.add_argument("--vae-steps", type=integer(1), metavar="N",
+                        help="autoencoder training steps (default: the config's autoencoder.steps)")
     parser.add_argument("--eval-steps", type=integer(1), default=20, help="DDIM steps of the evaluation")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a training config key (repeatable)")
@@ -38,7 +39,8 @@ def run(args) -> int:
     from ..io import OutputFolder
     from ..train.config import load_config
     from ..train.evaluation import evaluate
-    from ..train.loop import plot_loss, read_log, run_all
+    from ..train.loop import plot_loss, read_log
+    from ..train.stage_training import run_all
     from ..train.synthetic import make_dataset
     from ..train.vae import train_vae
 
@@ -63,7 +65,8 @@ def run(args) -> int:
         print(f"imagpose train all: {name}: {timing[name]:.0f} s")
 
     data, vae, heldout = out / "data", out / "vae", out / "heldout"
-    config = load_config(args.config, [*args.overrides, f"weights.vae={vae}"])
+    vae_steps = [f"autoencoder.steps={args.vae_steps}"] if args.vae_steps else []
+    config = load_config(args.config, [*args.overrides, *vae_steps, f"weights.vae={vae}"])
     def make_data():
         summary = make_dataset(data, args.identities, seed=args.seed, size=config.data.tile_size)
         print(f"imagpose train all: {summary.identities} people ({len(summary.train)} train, {len(summary.test)} "
@@ -71,7 +74,8 @@ def run(args) -> int:
 
     phase("data", (data / "dataset.json").is_file(), make_data)
     phase("vae", (vae / "vae_report.json").is_file(),
-          lambda: train_vae(data, vae, steps=args.vae_steps, seed=args.seed, progress=progress))
+          lambda: train_vae(data, vae, config.autoencoder, seed=args.seed, preset=config.model,
+                            trackers=config.trackers, resume=args.resume, progress=progress))
     results = []
     phase("stages", (out / "end2end" / "pipeline" / "model_index.json").is_file(),
           lambda: results.extend(run_all(config, data, out, resume=args.resume, progress=progress)))
@@ -108,11 +112,14 @@ def write_training_record(out: Path, config, args, timing: dict) -> None:
         "grid": list(config.data.grid),
         "command": "imagpose train all " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
             ("identities", args.identities), ("seed", args.seed), ("eval_identities", args.eval_identities),
-            ("eval_seed", args.eval_seed), ("vae_steps", args.vae_steps))),
+            ("eval_seed", args.eval_seed), ("config", args.config)))
+        + "".join(f" --set {item}" for item in args.overrides)
+        + (f" --vae-steps {args.vae_steps}" if args.vae_steps else ""),
         "data": {"identities": args.identities, "seed": args.seed, "generator": "imagpose.train.synthetic"},
         "held_out": {"identities": args.eval_identities, "seed": args.eval_seed},
         "seconds": timing,
-        "vae_psnr_db": vae_report.get("psnr"),
+        "vae": {key: vae_report.get(key) for key in ("class", "parameters", "psnr", "held_out_people",
+                                                      "colour_round_trip", "seconds")},
         "final_losses": {stage: rows[-1]["loss"] for stage in config.stages
                          if (rows := _log_rows(out / stage / "log.csv"))},
         "evaluation": read(out / "eval" / "summary.json"),

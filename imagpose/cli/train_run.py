@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stage", default="all", choices=STAGE_CHOICES, help="which stage to run")
     parser.add_argument("--init-from", metavar="DIR",
                         help="stage2/end2end: the previous stage's pipeline folder (OUT/<stage>/pipeline)")
-    parser.add_argument("--vae", metavar="DIR", help="a diffusers AutoencoderKL folder (`imagpose train vae`); "
+    parser.add_argument("--vae", metavar="DIR", help="a diffusers AutoencoderKL or AutoencoderTiny folder "
+                                                     "(`imagpose train vae`); "
                                                      "same as --set weights.vae=DIR")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key, e.g. --set stages.stage1.steps=100 (repeatable)")
@@ -49,7 +50,7 @@ def load_run_config(args):
 
 def run(args) -> int:
     from ..errors import InvalidArgumentError
-    from ..train.loop import run_all, run_stage
+    from ..train.stage_training import run_all, run_stage
 
     config = load_run_config(args)
     progress = not args.no_progress
@@ -61,6 +62,6 @@ def run(args) -> int:
         results = [run_stage(config, args.stage, args.data, args.out, init_from=args.init_from, resume=args.resume,
                              stop_after=args.stop_after, progress=progress)]
     for result in results:
-        print(f"imagpose train run: {result.stage}: {result.steps} steps, final loss {result.final_loss:.4f}, "
-              f"{result.samples_per_second:.1f} samples/s, {result.seconds:.0f} s -> {result.pipeline_dir}")
+        print(f"imagpose train run: {result.name}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+              f"{result.samples_per_second:.1f} samples/s, {result.seconds:.0f} s -> {result.product}")
     return 0

@@ -39,9 +39,9 @@ def write_pipeline_configs(pipe: IMAGPosePipeline, folder: Path) -> None:
 
 def load_config_only_pipeline(folder: str | Path) -> ConfigOnlyPipeline:
     """A :class:`ConfigOnlyPipeline` from a folder of configs (``write_pipeline_configs`` or a pipeline folder)."""
-    from diffusers import AutoencoderKL
     from transformers import Dinov2Config
 
+    from imagpose.autoencoders import autoencoder_class, folder_class_name
     from imagpose.models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
     from imagpose.schedulers import IMAGPoseDDIMScheduler
 
@@ -53,7 +53,8 @@ def load_config_only_pipeline(folder: str | Path) -> ConfigOnlyPipeline:
     try:
         with torch.device("meta"):
             modules = {name: cls.from_config(cls.load_config(folder / name)).eval() for name, cls in (
-                ("unet", IMAGPoseUNet), ("vae", AutoencoderKL), ("flc_tokenizer", FLCTokenizer),
+                ("unet", IMAGPoseUNet), ("vae", autoencoder_class(folder_class_name(folder / "vae"))),
+                ("flc_tokenizer", FLCTokenizer),
                 ("pose_guider", PoseGuider))}
             modules["image_encoder"] = IMAGPoseImageEncoder(Dinov2Config.from_pretrained(folder / "image_encoder"))
     except (OSError, TypeError, ValueError) as exc:  # the loaders' reports of configs they cannot use

@@ -141,11 +141,22 @@ def test_convert_cli(tiny_state, tmp_path):
     assert main(["convert", "--unet", str(unet), "--unet-config", str(config), "--out", str(tmp_path / "p")]) == 2
 
 
-def test_convert_to_a_complete_pipeline_folder(tiny_state, tmp_path, samples):
+KL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 32, 32],
+              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+              layers_per_block=1, norm_num_groups=2, act_fn="silu", sample_size=64, scaling_factor=0.18215)
+
+
+@pytest.mark.parametrize("vae_class", ["AutoencoderTiny", "AutoencoderKL"])
+def test_convert_to_a_complete_pipeline_folder(tiny_state, tmp_path, samples, vae_class):
+    """--vae takes either autoencoder class: SD's AutoencoderKL, or a TAESD-style AutoencoderTiny."""
+    from diffusers import AutoencoderKL
+
     from imagpose import IMAGPosePipeline, scenarios
 
     comps = build_components("tiny", seed=3)
-    comps["vae"].save_pretrained(tmp_path / "vae")
+    vae = comps["vae"] if vae_class == "AutoencoderTiny" else AutoencoderKL(**KL_VAE)
+    assert type(vae).__name__ == vae_class
+    vae.save_pretrained(tmp_path / "vae")
     comps["image_encoder"].save_pretrained(tmp_path / "dino")
     files = {name: _save_pth(tiny_state[key], tmp_path / f"{name}-1.pth")
              for name, key in (("unet", "unet"), ("pose_guider", "pose_guider"), ("patch", "flc_tokenizer"))}
@@ -155,5 +166,19 @@ def test_convert_to_a_complete_pipeline_folder(tiny_state, tmp_path, samples):
                                  image_encoder=tmp_path / "dino")
     pipe = IMAGPosePipeline.from_pretrained(tmp_path / "pipe")
     assert torch.equal(pipe.unet.conv_in.weight, tiny_state["unet"]["conv_in.weight"])
+    assert type(pipe.vae).__name__ == vae_class
     request = scenarios.t2(*samples("person_red_front"), samples("person_red_walking")[1], tile_size=(64, 64))
     assert pipe(request, num_inference_steps=1, progress=False).results[0].targets[0].size == (64, 64)
+
+
+def test_convert_refuses_an_autoencoder_of_another_latent_space(tiny_state, tmp_path):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(**dict(KL_VAE, latent_channels=16)).save_pretrained(tmp_path / "vae16")
+    build_components("tiny")["image_encoder"].save_pretrained(tmp_path / "dino")
+    files = {name: _save_pth(tiny_state[key], tmp_path / f"{name}-1.pth")
+             for name, key in (("unet", "unet"), ("pose_guider", "pose_guider"), ("patch", "flc_tokenizer"))}
+    with pytest.raises(ConversionError, match="16 latent channels and a 8x downscale; IMAGPose's UNet needs"):
+        convert_official_checkpoints(tmp_path / "p", **files, preset="tiny", vae=tmp_path / "vae16",
+                                     image_encoder=tmp_path / "dino")
+    assert not (tmp_path / "p").exists()

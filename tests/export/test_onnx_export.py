@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from imagpose import build_pipeline, scenarios
-from imagpose.export import COMPONENTS, ExportError, ExportOptions, ShapeBucket, export_component, onnx_export
+from imagpose.export import (
+    COMPONENTS,
+    ExportError,
+    ExportOptions,
+    ShapeBucket,
+    export_component,
+    export_pipeline,
+    onnx_export,
+)
 from imagpose.export.parity import FP32_MIN_SQNR_DB, FP32_MIN_SSIM, component_parity, end_to_end_parity
 from imagpose.export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from imagpose.export.trt_check import check_onnx_for_trt, has_blockers
@@ -148,3 +156,33 @@ def test_dynamo_exporter_for_opset_18(tmp_path):
     model = onnx.load(str(result.path))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["B", 3, "PH", "PW"]
+
+
+@pytest.mark.parametrize("vae_class", ["AutoencoderTiny", "AutoencoderKL"])
+def test_both_autoencoder_classes_export_with_one_contract(tmp_path, vae_class):
+    """The vae_encoder / vae_decoder graphs of either class have the same inputs and outputs and match PyTorch on
+    ONNX Runtime; a pipeline holding a TAESD-style decoder exports like one holding SD's VAE."""
+    from diffusers import AutoencoderKL
+
+    from imagpose.pipeline import IMAGPosePipeline
+    from imagpose.presets import build_components, randomize_weights
+
+    components = build_components("tiny", seed=4)
+    if vae_class == "AutoencoderKL":
+        components["vae"] = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 32, 32],
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+            layers_per_block=1, norm_num_groups=2, act_fn="silu", sample_size=64, scaling_factor=0.18215)
+        randomize_weights(components["vae"], torch.Generator().manual_seed(5))
+        components["vae"].eval()
+    pipe = IMAGPosePipeline(**components)
+    assert type(pipe.vae).__name__ == vae_class
+    components = ("vae_encoder", "vae_decoder")
+    for result in export_pipeline(pipe, tmp_path, ExportOptions(bucket=BUCKET), components=components):
+        graph = onnx.load(str(result.path), load_external_data=False).graph
+        contract = onnx_export.CONTRACTS[result.component]
+        assert [i.name for i in graph.input] == contract.input_names
+        assert [o.name for o in graph.output] == contract.output_names
+    backend = OnnxRuntimeBackend.for_pipeline(pipe, tmp_path, components=components)
+    rows = component_parity(pipe, "onnxruntime", backend, BUCKET, components=components)
+    assert len(rows) == 2 and all(row.sqnr_db >= FP32_MIN_SQNR_DB for row in rows), rows

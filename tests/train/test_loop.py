@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.config import load_config
-from imagpose.train.loop import run_stage
+from imagpose.train.stage_training import run_stage
 
 QUICK = ["stages.stage1.steps=4", "stages.stage1.batch_size=2", "stages.stage1.checkpoint_every=2",
          "stages.stage1.keep_checkpoints=1", "validation.num_requests=0", "data.max_scale=1.2",

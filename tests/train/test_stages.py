@@ -15,6 +15,7 @@ from imagpose.pipeline import IMAGPosePipeline
 from imagpose.presets import build_components, get_preset
 from imagpose.train.config import WeightsConfig
 from imagpose.train.data import collate
+from imagpose.train.loop import trainable_parameters
 from imagpose.train.objective import ConditionDropout, draw_objective, training_loss, training_scheduler
 from imagpose.train.stages import (
     build_stage,
@@ -22,7 +23,6 @@ from imagpose.train.stages import (
     count_trainable,
     load_motion_module,
     load_pretrained_unet,
-    trainable_parameters,
 )
 
 STAGES = ("stage1", "stage2", "end2end")

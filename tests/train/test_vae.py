@@ -1,19 +1,25 @@
-"""imagpose.train.vae: a few steps write a loadable AutoencoderKL folder and a PSNR report; the latent calibration
-leaves every reconstruction unchanged."""
+"""imagpose.train.vae: the autoencoder trains on the shared loop (a loadable folder, a report, exact resume), its
+latent calibration leaves every reconstruction unchanged, and a design that cannot reproduce colour is refused."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 
+from imagpose import autoencoders, presets
 from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.presets import get_preset, randomize_weights
+from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.synthetic import make_dataset
 from imagpose.train.vae import (
+    AutoencoderItems,
+    AutoencoderSteps,
     calibrate_latent_scale,
+    colour_round_trip_errors,
     held_out_sets,
     latent_std,
     psnr,
@@ -22,8 +28,11 @@ from imagpose.train.vae import (
     rescale_latents,
     train_vae,
 )
+from imagpose.train.config import StageConfig
 
 HELD_OUT_SETS = {"tiles", "canvas", "masked_canvas", "reference"}
+TINY_TAESD = dict(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                  num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=4)
 
 
 @pytest.fixture(scope="module")
@@ -40,61 +49,117 @@ def trained(dataset, tmp_path_factory):
     return out
 
 
-def random_vae(seed: int = 0) -> AutoencoderKL:
-    vae = AutoencoderKL(**get_preset("tiny").vae)
+def random_autoencoder(kind: str, seed: int = 0):
+    vae = AutoencoderTiny(**TINY_TAESD) if kind == "tiny" else AutoencoderKL(
+        **dict(get_preset("mid").vae, block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=2,
+               down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2))
     randomize_weights(vae, torch.Generator().manual_seed(seed))
     return vae.eval()
 
 
-def test_writes_a_loadable_autoencoder_and_a_psnr_report(dataset, trained):
-    vae = AutoencoderKL.from_pretrained(trained).eval()
-    assert vae.config.block_out_channels == get_preset("tiny").vae["block_out_channels"]
-    assert vae.config.scaling_factor == 0.18215  # the official pipeline's hard-coded factor is kept
+def test_writes_a_loadable_autoencoder_and_a_report(dataset, trained):
+    vae = autoencoders.load_autoencoder(trained)
+    assert type(vae).__name__ == get_preset("tiny").vae_class
     report = json.loads((trained / "vae_report.json").read_text())
     assert set(report["psnr"]) == HELD_OUT_SETS and all(math.isfinite(v) and v > 0 for v in report["psnr"].values())
     assert report["held_out_counts"] == {"tiles": 8, "canvas": 2, "masked_canvas": 2, "reference": 2}
     assert [point["step"] for point in report["curve"]] == [2, 3]
     assert {f"psnr_{name}" for name in HELD_OUT_SETS} <= set(report["curve"][-1])
+    assert report["held_out_people"]["items"] == 2 and 0 <= report["held_out_people"]["pose_iou"] <= 1
+    assert set(report["colour_round_trip"]) == {"flat", "two_colour"}
     # the saved weights are the reported ones (after the calibration)
     held_out = held_out_sets(read_split_images(dataset, "test"))
     assert psnr(vae, held_out["tiles"]) == pytest.approx(report["psnr"]["tiles"], abs=0.006)
-    assert report["latent_std"]["train_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert report["latent_std"]["train"] == pytest.approx(1.0, abs=1e-3)
     with Image.open(trained / "recon.png") as strip:
         assert strip.size == (8 * 32, 2 * 32)  # 8 held-out tiles over their reconstructions
+    # the shared loop's outputs
+    assert (trained / "log.csv").read_text().splitlines()[0] == "step,loss,lr,samples_per_second,seconds"
+    assert (trained / "loss.png").is_file() and [step for step, _ in list_checkpoints(trained)] == [3]
 
 
 def test_same_seed_same_weights(dataset, trained, tmp_path):
     train_vae(dataset, tmp_path / "again", steps=3, batch_size=4, eval_every=2, seed=0, progress=False)
-    first, second = (AutoencoderKL.from_pretrained(p).state_dict() for p in (trained, tmp_path / "again"))
+    first, second = (autoencoders.load_autoencoder(p).state_dict() for p in (trained, tmp_path / "again"))
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
-def test_rescale_latents_leaves_reconstructions_unchanged():
-    vae = random_vae()
+def test_stopping_and_resuming_gives_the_uninterrupted_run(dataset, trained, tmp_path):
+    part = tmp_path / "part"
+    stopped = train_vae(dataset, part, steps=3, batch_size=4, eval_every=2, seed=0, stop_after=1, progress=False)
+    assert stopped.steps == 1 and not (part / "config.json").exists()
+    train_vae(dataset, part, steps=3, batch_size=4, eval_every=2, seed=0, resume=True, progress=False)
+    whole, resumed = (autoencoders.load_autoencoder(p).state_dict() for p in (trained, part))
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    losses = [line.split(",")[:2] for line in (part / "log.csv").read_text().splitlines()]
+    assert losses == [line.split(",")[:2] for line in (trained / "log.csv").read_text().splitlines()]
+
+
+def test_steps_are_split_between_processes_as_one_process_reads_them(dataset):
+    """Two processes with batch 2 read the keys one process with batch 4 reads; a canvas step reads a quarter."""
+    settings = dict(steps=6, learning_rate=1e-3)
+    one = list(AutoencoderSteps(0, StageConfig(batch_size=8, **settings), 0, 1, seed=0, canvas_fraction=0.5))
+    two = [list(AutoencoderSteps(0, StageConfig(batch_size=4, **settings), rank, 2, seed=0, canvas_fraction=0.5))
+           for rank in range(2)]
+    assert [a + b for a, b in zip(*two)] == one
+    assert {len(keys) for keys in one} == {8, 2}  # tile steps and canvas steps both occur
+    items = AutoencoderItems(read_split_images(dataset, "train"), seed=0, canvas_fraction=0.5, latent_noise=True,
+                             downscale=8)
+    tile_step = next(keys for keys in one if len(keys) == 8)
+    canvas_step = next(keys for keys in one if len(keys) == 2)
+    assert items[tile_step[0]]["pixels"].shape == (3, 32, 32) and items[tile_step[0]]["noise"].shape == (4, 4, 4)
+    assert items[canvas_step[0]]["pixels"].shape == (3, 64, 64)
+    assert torch.equal(items[tile_step[1]]["pixels"], items[tile_step[1]]["pixels"])  # a function of the key
+
+
+@pytest.mark.parametrize("kind", ["kl", "tiny"])
+def test_rescale_latents_leaves_reconstructions_unchanged(kind):
+    vae = random_autoencoder(kind)
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
-        before = vae.encode(images).latent_dist
+        before = autoencoders.encode(vae, images)
         reconstructions = reconstruct(vae, images)
         rescale_latents(vae, 7.5)
-        after = vae.encode(images).latent_dist
-    torch.testing.assert_close(after.mean, before.mean * 7.5)
-    torch.testing.assert_close(after.std, before.std * 7.5)
+        after = autoencoders.encode(vae, images)
+    torch.testing.assert_close(after, before * 7.5)
     torch.testing.assert_close(reconstruct(vae, images), reconstructions, atol=1e-5, rtol=0)
 
 
-def test_calibration_gives_unit_latent_std():
-    vae = random_vae()
+@pytest.mark.parametrize("kind", ["kl", "tiny"])
+def test_calibration_gives_unit_latent_std(kind):
+    vae = random_autoencoder(kind)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     factor = calibrate_latent_scale(vae, images)
     assert factor > 0 and latent_std(vae, images) == pytest.approx(1.0, rel=1e-4)
 
 
+def test_colour_probes_score_a_grey_autoencoder_by_its_worst_channel():
+    grey = random_autoencoder("tiny")
+    with torch.no_grad():  # the last convolution outputs 0.5 everywhere (Tiny maps [0, 1] to [-1, 1] after it)
+        last = grey.decoder.layers[-1]
+        last.weight.zero_()
+        last.bias.fill_(0.5)
+    errors = colour_round_trip_errors(grey, (32, 32))
+    assert errors == {"flat": pytest.approx(0.5, abs=1e-6), "two_colour": pytest.approx(0.5, abs=1e-6)}
+
+
+def test_a_design_that_cannot_reproduce_colour_is_refused(dataset, tmp_path, monkeypatch):
+    grey_design = dataclasses.replace(get_preset("mid"), vae_class="AutoencoderKL",
+                                      vae=dict(get_preset("mid").vae, norm_num_groups=64))
+    monkeypatch.setitem(presets.PRESETS, "mid", grey_design)
+    with pytest.raises(InvalidArgumentError, match="'mid' preset's AutoencoderKL cannot reproduce colour: its "
+                                                   "narrowest GroupNorm normalises 1 channel"):
+        train_vae(dataset, tmp_path / "out", steps=1, batch_size=4, preset="mid", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("settings,match", [
     (dict(batch_size=6), "batch_size must be a positive multiple of 4"),
-    (dict(steps=0), "steps must be at least 1"),
-    (dict(eval_every=0), "eval_every must be at least 1"),
-    (dict(lr=float("nan")), "lr must be a positive number"),
+    (dict(steps=0), "steps must be positive"),
+    (dict(eval_every=0), "eval_every must be positive"),
+    (dict(learning_rate=float("nan")), "learning_rate must be positive, got nan"),
     (dict(loss="l2"), "loss must be one of l1, mse"),
+    (dict(colour_permutation=1.5), "colour_permutation must be in \\[0, 1\\]"),
 ])
 def test_bad_settings_are_refused(dataset, tmp_path, settings, match):
     with pytest.raises(InvalidArgumentError, match=match):
