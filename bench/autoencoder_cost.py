@@ -63,10 +63,10 @@ def format_costs(costs: list[AutoencoderCost], size: tuple[int, int] = (512, 512
              "| autoencoder | class | parameters | encode GFLOPs | decode GFLOPs | decode vs SD VAE |",
              "|---|---|---|---|---|---|"]
     for cost in costs:
+        ratio = ("1 (reference)" if cost is base else f"{cost.decode_gflops / base.decode_gflops:.3f}x "
+                 f"({base.decode_gflops / cost.decode_gflops:.0f}x fewer FLOPs)")
         lines.append(f"| {cost.name} | {cost.class_name} | {cost.parameters / 1e6:.2f} M | "
-                     f"{cost.encode_gflops:.1f} | {cost.decode_gflops:.1f} | "
-                     f"{cost.decode_gflops / base.decode_gflops:.3f}x ({base.decode_gflops / cost.decode_gflops:.0f}x "
-                     "fewer) |")
+                     f"{cost.encode_gflops:.1f} | {cost.decode_gflops:.1f} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -109,6 +109,7 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
             "skipped": {name: f"the {backend} UNet was exported for the grid(s) {sorted(supported)}"
                         for name in skipped},
         }
+        sheet = []
         for item, canvas, result in zip(items, canvases, output.results):
             files = []
             for index, image in zip(result.target_indices, result.targets):
@@ -120,6 +121,7 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
             strip.paste(inputs[0], (0, 0))
             strip.paste(inputs[1], (inputs[0].width, 0))
             folder.save_image(f"{item.name}/inputs.png", strip)
+            sheet.append((f"{item.name}: {item.description}", strip, result.canvas))
             layout = canvas.layout
             summary["scenarios"].append({
                 "name": item.name,
@@ -133,5 +135,27 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
                 "canvas": f"{item.name}/canvas.png",
                 "inputs": f"{item.name}/inputs.png (masked person canvas | pose canvas)",
             })
+        folder.save_image("overview.png", overview_sheet(sheet))
+        summary["overview"] = "overview.png (per scenario: masked person canvas | pose canvas | generated canvas)"
         folder.write_json("summary.json", summary)
     return summary
+
+
+def overview_sheet(rows: list[tuple[str, Image.Image, Image.Image]]) -> Image.Image:
+    """One image to look at: per scenario a caption over its inputs (masked person | pose) and the generated
+    canvas, on white."""
+    from PIL import ImageDraw
+
+    caption, gap = 14, 6
+    width = max(inputs.width + gap + canvas.width for _, inputs, canvas in rows)
+    height = sum(caption + max(inputs.height, canvas.height) + gap for _, inputs, canvas in rows)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    top = 0
+    for text, inputs, canvas in rows:
+        draw.text((2, top + 1), text, fill=(0, 0, 0))
+        top += caption
+        sheet.paste(inputs, (0, top))
+        sheet.paste(canvas.convert("RGB"), (inputs.width + gap, top))
+        top += max(inputs.height, canvas.height) + gap
+    return sheet

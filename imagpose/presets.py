@@ -70,11 +70,11 @@ PRESETS = {
             cva_num_heads=8, cva_num_layers=1, cva_attention_blocks=2, cva_max_views=32,
         ),
         # the TAESD design (diffusers' AutoencoderTiny: no norms, deterministic latents) at 32 channels, one block
-        # at full resolution and two at each lower level (TAESD: 64 channels, 1/3/3/3): 8x, 4 latent channels
+        # per level (TAESD: 64 channels, 1/3/3/3 blocks): 8x, 4 latent channels
         vae_class="AutoencoderTiny",
         vae=dict(
             in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=[32] * 4,
-            decoder_block_out_channels=[32] * 4, num_encoder_blocks=[1, 2, 2, 2], num_decoder_blocks=[2, 2, 2, 1],
+            decoder_block_out_channels=[32] * 4, num_encoder_blocks=[1] * 4, num_decoder_blocks=[1] * 4,
             act_fn="relu", upsample_fn="nearest", scaling_factor=1.0,
         ),
         image_encoder=dict(

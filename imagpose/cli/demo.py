@@ -55,7 +55,7 @@ def run(args) -> int:
     for name, why in summary["skipped"].items():
         print(f"  {name:<14} skipped: {why}")
     print(f"{len(summary['scenarios'])} scenarios in {summary['seconds_total']:.1f} s; "
-          f"summary: {Path(args.out) / 'summary.json'}")
+          f"summary: {Path(args.out) / 'summary.json'}; all of them in one image: {Path(args.out) / 'overview.png'}")
     if summary["note"]:
         print(f"note: {summary['note']}")
     return 0

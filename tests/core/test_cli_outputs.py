@@ -52,6 +52,7 @@ def test_demo_writes_beside_the_users_files(user_folder, tree, capsys):
     assert names == ["t1", "t2", "t3", "imagpose_star", "mixed", "grid_2x3", "tile_128x128"]
     for item in summary["scenarios"]:
         assert {f"{item['name']}/canvas.png", f"{item['name']}/inputs.png", *item["targets"]} <= set(after)
+    assert "overview.png" in after  # every scenario's inputs and canvas in one image
     assert str(user_folder) in capsys.readouterr().out
 
 

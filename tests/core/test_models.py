@@ -205,14 +205,14 @@ def test_image_encoder_official_interpolation_differs_from_current_transformers(
     randomize_weights(official, torch.Generator().manual_seed(4))
     current.load_state_dict(official.state_dict())
     plain.load_state_dict(official.state_dict())
-    pixels = torch.randn(1, 3, 224, 224)
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))  # not the global RNG
     with torch.no_grad():
         a = official(pixels).last_hidden_state
         b = current(pixels).last_hidden_state
         c = plain(pixels).last_hidden_state
     assert a.shape == (1, 257, 32)
     torch.testing.assert_close(b, c)  # "size" mode is today's transformers
-    assert (a - b).abs().max() > 1e-2  # the official (4.40) formula is not
+    assert (a - b).abs().max() > 1e-3  # the official (4.40) formula is not (float rounding is ~1e-6 here)
     with pytest.raises(ValueError, match="position_interpolation"):
         IMAGPoseImageEncoder(Dinov2Config(**cfg, position_interpolation="nearest"))
 

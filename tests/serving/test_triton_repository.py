@@ -163,3 +163,23 @@ def test_a_repository_of_other_weights_is_refused(exported, tmp_path):
     with pytest.raises(ExportError, match="other weights"):
         write_repository(other, tmp_path / "repo", RepositoryOptions("python"), onnx_dir=exported)
     shutil.rmtree(tmp_path / "repo", ignore_errors=True)
+
+
+@pytest.mark.parametrize("vae_class", ["AutoencoderTiny", "AutoencoderKL"])
+def test_the_orchestrator_pipeline_is_built_with_the_autoencoder_class_of_the_model(tmp_path, vae_class):
+    """The orchestrator's configs-only pipeline builds whichever autoencoder class the model holds (meta device)."""
+    from diffusers import AutoencoderKL
+
+    from imagpose.pipeline import IMAGPosePipeline
+    from imagpose.presets import build_components
+    from imagpose.serving.triton.pipeline_configs import load_config_only_pipeline, write_pipeline_configs
+
+    components = build_components("tiny")
+    if vae_class == "AutoencoderKL":
+        components["vae"] = AutoencoderKL(block_out_channels=[8, 16, 32, 32], norm_num_groups=2,
+                                          down_block_types=["DownEncoderBlock2D"] * 4,
+                                          up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1)
+    write_pipeline_configs(IMAGPosePipeline(**components), tmp_path / "configs")
+    pipe = load_config_only_pipeline(tmp_path / "configs")
+    assert type(pipe.vae).__name__ == vae_class and pipe.vae_scale_factor == 8
+    assert next(pipe.vae.parameters()).device.type == "meta"

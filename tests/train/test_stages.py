@@ -262,3 +262,22 @@ def test_stage2_needs_the_stage1_folder(stage1_folder, tmp_path):
     IMAGPosePipeline(**end2end_like).save_pretrained(tmp_path / "cva")
     with pytest.raises(InvalidArgumentError, match="stage1/pipeline"):
         build_stage("stage2", "tiny", seed=0, weights=WeightsConfig(), init_from=tmp_path / "cva")
+
+
+@pytest.mark.parametrize("groups,warns", [(8, True), (2, False)])
+def test_a_vae_folder_that_cannot_reproduce_colour_is_warned_about(tmp_path, groups, warns):
+    """Stages train on the given autoencoder's latents; one that erases flat colours is named before training."""
+    import warnings
+
+    from diffusers import AutoencoderKL
+
+    from imagpose.train.stages import load_frozen_encoders
+
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 32, 32],
+                  down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                  layers_per_block=1, norm_num_groups=groups).save_pretrained(tmp_path / "vae")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vae, _ = load_frozen_encoders(get_preset("tiny"), tmp_path / "vae", None)
+    messages = [str(w.message) for w in caught if "may not reproduce colour" in str(w.message)]
+    assert type(vae) is AutoencoderKL and len(messages) == int(warns), messages
