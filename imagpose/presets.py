@@ -69,12 +69,13 @@ PRESETS = {
             num_attention_heads=4, cva_down_blocks=[True] * 3, cva_mid_block=True, cva_up_blocks=[True] * 3,
             cva_num_heads=8, cva_num_layers=1, cva_attention_blocks=2, cva_max_views=32,
         ),
-        # the TAESD design (diffusers' AutoencoderTiny: no norms, deterministic latents) at 32 channels, one block
-        # per level (TAESD: 64 channels, 1/3/3/3 blocks): 8x, 4 latent channels
+        # the TAESD design (diffusers' AutoencoderTiny: no norms, deterministic latents) at 16 channels, one block
+        # per level (TAESD: 64 channels, 1/3/3/3 blocks): 8x, 4 latent channels. The trained models widen it
+        # (`autoencoder.channels` of train/presets/tiny*.yaml)
         vae_class="AutoencoderTiny",
         vae=dict(
-            in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=[32] * 4,
-            decoder_block_out_channels=[32] * 4, num_encoder_blocks=[1] * 4, num_decoder_blocks=[1] * 4,
+            in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=[16] * 4,
+            decoder_block_out_channels=[16] * 4, num_encoder_blocks=[1] * 4, num_decoder_blocks=[1] * 4,
             act_fn="relu", upsample_fn="nearest", scaling_factor=1.0,
         ),
         image_encoder=dict(

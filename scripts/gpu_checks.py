@@ -644,8 +644,8 @@ def train_step_stats(plan: Plan, stage: str, vae, image_encoder) -> dict:
     import torch
 
     from imagpose.timing import time_runs
-    from imagpose.train.objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
     from imagpose.train.loop import trainable_parameters
+    from imagpose.train.objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
     from imagpose.train.stages import build_trainable, count_trainable
 
     if plan.device == "cuda":

@@ -123,8 +123,11 @@ class AutoencoderConfig:
     colour_permutation: float = 0.5  # images whose RGB channels are put in another order (any colour)
     eval_every: int = 250  # steps between held-out PSNR measurements
     checkpoint_every: int = 250
+    channels: int | None = None  # AutoencoderTiny: the channels of every level (None: the model preset's)
 
     def __post_init__(self):
+        if self.channels is not None:
+            _positive("channels", self.channels)
         for name in ("steps", "eval_every", "checkpoint_every", "learning_rate"):
             _positive(name, getattr(self, name))
         if self.batch_size < 4 or self.batch_size % 4:

@@ -22,9 +22,10 @@ import csv
 import io
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -337,6 +338,9 @@ def plot_loss(curves: dict[str, list[dict]], path: Path, smoothing: int = 20) ->
         smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
                   for i in range(len(losses))]
         axis.plot(steps, smooth, color="C0", linewidth=1.5, label=f"running mean ({window})")
+        positive = [loss for loss in losses if loss > 0]
+        if positive and len(positive) == len(losses) and max(positive) > 20 * min(positive):
+            axis.set_yscale("log")  # a start far above the rest would flatten the curve that matters
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.set_ylabel("loss")

@@ -16,8 +16,10 @@ def add_arguments(parser) -> None:
                         help="official UNet3D config (JSON, as saved by the official code) instead of --preset")
     parser.add_argument("--preset", default="sd15", choices=["sd15", "tiny"], help="architecture of the checkpoint")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the output")
-    parser.add_argument("--vae", metavar="DIR", help="diffusers AutoencoderKL folder (sd-vae-ft-mse) or "
-                        "AutoencoderTiny folder (a TAESD for SD-1.5 latents): with --image-encoder and all three checkpoints, OUT becomes a complete pipeline folder")
+    parser.add_argument("--vae", metavar="DIR",
+                        help="diffusers AutoencoderKL folder (sd-vae-ft-mse) or AutoencoderTiny folder (a TAESD for "
+                             "SD-1.5 latents): with --image-encoder and all three checkpoints, OUT becomes a complete "
+                             "pipeline folder")
     parser.add_argument("--image-encoder", metavar="DIR", help="transformers DINOv2 folder (dinov2-base)")
     parser.add_argument("--out", required=True,
                         help="output folder: OUT/{unet,pose_guider,flc_tokenizer}, or a pipeline folder with --vae "

@@ -42,6 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-every", type=integer(1), default=default.checkpoint_every,
                         help="steps between checkpoints")
     parser.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"], help="autoencoder architecture")
+    parser.add_argument("--channels", type=integer(1), default=None,
+                        help="AutoencoderTiny: channels of every level (default: the preset's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out (a fresh start when there is none)")
     parser.add_argument("--stop-after", type=integer(1), metavar="STEP",
@@ -56,7 +58,7 @@ def run(args) -> int:
     config = AutoencoderConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
                                kl_weight=args.kl_weight, canvas_fraction=args.canvas_fraction,
                                colour_permutation=args.colour_permutation, eval_every=args.eval_every,
-                               checkpoint_every=args.checkpoint_every)
+                               checkpoint_every=args.checkpoint_every, channels=args.channels)
     result = train_vae(args.data, args.out, config, seed=args.seed, preset=args.preset, resume=args.resume,
                        stop_after=args.stop_after, progress=not args.no_progress)
     if result.steps < args.steps:

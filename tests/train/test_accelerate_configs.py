@@ -92,4 +92,5 @@ def test_cpu_2proc_starts_two_gloo_processes_on_the_cpu(tmp_path):
                           cwd=tmp_path, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     reports = sorted(json.loads(path.read_text()) for path in tmp_path.glob("rank*.json"))
-    assert reports == [[0, 2, "MULTI_CPU", "gloo", "cpu"], [1, 2, "MULTI_CPU", "gloo", "cpu"]], done.stdout + done.stderr
+    expected = [[0, 2, "MULTI_CPU", "gloo", "cpu"], [1, 2, "MULTI_CPU", "gloo", "cpu"]]
+    assert reports == expected, done.stdout + done.stderr

@@ -14,21 +14,18 @@ from imagpose import autoencoders, presets
 from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.presets import get_preset, randomize_weights
 from imagpose.train.checkpoints import list_checkpoints
+from imagpose.train.config import StageConfig
 from imagpose.train.synthetic import make_dataset
-from imagpose.train.vae import (
-    AutoencoderItems,
-    AutoencoderSteps,
+from imagpose.train.vae import initialise_for_training, train_vae
+from imagpose.train.vae_data import AutoencoderItems, AutoencoderSteps, held_out_sets, read_split_images
+from imagpose.train.vae_measures import (
     calibrate_latent_scale,
     colour_round_trip_errors,
-    held_out_sets,
     latent_std,
     psnr,
-    read_split_images,
     reconstruct,
     rescale_latents,
-    train_vae,
 )
-from imagpose.train.config import StageConfig
 
 HELD_OUT_SETS = {"tiles", "canvas", "masked_canvas", "reference"}
 TINY_TAESD = dict(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
@@ -174,3 +171,20 @@ def test_bad_datasets_are_user_errors(tmp_path):
     with pytest.raises(InputFileError, match="test.json lists no images .*test fraction > 0"):
         train_vae(tmp_path / "no_test", tmp_path / "out", steps=1, batch_size=4, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_training_initialisation_carries_the_image_to_the_latents():
+    """PyTorch's default initialisation of the norm-free design all but erases the image on its way to the latents
+    (the decoder then learns the mean image first); Kaiming convolutions with identity blocks keep it."""
+    spec = get_preset("tiny")
+    colours = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(0)).expand(8, 3, 64, 48) * 2 - 1
+
+    def spread(vae) -> float:  # how much the latents differ between the eight flat colours
+        with torch.no_grad():
+            return float(vae.encode(colours).latents.std(0).mean())
+
+    torch.manual_seed(0)
+    default = autoencoders.build_autoencoder(spec.vae_class, spec.vae)
+    initialised = autoencoders.build_autoencoder(spec.vae_class, spec.vae)
+    initialise_for_training(initialised)
+    assert spread(default) < 0.02 < 0.1 < spread(initialised)
