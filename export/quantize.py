@@ -185,11 +185,6 @@ def calibration_digest(pipe, requests, options: QuantizeOptions) -> str:
 
 
 # ----------------------------------------------------------------------------- Model Optimizer
-def is_float_layer(name: str) -> bool:
-    """Whether the UNet layer ``name`` (a module path) stays in float (``FLOAT_LAYERS``)."""
-    return any(part in FLOAT_LAYERS for part in name.split("."))
-
-
 def quantization_config(precision: str, algorithm: str = "max") -> dict:
     """The Model Optimizer config: every quantizer off, then Linear and Conv2d weights (per output channel for
     INT8; per tensor for FP8, as Model Optimizer's FP8 recipe) and inputs (per tensor) on, then ``FLOAT_LAYERS``

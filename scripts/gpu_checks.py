@@ -1,6 +1,6 @@
 """Every GPU-only check of the project in one call, with a report that survives timeouts.
 
-On the device machine (docs/gpu.md: the wheels to carry and the one-line command):
+On a machine with a CUDA GPU (docs/gpu.md: the wheels it needs and the one-line command):
 
     python3 scripts/gpu_checks.py --out $OUT                    # every section, about 8 minutes at most
     python3 scripts/gpu_checks.py --out $OUT --only trt --budget-scale 3
@@ -23,7 +23,7 @@ Sections, in priority order (what a CPU cannot show comes first), each with its 
     serve     (120)  fp16 engines of every network, the Triton tensorrt_plan repository written from them and
                      validated; the TensorRT pipeline's latency and throughput at 1, 4 and 16 concurrent clients
 
-The budgets sum to 18 minutes, more than one 10-minute device command: run them as three calls in priority order,
+The budgets sum to 18 minutes, more than one 10-minute command allows: run them as three calls in priority order,
 ``--skip train --skip quant --skip serve``, ``--only env --only quant --only serve`` and ``--only env --only train``
 (docs/gpu.md).
 

@@ -1,6 +1,15 @@
 import os
 import shutil
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# `python -m pytest` puts the working directory first on sys.path; from the repository root the top-level
+# folders (kernels/, export/, train/, ...) would then shadow installed packages of the same names (Hugging
+# Face's `kernels`, which transformers and diffusers import). Our code and tests import those folders only as
+# imagpose.*, so the root is taken off the path before anything else is imported.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO]
 
 # Without a GPU, Triton kernels run in its interpreter; the variable must be set before anything imports triton
 # (diffusers does, indirectly), so it is set here, before the first import of torch or imagpose.
@@ -9,8 +18,6 @@ if shutil.which("nvidia-smi") is None:
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # The official-code fixtures ship with the repository (tests/fixtures/official: tensors made by running the

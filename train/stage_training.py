@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from imagpose.errors import InvalidArgumentError
 from imagpose.io import OutputFolder
 from imagpose.presets import get_preset
 
@@ -26,7 +25,7 @@ from .config import STAGES, StageConfig, TrainConfig
 from .data import StepBatches, TrainingDataset, check_dataset, collate, seeded_generator
 from .loop import RunSettings, TrainingResult, read_log, train, weight_dtype
 from .objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
-from .stages import build_stage
+from .stages import build_stage, check_stage
 from .validation import validation_requests, write_validation_grid
 
 
@@ -40,8 +39,7 @@ class StageTask:
     """One IMAGPose stage: the official objective on the trainer's dataset; the product is a pipeline folder."""
 
     def __init__(self, config: TrainConfig, stage: str, data: str | Path, init_from: str | Path | None = None):
-        if stage not in STAGES:
-            raise InvalidArgumentError(f"Unknown stage {stage!r}; the stages are {', '.join(STAGES)}.")
+        check_stage(stage)
         self.name, self.config, self.data = stage, config, Path(data)
         self.settings = config.stage(stage)
         self.models = build_stage(stage, get_preset(config.model), config.seed, config.weights, init_from)

@@ -63,7 +63,7 @@ def test_a_missing_model_folder_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.slow  # an ONNX export of the model (~15 s on 2 cores); the default tier covers the section's heading
+@pytest.mark.slow  # an ONNX export of the model (~15 s); the default tier covers the section's heading
 def test_parity_runs_on_the_model(model_dir, tmp_path, one_thread):
     from imagpose.bench.fast_paths import fast_path_parity
 

@@ -1,4 +1,4 @@
-"""One Ray Serve service for every Ray test of this folder (starting Ray and Serve takes 10-30 s on two cores):
+"""One Ray Serve service for every Ray test of this folder (starting Ray and Serve takes 10-30 s):
 ``imagpose serve`` in a child process (the shipped trained model), as a user starts it; every request uses 64x64
 tiles and 2 steps. The last test of test_ray_service.py stops it with Ctrl-C; otherwise the session's end does."""
 
