@@ -18,6 +18,7 @@ import torch
 
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.runtime import Runtime
+from imagpose.sampling_config import SamplingConfig
 
 
 class MetaNetworksPipeline(IMAGPosePipeline):
@@ -28,7 +29,8 @@ class MetaNetworksPipeline(IMAGPosePipeline):
     def device(self) -> torch.device:  # also the pipeline's _execution_device (no offload hooks here)
         return torch.device("cpu")
 
-    def check_memory(self, layouts, guidance_scale=2.0, output_type="pil", device=None) -> None:
+    def check_memory(self, layouts, guidance_scale=SamplingConfig.guidance_scale, output_type="pil",
+                     device=None) -> None:
         """Nothing to refuse: the networks allocate nothing on the meta device, whatever the model's size."""
 
 

@@ -1,7 +1,8 @@
 """Speed against quality of the fast-sampling options (``imagpose bench quality``).
 
 Every setting generates the same held-out people (T2 layout, one noise seed per item) with the code users run
-(``IMAGPosePipeline.__call__`` with the setting's keyword arguments, on the setting's runtime), in one process,
+(``IMAGPosePipeline.__call__`` with the setting's :class:`~imagpose.sampling_config.SamplingConfig`, on the
+setting's runtime), in one process,
 side by side with the default (the paper's setting: DDIM, 20 steps, CFG w = 2 on every step). For each setting:
 
 - seconds per image (wall time of the whole generation over every item, divided by the item count; the default
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from imagpose.errors import InvalidArgumentError
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.samplers import SAMPLERS
+from imagpose.sampling_config import DeepCacheConfig, SamplingConfig
 from imagpose.train.evaluation import MEASURES, EvalItem, generate, image_scores, load_items, score
 
 SPEEDUP_TARGETS = (2.0, 3.0, 5.0)
@@ -43,74 +45,70 @@ FULL_SIZE_TILE = (512, 512)
 
 @dataclass(frozen=True)
 class QualitySetting:
-    """One point of the sweep: the pipeline arguments of a fast-sampling option (or a combination)."""
+    """One point of the sweep: the sampling of a fast-sampling option (or a combination), and the runtime of its
+    networks ("onnxruntime-int8": the UNet quantized)."""
 
     name: str
-    sampler: str = "ddim"
-    steps: int = 20
-    guidance_scale: float = 2.0
-    guidance_interval: tuple[float, float] | None = None
-    deepcache_interval: int = 1  # 1: every step computes the whole UNet (DeepCache off)
-    deepcache_branch: int = 0
-    unet: str = "torch"  # the runtime of every network; "onnxruntime-int8": its UNet quantized
+    sampling: SamplingConfig = SamplingConfig()
+    unet: str = "torch"
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise InvalidArgumentError(f"Setting {self.name!r}: sampler {self.sampler!r} is unknown; choose from "
-                                       f"{', '.join(SAMPLERS)}.")
+        if not isinstance(self.sampling, SamplingConfig):
+            raise InvalidArgumentError(f"Setting {self.name!r}: sampling must be a SamplingConfig, got "
+                                       f"{self.sampling!r}.")
         if self.unet not in UNETS:
             raise InvalidArgumentError(f"Setting {self.name!r}: unet {self.unet!r} is unknown; choose from "
                                        f"{', '.join(UNETS)}.")
 
-    def pipeline_arguments(self) -> dict:
-        """Keyword arguments of ``IMAGPosePipeline.__call__`` beyond steps and guidance scale."""
-        arguments: dict = {"sampler": self.sampler}
-        if self.guidance_interval is not None:
-            arguments["guidance_interval"] = self.guidance_interval
-        if self.deepcache_interval > 1:
-            arguments["deepcache_interval"] = self.deepcache_interval
-            arguments["deepcache_branch"] = self.deepcache_branch
-        return arguments
+    def as_dict(self) -> dict:
+        return {"name": self.name, "sampling": self.sampling.to_dict(), "unet": self.unet}
 
 
 DEFAULT = QualitySetting("default (DDIM 20, CFG every step)")
 
 
+def _fast(sampler: str, steps: int, **sampling) -> SamplingConfig:
+    return SamplingConfig(sampler=sampler, num_inference_steps=steps, **sampling)
+
+
 def sweep(kind: str = "full") -> list[QualitySetting]:
     """The settings of a run: the default first; "quick" is a handful for a smoke run."""
+    half_guided = (0.0, 0.5)
     if kind == "quick":
-        return [DEFAULT, QualitySetting("unipc 8", "unipc", 8),
-                QualitySetting("ddim 20 deepcache 3/0", deepcache_interval=3),
-                QualitySetting("ddim 20 guidance [0.0, 0.5]", guidance_interval=(0.0, 0.5))]
+        return [DEFAULT, QualitySetting("unipc 8", _fast("unipc", 8)),
+                QualitySetting("ddim 20 deepcache 3/0", SamplingConfig(deepcache=DeepCacheConfig(3))),
+                QualitySetting("ddim 20 guidance [0.0, 0.5]", SamplingConfig(guidance_interval=half_guided))]
     if kind != "full":
         raise InvalidArgumentError(f"Unknown sweep {kind!r}; choose full or quick.")
-    settings = [DEFAULT, QualitySetting("ddim 20 no guidance", guidance_scale=1.0)]
-    for sampler in ("ddim", "dpmsolver++", "unipc"):
+    settings = [DEFAULT, QualitySetting("ddim 20 no guidance", SamplingConfig(guidance_scale=1.0))]
+    for sampler in SAMPLERS:
         for steps in (4, 6, 8, 10, 12) + ((20,) if sampler != "ddim" else ()):
-            settings.append(QualitySetting(f"{sampler} {steps}", sampler, steps))
-    for interval in ((0.0, 0.5), (0.0, 0.3), (0.2, 0.8)):
+            settings.append(QualitySetting(f"{sampler} {steps}", _fast(sampler, steps)))
+    for interval in (half_guided, (0.0, 0.3), (0.2, 0.8)):
         settings.append(QualitySetting(f"ddim 20 guidance [{interval[0]}, {interval[1]}]",
-                                       guidance_interval=interval))
+                                       SamplingConfig(guidance_interval=interval)))
     for cache_interval in (2, 3, 5):
         for branch in (0, 1):
             settings.append(QualitySetting(f"ddim 20 deepcache {cache_interval}/{branch}",
-                                           deepcache_interval=cache_interval, deepcache_branch=branch))
+                                           SamplingConfig(deepcache=DeepCacheConfig(cache_interval, branch))))
     for sampler in ("dpmsolver++", "unipc"):
         for steps in (6, 8, 10):
-            settings.append(QualitySetting(f"{sampler} {steps} guidance [0.0, 0.5]", sampler, steps,
-                                           guidance_interval=(0.0, 0.5)))
-            settings.append(QualitySetting(f"{sampler} {steps} deepcache 2/0", sampler, steps,
-                                           deepcache_interval=2))
-        settings.append(QualitySetting(f"{sampler} 10 guidance [0.0, 0.5] deepcache 2/0", sampler, 10,
-                                       guidance_interval=(0.0, 0.5), deepcache_interval=2))
-        settings.append(QualitySetting(f"{sampler} 4 deepcache 2/0", sampler, 4, deepcache_interval=2))
-        settings.append(QualitySetting(f"{sampler} 6 deepcache 3/0", sampler, 6, deepcache_interval=3))
-        settings.append(QualitySetting(f"{sampler} 8 deepcache 3/0", sampler, 8, deepcache_interval=3))
-        settings.append(QualitySetting(f"{sampler} 6 guidance [0.0, 0.5] deepcache 2/0", sampler, 6,
-                                       guidance_interval=(0.0, 0.5), deepcache_interval=2))
+            settings.append(QualitySetting(f"{sampler} {steps} guidance [0.0, 0.5]",
+                                           _fast(sampler, steps, guidance_interval=half_guided)))
+            settings.append(QualitySetting(f"{sampler} {steps} deepcache 2/0",
+                                           _fast(sampler, steps, deepcache=DeepCacheConfig(2))))
+        settings.append(QualitySetting(f"{sampler} 10 guidance [0.0, 0.5] deepcache 2/0",
+                                       _fast(sampler, 10, guidance_interval=half_guided,
+                                             deepcache=DeepCacheConfig(2))))
+        settings.append(QualitySetting(f"{sampler} 4 deepcache 2/0", _fast(sampler, 4, deepcache=DeepCacheConfig(2))))
+        settings.append(QualitySetting(f"{sampler} 6 deepcache 3/0", _fast(sampler, 6, deepcache=DeepCacheConfig(3))))
+        settings.append(QualitySetting(f"{sampler} 8 deepcache 3/0", _fast(sampler, 8, deepcache=DeepCacheConfig(3))))
+        settings.append(QualitySetting(f"{sampler} 6 guidance [0.0, 0.5] deepcache 2/0",
+                                       _fast(sampler, 6, guidance_interval=half_guided,
+                                             deepcache=DeepCacheConfig(2))))
     settings += [QualitySetting("ddim 20 onnxruntime fp32", unet="onnxruntime"),
                  QualitySetting("ddim 20 onnxruntime int8 unet", unet="onnxruntime-int8"),
-                 QualitySetting("unipc 8 onnxruntime int8 unet", "unipc", 8, unet="onnxruntime-int8")]
+                 QualitySetting("unipc 8 onnxruntime int8 unet", _fast("unipc", 8), unet="onnxruntime-int8")]
     return settings
 
 
@@ -131,9 +129,8 @@ def full_size_flops(setting: QualitySetting, preset: str = "sd15") -> float:
     pipe = MetaNetworksPipeline(**components)
     image, pose = sample("person_red_front")
     request = scenarios.t2(image, pose, sample("person_red_walking")[1], tile_size=FULL_SIZE_TILE, seed=0)
-    return float(count_flops(pipe, request, num_inference_steps=setting.steps,
-                             guidance_scale=setting.guidance_scale, output_type="pt", progress=False,
-                             backend=MetaRuntime(pipe.torch_runtime()), **setting.pipeline_arguments()))
+    return float(count_flops(pipe, request, sampling=setting.sampling, output_type="pt", progress=False,
+                             backend=MetaRuntime(pipe.torch_runtime())))
 
 
 @dataclass
@@ -150,16 +147,15 @@ class SettingResult:
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        data["setting"] = asdict(self.setting)
+        data["setting"] = self.setting.as_dict()
         return data
 
 
 def _generate(pipe, items: list[EvalItem], data_root: Path, setting: QualitySetting, runtimes: dict,
               batch_size: int) -> tuple[list[torch.Tensor], float]:
     start = time.perf_counter()
-    tiles = generate(pipe, items, data_root, setting.steps, setting.guidance_scale, seed=0,
-                     backend=runtimes.get(setting.unet), batch_size=batch_size,
-                     pipeline_arguments=setting.pipeline_arguments())
+    tiles = generate(pipe, items, data_root, setting.sampling, seed=0, backend=runtimes.get(setting.unet),
+                     batch_size=batch_size)
     return tiles, time.perf_counter() - start
 
 

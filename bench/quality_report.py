@@ -26,14 +26,16 @@ def write_quality_report(results: dict, folder: OutputFolder) -> tuple[str, ...]
 def _csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["setting", "sampler", "steps", "guidance_scale", "guidance_interval", "deepcache_interval",
-                     "deepcache_branch", "unet", "seconds_per_image", "speedup", "full_size_gflops_per_image",
-                     "flop_ratio", "ssim_vs_default", "psnr_vs_default", *[f"{m}_vs_truth" for m in MEASURES],
-                     "pareto"])
+    writer.writerow(["setting", "sampler", "num_inference_steps", "guidance_scale", "guidance_interval",
+                     "deepcache_interval", "deepcache_branch", "unet", "seconds_per_image", "speedup",
+                     "full_size_gflops_per_image", "flop_ratio", "ssim_vs_default", "psnr_vs_default",
+                     *[f"{m}_vs_truth" for m in MEASURES], "pareto"])
     for row in rows:
-        s = row["setting"]
-        writer.writerow([s["name"], s["sampler"], s["steps"], s["guidance_scale"], s["guidance_interval"],
-                         s["deepcache_interval"], s["deepcache_branch"], s["unet"], f"{row['seconds_per_image']:.4f}",
+        s, sampling = row["setting"], row["setting"]["sampling"]
+        deepcache = sampling["deepcache"] or {"interval": None, "branch": None}  # None: DeepCache off
+        writer.writerow([s["name"], sampling["sampler"], sampling["num_inference_steps"], sampling["guidance_scale"],
+                         sampling["guidance_interval"], deepcache["interval"], deepcache["branch"], s["unet"],
+                         f"{row['seconds_per_image']:.4f}",
                          row["speedup"], f"{row['flops_per_image'] / 1e9:.1f}", row["flop_ratio"],
                          row["vs_default"]["ssim"], row["vs_default"]["psnr"],
                          *[row["vs_ground_truth"][m] for m in MEASURES], row["pareto"]])

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from imagpose.deepcache import DeepCacheConfig
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.io import write_json
+from imagpose.sampling_config import DeepCacheConfig
 
 from .components import (
     COMPONENTS,

@@ -47,7 +47,7 @@ import torch
 
 from imagpose.errors import InvalidArgumentError, MissingDependencyError
 from imagpose.io import write_json
-from imagpose.sampling_settings import check_sampling_settings
+from imagpose.sampling_config import SamplingConfig
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, model_config
 from .digests import file_record
@@ -89,8 +89,8 @@ class QuantizeOptions:
 
     precision: str = "int8"
     algorithm: str = "max"
-    steps: int = 20
-    guidance_scale: float = 2.0
+    steps: int = SamplingConfig.num_inference_steps
+    guidance_scale: float = SamplingConfig.guidance_scale
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -99,7 +99,7 @@ class QuantizeOptions:
             raise InvalidArgumentError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}.")
         if self.algorithm == "smoothquant" and self.precision != "int8":
             raise InvalidArgumentError("SmoothQuant is an INT8 recipe; use algorithm='max' for fp8.")
-        check_sampling_settings(self.steps, self.guidance_scale, 0.0)
+        SamplingConfig(self.steps, self.guidance_scale)  # refuses steps or a guidance scale out of range
 
 
 # ----------------------------------------------------------------------------- calibration data
@@ -162,7 +162,8 @@ class RecordingRuntime:
 
 
 @torch.no_grad()
-def record_unet_calls(pipe, requests, steps: int = 20, guidance_scale: float = 2.0) -> list[UNetCall]:
+def record_unet_calls(pipe, requests, steps: int = SamplingConfig.num_inference_steps,
+                      guidance_scale: float = SamplingConfig.guidance_scale) -> list[UNetCall]:
     """The UNet inputs of the fp32 reference generating ``requests`` (one call per request, so memory stays that
     of one request): ``len(requests) * steps`` calls."""
     recorder = RecordingRuntime(pipe.torch_runtime())

@@ -13,6 +13,7 @@ import statistics
 
 import torch
 
+from imagpose.sampling_config import SamplingConfig
 from imagpose.timing import time_runs
 
 from .parity import psnr, sqnr_db, ssim
@@ -20,7 +21,8 @@ from .quantize import RecordingRuntime
 
 
 @torch.no_grad()
-def quantization_parity(pipe, backend, requests, steps: int = 20, guidance_scale: float = 2.0) -> dict:
+def quantization_parity(pipe, backend, requests, steps: int = SamplingConfig.num_inference_steps,
+                        guidance_scale: float = SamplingConfig.guidance_scale) -> dict:
     """Per-step SQNR (min and mean over ``requests``) and final SSIM/PSNR of ``backend`` against fp32 torch."""
     kwargs = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt", progress=False)
     per_step: list[list[float]] = [[] for _ in range(steps)]

@@ -1,6 +1,7 @@
 """DeepCache (Ma et al., CVPR 2024): reuse the UNet's deep features between adjacent denoising steps.
 
     pipe(requests, deepcache_interval=3, deepcache_branch=0)
+    pipe(requests, sampling=SamplingConfig(deepcache=DeepCacheConfig(interval=3, branch=0)))   # the same
 
 Adjacent steps change the deep (low-resolution) features of the UNet little. A *full* step runs the whole UNet and
 caches the deep feature of one skip branch; the next ``interval - 1`` *cached* steps run only the shallow path of
@@ -25,47 +26,13 @@ step: the same predictions as without DeepCache, bit for bit.
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass
-
 import torch
 
 from .errors import InvalidArgumentError
 from .runtime import DEEPCACHE_METHODS, DeepCacheRuntime
+from .sampling_config import DeepCacheConfig
 
 HALVES = {True: ("uncond", "cond"), False: ("cond",)}  # guided step -> its rows, in the CFG batch order
-
-
-@dataclass(frozen=True)
-class DeepCacheConfig:
-    """``interval``: a full step every ``interval`` steps (1 = no caching); ``branch``: the skip branch cached."""
-
-    interval: int
-    branch: int = 0
-
-    def __post_init__(self):
-        for name, value, low in (("deepcache_interval", self.interval, 1), ("deepcache_branch", self.branch, 0)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}.")
-
-    def check(self, unet) -> None:
-        """Refuse a branch the UNet does not have."""
-        if self.branch >= unet.num_skip_branches:
-            raise InvalidArgumentError(
-                f"deepcache_branch {self.branch} is beyond this UNet's skip branches 0..{unet.num_skip_branches - 1} "
-                "(0 = the shallowest, fastest cached step); choose one of those.")
-
-
-def deepcache_config(interval: int | None, branch: int, unet) -> DeepCacheConfig | None:
-    """The checked DeepCache setting of a call, None when ``interval`` is None (DeepCache off)."""
-    if interval is None:
-        if branch != 0:
-            raise InvalidArgumentError(f"deepcache_branch {branch!r} applies with deepcache_interval, which is not "
-                                       "set; pass deepcache_interval (e.g. 3) or drop deepcache_branch.")
-        return None
-    config = DeepCacheConfig(interval, branch)
-    config.check(unet)
-    return config
 
 
 def check_deepcache_runtime(runtime) -> None:

@@ -20,6 +20,7 @@ from .canvas import PoseRequest, View
 from .images import tensor_to_pil
 from .io import OutputFolder
 from .samples import sample
+from .sampling_config import SamplingConfig
 from .timing import Stopwatch
 
 
@@ -69,13 +70,14 @@ def demo_scenarios(seed: int = 0, tile_height: int | None = None) -> list[DemoSc
     return out
 
 
-def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance_scale: float = 2.0,
-             eta: float = 0.0, seed: int = 0, model_label: str = "tiny (random weights)", progress: bool = True,
-             backend: str = "torch", tile_height: int | None = None, sampler: str = "ddim",
-             guidance_interval: tuple[float, float] | None = None, deepcache: tuple[int, int] | None = None) -> dict:
-    """Run every demo scenario and write ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and
-    ``out_dir/summary.json``, beside what ``out_dir`` already holds. ``out_dir`` is a folder, or an open
-    :class:`~imagpose.io.OutputFolder` (the caller checked it early and commits it). Returns the summary."""
+def run_demo(pipe, out_dir: str | Path | OutputFolder, sampling: SamplingConfig | None = None, seed: int = 0,
+             model_label: str = "tiny (random weights)", progress: bool = True, backend: str = "torch",
+             tile_height: int | None = None) -> dict:
+    """Run every demo scenario with ``sampling`` (default: the pipeline's) and write
+    ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and ``out_dir/summary.json``, beside what
+    ``out_dir`` already holds. ``out_dir`` is a folder, or an open :class:`~imagpose.io.OutputFolder` (the caller
+    checked it early and commits it). Returns the summary."""
+    sampling = pipe.sampling_config(sampling)
     opened = isinstance(out_dir, OutputFolder)
     with contextlib.nullcontext(out_dir) if opened else OutputFolder(out_dir) as folder:
         items = demo_scenarios(seed, tile_height)
@@ -85,19 +87,11 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, steps: int = 20, guidance
         requests = [item.request for item in items]
         canvases = [pipe.build_canvas(r) for r in requests]
         with Stopwatch(pipe.device) as watch:
-            output = pipe(requests, num_inference_steps=steps, guidance_scale=guidance_scale, eta=eta,
-                          sampler=sampler, progress=progress, guidance_interval=guidance_interval,
-                          **({} if deepcache is None else {"deepcache_interval": deepcache[0],
-                                                           "deepcache_branch": deepcache[1]}))
+            output = pipe(requests, sampling=sampling, progress=progress)
         seconds = watch.seconds
         summary = {
             "model": model_label,
-            "steps": steps,
-            "guidance_scale": guidance_scale,
-            "eta": eta,
-            "sampler": sampler,
-            "guidance_interval": list(guidance_interval) if guidance_interval else None,
-            "deepcache": list(deepcache) if deepcache else None,
+            "sampling": sampling.to_dict(),
             "seconds_total": round(seconds, 3),
             "device": str(pipe.device),
             "backend": backend,

@@ -5,8 +5,11 @@
     request = scenarios.t2("person.png", "person_pose.png", "target_pose.png", seed=0)
     result = pipe(request).results[0]
     result.targets[0].save("out.png")
+    fast = pipe(request, sampler="unipc", num_inference_steps=8)            # or sampling=SamplingConfig(...)
 
-Defaults follow the paper: DDIM, 20 steps, guidance 2.0 (the official script uses 30 steps).
+Defaults follow the paper (:class:`~imagpose.sampling_config.SamplingConfig`): DDIM, 20 steps, guidance 2.0 (the
+official script uses 30 steps). Assigning a supported diffusers scheduler selects its sampler, as in diffusers:
+``pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)``.
 Several requests in one call are batched (requests with the same canvas geometry share UNet calls).
 """
 
@@ -26,9 +29,9 @@ from tqdm.auto import tqdm
 from .autoencoders import downscale_factor
 from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas
 from .conditions import Conditions, encode_conditions
-from .deepcache import DeepCache, DeepCacheConfig, check_deepcache_runtime, deepcache_config
+from .deepcache import DeepCache, check_deepcache_runtime
 from .errors import InvalidArgumentError
-from .guidance import check_guidance_interval, guided_steps
+from .guidance import guided_steps
 from .images import tensor_to_pil
 from .memory import (
     MemoryEstimate,
@@ -40,8 +43,8 @@ from .memory import (
     weight_bytes,
 )
 from .runtime import Runtime, TorchRuntime
-from .samplers import check_sampler, make_sampler, step_arguments
-from .sampling_settings import check_sampling_settings
+from .samplers import make_sampler, sampler_of, step_arguments
+from .sampling_config import SamplingConfig
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 
@@ -86,7 +89,9 @@ class IMAGPosePipeline(DiffusionPipeline):
     (:class:`~imagpose.models.IMAGPoseImageEncoder`, DINOv2), ``flc_tokenizer``
     (:class:`~imagpose.models.FLCTokenizer`), ``pose_guider`` (:class:`~imagpose.models.PoseGuider`),
     ``scheduler`` (:class:`~imagpose.schedulers.IMAGPoseDDIMScheduler`, diffusers' DDIM configured as
-    :func:`imagpose.schedulers.official_ddim_scheduler`).
+    :func:`imagpose.schedulers.official_ddim_scheduler`). The scheduler holds the noise schedule and selects the
+    sampler of calls that name none: assigning another supported one (:func:`imagpose.samplers.sampler_of`)
+    switches to its sampler, any other is refused.
     """
 
     model_cpu_offload_seq = "image_encoder->flc_tokenizer->pose_guider->unet->vae"
@@ -97,6 +102,26 @@ class IMAGPosePipeline(DiffusionPipeline):
                               pose_guider=pose_guider, scheduler=scheduler)
         self.backend: Runtime | None = None  # None: the reference TorchRuntime over the modules above
         self.memory_limit_bytes: int | None = None  # None: the default limit (see set_memory_limit)
+
+    def __setattr__(self, name, value):
+        if name == "scheduler":
+            sampler_of(value)  # refuses a scheduler the pipeline cannot sample with, naming those it can
+        super().__setattr__(name, value)
+
+    @property
+    def sampler(self) -> str:
+        """The sampler of ``self.scheduler`` (``"ddim"`` unless another supported scheduler was assigned)."""
+        return sampler_of(self.scheduler)
+
+    def sampling_config(self, sampling: SamplingConfig | None = None, **call_arguments) -> SamplingConfig:
+        """The sampling of a call, checked against this pipeline's models: ``sampling`` (default: the
+        :class:`SamplingConfig` defaults with :attr:`sampler`) with the call's keyword arguments that were given
+        (``num_inference_steps=``, ``deepcache_interval=``, ..., see :meth:`SamplingConfig.with_call_arguments`)."""
+        if sampling is None:
+            sampling = SamplingConfig(sampler=self.sampler)
+        elif not isinstance(sampling, SamplingConfig):
+            raise InvalidArgumentError(f"sampling must be an imagpose.SamplingConfig, got {type(sampling).__name__}.")
+        return sampling.with_call_arguments(**call_arguments).check_pipeline(self)
 
     def set_backend(self, backend: Runtime | None) -> None:
         """Run the networks on another runtime (``imagpose.export.runtime``); None returns to PyTorch."""
@@ -203,28 +228,28 @@ class IMAGPosePipeline(DiffusionPipeline):
         return resolve_memory_limit(self.memory_limit_bytes, device or self._execution_device,
                                     resident_bytes=weight_bytes(self))
 
-    def memory_estimate(self, layouts: list[GridLayout], guidance_scale: float = 2.0,
+    def memory_estimate(self, layouts: list[GridLayout], guidance_scale: float = SamplingConfig.guidance_scale,
                         output_type: str = "pil") -> MemoryEstimate:
         """The estimated peak memory of a call on canvases of these layouts (see :mod:`imagpose.memory`)."""
         return estimate_call_memory(self, layouts, do_cfg=guidance_scale > 1.0, decode=output_type != "latent")
 
-    def check_memory(self, layouts: list[GridLayout], guidance_scale: float = 2.0, output_type: str = "pil",
-                     device: torch.device | None = None) -> None:
+    def check_memory(self, layouts: list[GridLayout], guidance_scale: float = SamplingConfig.guidance_scale,
+                     output_type: str = "pil", device: torch.device | None = None) -> None:
         """Raise :class:`~imagpose.errors.MemoryLimitError` when a call on these layouts would exceed the limit."""
         estimate = self.memory_estimate(layouts, guidance_scale, output_type)
         check_memory(estimate, resolve_memory_limit(self.memory_limit_bytes, device or self._execution_device,
                                                     resident_bytes=estimate.weights))
 
     # ------------------------------------------------------------------ steps
-    def check_inputs(self, requests, num_inference_steps, guidance_scale, eta, output_type, generator,
-                     canvases=None) -> list[PoseRequest]:
+    def check_inputs(self, requests, output_type, generator, canvases=None) -> list[PoseRequest]:
+        """The requests as a list; InvalidArgumentError for anything else of the call (its sampling: see
+        :meth:`sampling_config`)."""
         if isinstance(requests, PoseRequest):
             requests = [requests]
         if not isinstance(requests, (list, tuple)) or not requests or not all(
                 isinstance(r, PoseRequest) for r in requests):
             raise InvalidArgumentError("requests must be a PoseRequest or a non-empty list of them (see "
                                        f"imagpose.scenarios), got {type(requests).__name__}.")
-        check_sampling_settings(num_inference_steps, guidance_scale, eta, self.scheduler.config.num_train_timesteps)
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if isinstance(generator, list) and len(generator) != len(requests):
@@ -257,10 +282,8 @@ class IMAGPosePipeline(DiffusionPipeline):
         noise = randn_tensor(shape, generator=list(generators), device=device, dtype=torch.float32)
         return noise.to(dtype) * scheduler.init_noise_sigma
 
-    def denoise(self, runtime: Runtime, scheduler, latents, conditions: Conditions, guidance_scale, grid, eta,
-                generators, callback_on_step_end=None, progress: bool = True,
-                guidance_interval: tuple[float, float] | None = None,
-                deepcache: DeepCacheConfig | None = None) -> torch.Tensor:
+    def denoise(self, runtime: Runtime, scheduler, latents, conditions: Conditions, sampling: SamplingConfig, grid,
+                generators, callback_on_step_end=None, progress: bool = True) -> torch.Tensor:
         """The denoising loop over ``scheduler.timesteps`` (DDIM or a multistep solver); ``scheduler`` belongs to this
         call (see ``__call__``).
 
@@ -268,9 +291,10 @@ class IMAGPosePipeline(DiffusionPipeline):
         nothing here catches it.
         """
         timesteps = scheduler.timesteps
-        guided = guided_steps(len(timesteps), guidance_scale, guidance_interval)  # w <= 1: no step is guided
+        guidance_scale = sampling.guidance_scale
+        guided = guided_steps(len(timesteps), guidance_scale, sampling.guidance_interval)  # w <= 1: none guided
         branches = {True: conditions.for_guidance() if any(guided) else None, False: conditions.without_guidance()}
-        cache = DeepCache(deepcache) if deepcache is not None else None
+        cache = DeepCache(sampling.deepcache) if sampling.deepcache is not None else None
         step_generator = generators if len(generators) > 1 else generators[0]
         with tqdm(total=len(timesteps), desc="denoising", unit="step", disable=not progress, leave=False) as bar:
             for i, t in enumerate(timesteps):
@@ -292,7 +316,7 @@ class IMAGPosePipeline(DiffusionPipeline):
                     prediction = uncond + guidance_scale * (cond - uncond)
                 # 7.4 x_t -> x_{t-1}
                 latents = scheduler.step(prediction, t, latents, return_dict=False,
-                                         **step_arguments(scheduler, eta, step_generator))[0]
+                                         **step_arguments(scheduler, sampling.eta, step_generator))[0]
                 if callback_on_step_end is not None:
                     update = callback_on_step_end(self, i, t, {"latents": latents, "prediction": prediction})
                     latents = (update or {}).get("latents", latents)
@@ -304,9 +328,9 @@ class IMAGPosePipeline(DiffusionPipeline):
     def __call__(
         self,
         requests: PoseRequest | list[PoseRequest],
-        num_inference_steps: int = 20,
-        guidance_scale: float = 2.0,
-        eta: float = 0.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        eta: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -314,18 +338,24 @@ class IMAGPosePipeline(DiffusionPipeline):
         progress: bool = True,
         backend: Runtime | None = None,
         canvases: list[JointCanvas] | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         guidance_interval: tuple[float, float] | None = None,
         deepcache_interval: int | None = None,
-        deepcache_branch: int = 0,
+        deepcache_branch: int | None = None,
+        sampling: SamplingConfig | None = None,
     ) -> IMAGPosePipelineOutput | list[GenerationResult]:
         r"""Generate the target views of one or more requests.
 
         Safe to call from several threads at once: each call steps a scheduler of its own.
 
+        The sampling settings are ``sampling`` (a :class:`~imagpose.sampling_config.SamplingConfig`; default: its
+        defaults, with the sampler of ``pipe.scheduler``), and each of the keyword arguments ``num_inference_steps``,
+        ``guidance_scale``, ``eta``, ``sampler``, ``guidance_interval``, ``deepcache_interval`` and
+        ``deepcache_branch`` that is given replaces its field. Left out (None), they keep the value of ``sampling``.
+
         Args:
             requests: a :class:`~imagpose.canvas.PoseRequest` or a list (see :mod:`imagpose.scenarios`).
-            num_inference_steps: DDIM steps (paper 20; official script 30).
+            num_inference_steps: denoising steps (paper 20; official script 30).
             guidance_scale: w in ``u + w (c - u)``; <= 1 disables classifier-free guidance.
             eta: DDIM eta (0 = deterministic).
             generator: a CPU generator (or one per request) overriding the requests' seeds.
@@ -336,7 +366,8 @@ class IMAGPosePipeline(DiffusionPipeline):
             backend: a :class:`~imagpose.runtime.Runtime` (ONNX Runtime, TensorRT, ...) for this call; default
                 ``pipe.backend`` or PyTorch.
             canvases: the requests' canvases, already built with :meth:`build_canvas` (one per request).
-            sampler: "ddim" (official), "dpmsolver++" or "unipc" (:mod:`imagpose.samplers`), on the same schedule.
+            sampler: "ddim" (official), "dpmsolver++" or "unipc" (:mod:`imagpose.samplers`), on the same schedule;
+                default: the sampler of ``pipe.scheduler`` (:attr:`sampler`).
             guidance_interval: ``(start, stop)``, fractions of the steps (0 = the first, noisiest): classifier-free
                 guidance only on steps ``int(start * N) <= i < int(stop * N)``, one conditional UNet batch elsewhere
                 (:mod:`imagpose.guidance`); None guides every step (the paper).
@@ -344,28 +375,28 @@ class IMAGPosePipeline(DiffusionPipeline):
                 steps between reuse its deep feature; None (default) runs the whole UNet every step.
             deepcache_branch: the DeepCache skip branch, 0 (shallowest: fastest cached steps) to
                 ``unet.num_skip_branches - 1``.
+            sampling: every sampling setting in one :class:`~imagpose.sampling_config.SamplingConfig`.
 
         Raises:
             MemoryLimitError: the call's estimated peak memory exceeds the limit (:meth:`set_memory_limit`);
                 raised before anything is loaded.
         """
         # 1. check inputs
-        requests = self.check_inputs(requests, num_inference_steps, guidance_scale, eta, output_type, generator,
-                                     canvases)
-        check_sampler(sampler, eta)
-        guidance_interval = check_guidance_interval(guidance_interval)
-        guided_steps(num_inference_steps, guidance_scale, guidance_interval)  # refuse an interval before any work
-        deepcache = deepcache_config(deepcache_interval, deepcache_branch, self.unet)
+        requests = self.check_inputs(requests, output_type, generator, canvases)
+        sampling = self.sampling_config(sampling, num_inference_steps=num_inference_steps,
+                                        guidance_scale=guidance_scale, eta=eta, sampler=sampler,
+                                        guidance_interval=guidance_interval, deepcache_interval=deepcache_interval,
+                                        deepcache_branch=deepcache_branch)
         generators, seeds = self.resolve_generators(requests, generator)
         runtime = self.runtime(backend)
-        if deepcache is not None:
+        if sampling.deepcache is not None:
             check_deepcache_runtime(runtime)
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. refuse a call that would not fit in memory, before any image is loaded
         layouts = ([canvas.layout for canvas in canvases] if canvases is not None
                    else [self.request_layout(r) for r in requests])
-        self.check_memory(layouts, guidance_scale, output_type, device)
+        self.check_memory(layouts, sampling.guidance_scale, output_type, device)
 
         # 3. build canvases; requests with the same geometry are batched together
         canvases = list(canvases) if canvases is not None else [self.build_canvas(r) for r in requests]
@@ -379,15 +410,14 @@ class IMAGPosePipeline(DiffusionPipeline):
             # 4. encode conditions once per request (DINOv2 + FLC tokens, masked latent, flag, pose features)
             conditions = encode_conditions([canvases[i] for i in members], runtime, device, dtype)
             # 5. timesteps, on a scheduler of this call's own: threads sharing the pipeline cannot change them
-            scheduler = make_sampler(sampler, self.scheduler.config)
-            scheduler.set_timesteps(num_inference_steps, device=device)
+            scheduler = make_sampler(sampling.sampler, self.scheduler.config)
+            scheduler.set_timesteps(sampling.num_inference_steps, device=device)
             # 6. initial latents, one generator per request
             latents = self.prepare_latents(scheduler, group_generators, layout.latent_size, device,
                                            conditions.context.dtype)
             # 7. denoising loop
-            latents = self.denoise(runtime, scheduler, latents, conditions, guidance_scale,
-                                   (layout.rows, layout.cols), eta, group_generators, callback_on_step_end, progress,
-                                   guidance_interval, deepcache)
+            latents = self.denoise(runtime, scheduler, latents, conditions, sampling, (layout.rows, layout.cols),
+                                   group_generators, callback_on_step_end, progress)
             # 8. decode the canvas and 9. crop the target tiles (padding removed)
             images = None
             if output_type != "latent":  # one request at a time, as the encoders (see encode_conditions)

@@ -10,16 +10,26 @@ spacing), so it samples the model's own schedule:
 The multistep solvers keep the last model outputs between steps; the pipeline builds one per call, so threads
 sharing a pipeline never share a solver's state. On a zero-terminal-SNR schedule diffusers clamps their last
 alpha_bar to 2**-24 (their sigma would be infinite at 0).
+
+The diffusers idiom ``pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`` selects a
+sampler too (:func:`sampler_of`): the pipeline samples with it whenever a call names no other.
 """
 
 from __future__ import annotations
 
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from .errors import InvalidArgumentError
 from .schedulers import IMAGPoseDDIMScheduler
 
-SAMPLERS = ("ddim", "dpmsolver++", "unipc")
+# name: (scheduler class, the config values every run of it uses)
+SAMPLER_CLASSES = {
+    "ddim": (IMAGPoseDDIMScheduler, {}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2,
+                                                      final_sigmas_type="zero")),
+    "unipc": (UniPCMultistepScheduler, dict(final_sigmas_type="zero")),
+}
+SAMPLERS = tuple(SAMPLER_CLASSES)
 
 
 def check_sampler(name: str, eta: float = 0.0) -> None:
@@ -32,12 +42,27 @@ def check_sampler(name: str, eta: float = 0.0) -> None:
 def make_sampler(name: str, config):
     """A fresh scheduler of sampler ``name`` on the schedule of ``config`` (the pipeline's scheduler config)."""
     check_sampler(name)
-    if name == "ddim":
-        return IMAGPoseDDIMScheduler.from_config(config)
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
-                                                       final_sigmas_type="zero")
-    return UniPCMultistepScheduler.from_config(config, final_sigmas_type="zero")
+    scheduler_class, options = SAMPLER_CLASSES[name]
+    return scheduler_class.from_config(config, **options)
+
+
+def sampler_of(scheduler) -> str:
+    """The sampler a scheduler assigned to ``pipe.scheduler`` selects; InvalidArgumentError naming the supported
+    ones for any other (diffusers' plain ``DDIMScheduler`` is ``ddim``: it differs only where eta > 0 breaks it)."""
+    for name, (scheduler_class, options) in SAMPLER_CLASSES.items():
+        if isinstance(scheduler, DDIMScheduler if name == "ddim" else scheduler_class):
+            different = {key: scheduler.config.get(key) for key, value in options.items()
+                         if scheduler.config.get(key) != value}
+            if different:
+                raise InvalidArgumentError(
+                    f"The {name} sampler runs {type(scheduler).__name__} with {options}; this scheduler has "
+                    f"{different}. Build it with {type(scheduler).__name__}.from_config(pipe.scheduler.config).")
+            return name
+    supported = ", ".join(f"{scheduler_class.__name__} ({name!r})"
+                          for name, (scheduler_class, _) in SAMPLER_CLASSES.items())
+    raise InvalidArgumentError(
+        f"IMAGPosePipeline cannot sample with {type(scheduler).__name__}; it samples with {supported}, e.g. "
+        "pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config), or sampler=... per call.")
 
 
 def step_arguments(scheduler, eta: float, generator) -> dict:

@@ -39,12 +39,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .canvas import JointCanvas, PoseRequest, validate_request
-from .deepcache import deepcache_config
 from .errors import IMAGPoseError, InvalidArgumentError
-from .guidance import check_guidance_interval, guided_steps
 from .pipeline import OUTPUT_TYPES, GenerationResult
-from .samplers import check_sampler
-from .sampling_settings import check_sampling_settings
+from .sampling_config import SamplingConfig
 from .timing import Stopwatch
 
 
@@ -84,34 +81,27 @@ class IMAGPoseGenerator:
         max_batch: most requests per pipeline call.
         max_wait: seconds the worker waits for more requests once it has one.
         max_queue: most queued (not yet running) requests; ``submit`` blocks or raises beyond it.
-        num_inference_steps, guidance_scale, eta, output_type, sampler, guidance_interval, deepcache_interval,
-            deepcache_branch: pipeline arguments shared by every request (see ``IMAGPosePipeline.__call__``),
-            checked here (:class:`~imagpose.errors.InvalidArgumentError`), not per request.
+        output_type: the pipeline's ``output_type`` for every request.
+        sampling: the :class:`~imagpose.sampling_config.SamplingConfig` of every request (default: the pipeline's,
+            see ``IMAGPosePipeline.sampling_config``).
+        **sampling_arguments: the pipeline's sampling keyword arguments (``num_inference_steps=``, ``sampler=``,
+            ``deepcache_interval=``, ...), replacing fields of ``sampling`` as in ``IMAGPosePipeline.__call__``.
+    The sampling is checked here (:class:`~imagpose.errors.InvalidArgumentError`), not per request.
     """
 
     def __init__(self, pipe, backend=None, max_batch: int = 4, max_wait: float = 0.01, max_queue: int = 64,
-                 num_inference_steps: int = 20, guidance_scale: float = 2.0, eta: float = 0.0,
-                 output_type: str = "pil", sampler: str = "ddim",
-                 guidance_interval: tuple[float, float] | None = None, deepcache_interval: int | None = None,
-                 deepcache_branch: int = 0):
+                 output_type: str = "pil", sampling: SamplingConfig | None = None, **sampling_arguments):
         for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}.")
         if not isinstance(max_wait, (int, float)) or not 0 <= max_wait < float("inf"):
             raise InvalidArgumentError(f"max_wait must be a finite number of seconds >= 0, got {max_wait!r}.")
-        check_sampling_settings(num_inference_steps, guidance_scale, eta, pipe.scheduler.config.num_train_timesteps)
+        self.sampling = pipe.sampling_config(sampling, **sampling_arguments)
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        # the fast-sampling options, checked now as the pipeline checks them (not once per request)
-        check_sampler(sampler, eta)
-        guided_steps(num_inference_steps, guidance_scale, check_guidance_interval(guidance_interval))
-        deepcache_config(deepcache_interval, deepcache_branch, pipe.unet)
         self.pipe, self.backend = pipe, backend
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
-        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
-                             output_type=output_type)
-        self.fast_sampling = dict(sampler=sampler, guidance_interval=guidance_interval,
-                                  deepcache_interval=deepcache_interval, deepcache_branch=deepcache_branch)
+        self.output_type = output_type
         self.stats = GeneratorStats()
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -232,9 +222,9 @@ class IMAGPoseGenerator:
     def _prepare(self, job: _Job, device) -> JointCanvas | None:
         """Check one request and build its canvas on its own; a request that fails here fails alone."""
         try:
-            self.pipe.check_inputs(job.request, generator=None, canvases=None, **self.settings)
-            self.pipe.check_memory([self.pipe.request_layout(job.request)], self.settings["guidance_scale"],
-                                   self.settings["output_type"], device)
+            self.pipe.check_inputs(job.request, self.output_type, generator=None)
+            self.pipe.check_memory([self.pipe.request_layout(job.request)], self.sampling.guidance_scale,
+                                   self.output_type, device)
             return self.pipe.build_canvas(job.request)
         except Exception as exc:  # noqa: BLE001 - the request's own error (or our bug) goes to its future only
             self._fail(job, exc)
@@ -246,7 +236,7 @@ class IMAGPoseGenerator:
         try:
             results = self.pipe([job.request for job in jobs], canvases=[canvas for _, canvas in prepared],
                                 backend=self.backend, progress=False, callback_on_step_end=self._stop_if_aborted,
-                                **self.settings, **self.fast_sampling).results
+                                sampling=self.sampling, output_type=self.output_type).results
         except Exception as exc:  # noqa: BLE001 - handed to the futures, never raised in the worker
             if len(prepared) > 1 and not self._aborted:
                 for item in prepared:
@@ -326,21 +316,22 @@ class ThroughputComparison:
 
 
 def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_batch: int = 4,
-                       max_wait: float = 0.01, backend=None, num_inference_steps: int = 20,
-                       guidance_scale: float = 2.0, output_type: str = "pil",
-                       through_worker: bool = False) -> ThroughputComparison:
+                       max_wait: float = 0.01, backend=None, output_type: str = "pil",
+                       through_worker: bool = False, sampling: SamplingConfig | None = None,
+                       **sampling_arguments) -> ThroughputComparison:
     """Time the same requests one by one through ``pipe`` and all at once through an :class:`IMAGPoseGenerator`.
 
     The SDK runs them with ``generate`` (in this thread), or with ``through_worker`` by ``submit`` and waiting (on
     the worker thread, as requests from a server's threads run). Both run in this process, alternately (sequential,
     SDK, sequential, ...) after one untimed warm-up of each, ``repeats`` times; the medians are reported. On CUDA
-    the clock is read after the device has finished.
+    the clock is read after the device has finished. ``sampling`` and ``sampling_arguments``: as for
+    :class:`IMAGPoseGenerator`.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise InvalidArgumentError(f"repeats must be an integer >= 1, got {repeats!r}.")
     if not requests:
         raise InvalidArgumentError("compare_throughput needs at least one request.")
-    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type)
+    settings = dict(sampling=pipe.sampling_config(sampling, **sampling_arguments), output_type=output_type)
     device = pipe._execution_device
     batches: list[int] = []
 

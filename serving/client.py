@@ -1,7 +1,7 @@
 """Clients of a served pipeline, one interface whatever serves it.
 
     with connect("http://localhost:8000") as client:            # Triton over HTTP (default kind)
-        results = client.generate([request1, request2], SamplingSettings(num_inference_steps=20))
+        results = client.generate([request1, request2], SamplingConfig(num_inference_steps=20))
     connect("grpc://localhost:8001")                             # Triton over gRPC
     connect("http://localhost:8000", kind="ray")                 # the Ray Serve HTTP service
 
@@ -17,8 +17,7 @@ from typing import Protocol
 from imagpose.canvas import PoseRequest
 from imagpose.errors import InvalidArgumentError
 from imagpose.pipeline import GenerationResult
-
-from .wire import SamplingSettings
+from imagpose.sampling_config import SamplingConfig
 
 KINDS = ("triton", "ray")
 
@@ -27,7 +26,7 @@ class GenerationClient(Protocol):
     url: str
 
     def generate(self, requests: PoseRequest | list[PoseRequest],
-                 settings: SamplingSettings | None = None) -> list[GenerationResult]: ...
+                 sampling: SamplingConfig | None = None) -> list[GenerationResult]: ...
 
     def ready(self) -> bool: ...
 

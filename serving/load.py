@@ -2,7 +2,7 @@
 server (:func:`imagpose.serving.client.connect`, Triton or Ray Serve).
 
     requests = sample_requests(64, tile_size=(128, 96))
-    report = run_load("http://127.0.0.1:8000", "ray", requests, SamplingSettings(num_inference_steps=20), clients=8)
+    report = run_load("http://127.0.0.1:8000", "ray", requests, SamplingConfig(num_inference_steps=20), clients=8)
     with OutputFolder("outputs/loadtest") as out:     # results.json + loadtest.png, atomically
         write_report(report, out)
 
@@ -28,9 +28,9 @@ import numpy as np
 
 from imagpose.canvas import PoseRequest
 from imagpose.errors import InvalidArgumentError
+from imagpose.sampling_config import SamplingConfig
 
 from .client import connect
-from .wire import SamplingSettings
 
 PERCENTILES = (50, 95, 99)
 
@@ -106,12 +106,11 @@ class LoadReport:
                 "mean_batch": self.mean_batch}
 
 
-def run_load(url: str, kind: str, requests: list[PoseRequest], settings: SamplingSettings, clients: int,
+def run_load(url: str, kind: str, requests: list[PoseRequest], sampling: SamplingConfig, clients: int,
              warmup: bool = True, **client_options) -> LoadReport:
     """Send ``requests`` to the server at ``url`` from ``clients`` concurrent clients (see the module docstring)."""
     if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
         raise InvalidArgumentError(f"clients must be an integer >= 1, got {clients!r}.")
-    settings.check()
     latencies, errors, failures, lock = [], [], [], threading.Lock()
     queue = iter(range(len(requests)))
     connected = threading.Barrier(clients + 1)  # every client connected (and warmed up), and this thread
@@ -126,7 +125,7 @@ def run_load(url: str, kind: str, requests: list[PoseRequest], settings: Samplin
             request = requests[index]
             started = time.perf_counter()
             try:
-                result = client.generate([request], settings)[0]
+                result = client.generate([request], sampling)[0]
                 problem = _mismatch(request, result)
             except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, kept with its reason
                 problem = f"{type(exc).__name__}: {exc}"
@@ -143,7 +142,7 @@ def run_load(url: str, kind: str, requests: list[PoseRequest], settings: Samplin
             # (tritonclient's HTTP client runs on gevent).
             with connect(url, kind, **client_options) as client:
                 if warmup:
-                    client.generate([requests[0]], settings)
+                    client.generate([requests[0]], sampling)
                 connected.wait()
                 go.wait()
                 send_all(client)
@@ -179,7 +178,7 @@ def run_load(url: str, kind: str, requests: list[PoseRequest], settings: Samplin
     if failures:
         raise failures[0]
     formed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
-    return LoadReport(url, kind, clients, len(requests), asdict(settings), list(requests[0].tile_size or ()), wall,
+    return LoadReport(url, kind, clients, len(requests), sampling.to_dict(), list(requests[0].tile_size or ()), wall,
                       latencies, errors, {size: n for size, n in formed.items() if n > 0}, before)
 
 

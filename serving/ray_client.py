@@ -2,7 +2,7 @@
 :class:`~imagpose.serving.client.GenerationClient`.
 
     with RayServeClient("http://127.0.0.1:8000") as client:
-        results = client.generate([request1, request2], SamplingSettings(num_inference_steps=20))
+        results = client.generate([request1, request2], SamplingConfig(num_inference_steps=20))
 
 ``generate`` posts each request on a thread pool (``requests``, one session per thread, so connections are kept
 alive), so the service can batch them, and returns the results in request order. An answer 4xx (the request's
@@ -20,8 +20,9 @@ import requests as http
 from imagpose.canvas import PoseRequest
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.pipeline import GenerationResult
+from imagpose.sampling_config import SamplingConfig
 
-from .wire import SamplingSettings, request_to_json, result_from_json
+from .wire import request_to_json, result_from_json
 
 
 class ServerUnreachableError(IMAGPoseError, ConnectionError):
@@ -51,10 +52,10 @@ class RayServeClient:
 
     # ------------------------------------------------------------------ GenerationClient
     def generate(self, requests: PoseRequest | list[PoseRequest],
-                 settings: SamplingSettings | None = None) -> list[GenerationResult]:
+                 sampling: SamplingConfig | None = None) -> list[GenerationResult]:
         if isinstance(requests, PoseRequest):
             requests = [requests]
-        bodies = [request_to_json(request, settings) for request in requests]
+        bodies = [request_to_json(request, sampling) for request in requests]
         answers = list(self._pool.map(self.post_generate, bodies))  # in order; the first failure is raised
         return [result_from_json(answer) for answer in answers]
 

@@ -188,31 +188,29 @@ class PipelineReplica:
                 outcomes[index] = _error(exc)
                 continue
             groups.setdefault(prepared[0], []).append((index, *prepared[1:]))
-        for settings, members in groups.items():
-            self._call(settings, members, outcomes)
+        for sampling, members in groups.items():
+            self._call(sampling, members, outcomes)
         return outcomes
 
     def _prepare(self, body: dict):
         from imagpose.serving.wire import request_from_json
 
         wire = request_from_json(body)
-        settings = wire.settings.check(self.pipe.scheduler.config.num_train_timesteps)
-        arguments = settings.pipeline_arguments()
-        self.pipe.check_inputs(wire.request, arguments["num_inference_steps"], arguments["guidance_scale"], 0.0,
-                               "pil", generator=None)
-        self.pipe.check_memory([self.pipe.request_layout(wire.request)], settings.guidance_scale, "pil", self.device)
-        return settings, wire.request, self.pipe.build_canvas(wire.request)
+        sampling = wire.sampling.check_pipeline(self.pipe)
+        self.pipe.check_inputs(wire.request, "pil", generator=None)
+        self.pipe.check_memory([self.pipe.request_layout(wire.request)], sampling.guidance_scale, "pil", self.device)
+        return sampling, wire.request, self.pipe.build_canvas(wire.request)
 
-    def _call(self, settings, members: list, outcomes: list) -> None:
+    def _call(self, sampling, members: list, outcomes: list) -> None:
         from imagpose.serving.wire import result_to_json
 
         try:
             results = self.pipe([request for _, request, _ in members], canvases=[canvas for _, _, canvas in members],
-                                backend=self.backend, progress=False, **settings.pipeline_arguments()).results
+                                backend=self.backend, progress=False, sampling=sampling).results
         except Exception as exc:  # noqa: BLE001 - one by one, so only the culprit fails
             if len(members) > 1:
                 for member in members:
-                    self._call(settings, [member], outcomes)
+                    self._call(sampling, [member], outcomes)
                 return
             outcomes[members[0][0]] = _error(exc)
             return
@@ -246,7 +244,7 @@ app = FastAPI(title="imagpose", description="IMAGPose pose-guided person generat
 WIRE_REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "description": "A wire-format request (imagpose.serving.wire.request_to_json): grid, "
     "tile_size, seed, reference, name, views [{image: base64 PNG | null, pose: base64 PNG | openpose18 keypoints}], "
-    "settings {num_inference_steps, guidance_scale, sampler}."}}}}
+    "settings {num_inference_steps, guidance_scale, sampler, eta, guidance_interval, deepcache}."}}}}
 
 
 def _error_response(status: int, error: str, message: str) -> JSONResponse:

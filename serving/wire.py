@@ -1,12 +1,15 @@
 """The wire format every server and client of this package speaks: one generation request or result as JSON.
 
-A request is a :class:`~imagpose.canvas.PoseRequest` plus the sampling settings of its call; images travel as
+A request is a :class:`~imagpose.canvas.PoseRequest` plus the sampling settings of its call (a
+:class:`~imagpose.sampling_config.SamplingConfig`, in the form of its ``to_dict``); images travel as
 base64 PNG (lossless, so a served result equals the in-process one) and keypoints as our ``openpose18`` JSON::
 
     {"grid": [2, 2], "tile_size": [128, 96] | null, "seed": 0 | null, "reference": 0 | null, "name": "a" | null,
      "views": [{"image": "<base64 PNG>" | null, "pose": "<base64 PNG>" | {"format": "openpose18", ...}}, ...],
-     "settings": {"num_inference_steps": 20, "guidance_scale": 2.0, "sampler": "ddim",
-                  "guidance_interval": [0.0, 0.5] | null}}
+     "settings": {"num_inference_steps": 20, "guidance_scale": 2.0, "sampler": "ddim", "eta": 0.0,
+                  "guidance_interval": [0.0, 0.5] | null, "deepcache": {"interval": 3, "branch": 0} | null}}
+
+Settings left out take the defaults of :class:`~imagpose.sampling_config.SamplingConfig`.
 
 A result is a :class:`~imagpose.pipeline.GenerationResult`::
 
@@ -24,7 +27,7 @@ import binascii
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,49 +36,20 @@ from PIL import Image
 
 from imagpose.canvas import PoseRequest, View, validate_request
 from imagpose.errors import InvalidArgumentError
-from imagpose.guidance import check_guidance_interval, guided_steps
 from imagpose.images import load_image
 from imagpose.pipeline import GenerationResult
 from imagpose.pose import Keypoints, keypoints_from_json
-from imagpose.samplers import SAMPLERS, check_sampler
-from imagpose.sampling_settings import check_sampling_settings
-
-MAX_TRAIN_TIMESTEPS = 1000  # every IMAGPose scheduler config; servers re-check against their own pipeline
+from imagpose.sampling_config import SamplingConfig
 
 
 class WireFormatError(InvalidArgumentError):
     """A request or result that does not follow the wire format; the message names the field and the fix."""
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """The per-call pipeline arguments a request carries (the pipeline's defaults: the paper's setting)."""
-
-    num_inference_steps: int = 20
-    guidance_scale: float = 2.0
-    sampler: str = "ddim"
-    guidance_interval: tuple[float, float] | None = None  # fractions of the steps that apply guidance (None: all)
-
-    def check(self, num_train_timesteps: int = MAX_TRAIN_TIMESTEPS) -> SamplingSettings:
-        if self.sampler not in SAMPLERS:
-            raise WireFormatError(f"settings.sampler {self.sampler!r} is unknown; choose from {', '.join(SAMPLERS)}.")
-        try:  # the pipeline's own checks, so a server refuses exactly what the pipeline would
-            check_sampler(self.sampler, 0.0)
-            check_sampling_settings(self.num_inference_steps, self.guidance_scale, 0.0, num_train_timesteps)
-            guided_steps(self.num_inference_steps, self.guidance_scale, check_guidance_interval(self.guidance_interval))
-        except InvalidArgumentError as exc:
-            raise WireFormatError(f"settings: {exc}") from exc
-        return self
-
-    def pipeline_arguments(self) -> dict:
-        """Keyword arguments of ``IMAGPosePipeline.__call__``."""
-        return asdict(self)
-
-
 @dataclass
 class WireRequest:
     request: PoseRequest
-    settings: SamplingSettings
+    sampling: SamplingConfig  # servers check it against their pipeline (SamplingConfig.check_pipeline)
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -115,10 +89,11 @@ def _pose_field(pose, field: str, image_size: tuple[int, int] | None):
 
 
 # ---------------------------------------------------------------------------------------------------- requests
-def request_to_json(request: PoseRequest, settings: SamplingSettings | None = None) -> dict:
-    """The wire form of ``request`` (images read and encoded here, so the server needs no access to the files)."""
+def request_to_json(request: PoseRequest, sampling: SamplingConfig | None = None) -> dict:
+    """The wire form of ``request`` and its ``sampling`` (default: ``SamplingConfig()``); images are read and
+    encoded here, so the server needs no access to the files."""
     validate_request(request)
-    settings = settings or SamplingSettings()
+    sampling = sampling or SamplingConfig()
     views = []
     for i, view in enumerate(request.views):
         image = None if view.image is None else load_image(view.image, f"views[{i}].image")
@@ -126,7 +101,7 @@ def request_to_json(request: PoseRequest, settings: SamplingSettings | None = No
                       "pose": _pose_field(view.pose, f"views[{i}].pose", None if image is None else image.size)})
     return {"grid": list(request.grid), "tile_size": None if request.tile_size is None else list(request.tile_size),
             "seed": request.seed, "reference": request.reference, "name": request.name, "views": views,
-            "settings": asdict(settings)}
+            "settings": sampling.to_dict()}
 
 
 def _int_pair(value, field: str):
@@ -145,28 +120,11 @@ def _optional_int(data: dict, key: str):
     return value
 
 
-def _settings_from_json(data) -> SamplingSettings:
-    if data is None:
-        return SamplingSettings()
-    if not isinstance(data, dict):
-        raise WireFormatError(f"settings must be an object, got {type(data).__name__}.")
-    known = {f.name for f in fields(SamplingSettings)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise WireFormatError(f"settings has unknown keys {unknown}; known: {sorted(known)}.")
-    steps = data.get("num_inference_steps", SamplingSettings.num_inference_steps)
-    guidance = data.get("guidance_scale", SamplingSettings.guidance_scale)
-    if not isinstance(steps, int) or isinstance(steps, bool):
-        raise WireFormatError(f"settings.num_inference_steps must be an integer, got {steps!r}.")
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool):
-        raise WireFormatError(f"settings.guidance_scale must be a number, got {guidance!r}.")
-    interval = data.get("guidance_interval")
-    if interval is not None:
-        try:
-            interval = check_guidance_interval(interval)
-        except InvalidArgumentError as exc:
-            raise WireFormatError(f"settings: {exc}") from exc
-    return SamplingSettings(steps, float(guidance), data.get("sampler", SamplingSettings.sampler), interval)
+def _sampling_from_json(data) -> SamplingConfig:
+    try:
+        return SamplingConfig() if data is None else SamplingConfig.from_dict(data)
+    except InvalidArgumentError as exc:
+        raise WireFormatError(f"settings: {exc}") from exc
 
 
 def request_from_json(data) -> WireRequest:
@@ -200,7 +158,7 @@ def request_from_json(data) -> WireRequest:
                           tile_size=_int_pair(data.get("tile_size"), "tile_size"), seed=_optional_int(data, "seed"),
                           reference=_optional_int(data, "reference"), name=name)
     validate_request(request)
-    return WireRequest(request, _settings_from_json(data.get("settings")).check())
+    return WireRequest(request, _sampling_from_json(data.get("settings")))
 
 
 # ---------------------------------------------------------------------------------------------------- results

@@ -23,6 +23,7 @@ import yaml
 
 from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.presets import PRESETS
+from imagpose.sampling_config import SamplingConfig
 from imagpose.schedulers import BETA_SCHEDULES
 
 STAGES = ("stage1", "stage2", "end2end")
@@ -101,8 +102,8 @@ class ValidationConfig:
     """Image grids of the real pipeline on fixed held-out requests, written every ``validate_every`` steps."""
 
     num_requests: int = 4
-    inference_steps: int = 20
-    guidance_scale: float = 2.0
+    inference_steps: int = SamplingConfig.num_inference_steps
+    guidance_scale: float = SamplingConfig.guidance_scale
 
     def __post_init__(self):
         _at_least("num_requests", self.num_requests, 0)

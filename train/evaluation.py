@@ -50,6 +50,7 @@ from imagpose.images import POSE_BACKGROUND, load_image, pil_to_tensor, tensor_t
 from imagpose.io import MissingInputFileError, OutputFolder, read_json
 from imagpose.pose import keypoints_from_json, render_pose
 from imagpose.runtime import TorchRuntime
+from imagpose.sampling_config import SamplingConfig
 
 from .data import companion as data_companion
 
@@ -266,11 +267,10 @@ def random_pipeline_like(pipe, seed: int = 0):
     return IMAGPosePipeline(scheduler=scheduler, **modules)
 
 
-def generate(pipe, items: list[EvalItem], data_root: Path, steps: int, guidance_scale: float, seed: int,
-             backend=None, batch_size: int = 8, progress: bool = False,
-             pipeline_arguments: dict | None = None) -> list[torch.Tensor]:
-    """The target tile of every item: T2 requests at the items' tile size, seed ``seed + index``;
-    ``pipeline_arguments``: further keyword arguments of the pipeline call (sampler, ...)."""
+def generate(pipe, items: list[EvalItem], data_root: Path, sampling: SamplingConfig, seed: int, backend=None,
+             batch_size: int = 8, progress: bool = False) -> list[torch.Tensor]:
+    """The target tile of every item: T2 requests at the items' tile size, seed ``seed + index``, sampled with
+    ``sampling``."""
     requests = []
     for index, item in enumerate(items):
         size = tuple(item.target.shape[-2:])
@@ -279,8 +279,8 @@ def generate(pipe, items: list[EvalItem], data_root: Path, steps: int, guidance_
                                      name=item.name))
     tiles = []
     for start in range(0, len(requests), batch_size):
-        results = pipe(requests[start:start + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       output_type="pt", progress=progress, backend=backend, **(pipeline_arguments or {})).results
+        results = pipe(requests[start:start + batch_size], sampling=sampling, output_type="pt", progress=progress,
+                       backend=backend).results
         tiles += [result.targets[0] for result in results]
     return tiles
 
@@ -371,11 +371,7 @@ def render_figure(evaluation: Evaluation, count: int = 12, generator: str = "mod
 
 
 # ----------------------------------------------------------------------------- evaluate
-def check_settings(steps: int, guidance_scale: float, pairs_per_identity: int, max_items: int | None,
-                   threshold: float, kernel: int) -> None:
-    from imagpose.sampling_settings import check_sampling_settings
-
-    check_sampling_settings(steps, guidance_scale, 0.0)
+def check_settings(pairs_per_identity: int, max_items: int | None, threshold: float, kernel: int) -> None:
     if pairs_per_identity < 1:
         raise InvalidArgumentError(f"pairs_per_identity must be at least 1, got {pairs_per_identity}.")
     if max_items is not None and max_items < 1:
@@ -387,8 +383,9 @@ def check_settings(steps: int, guidance_scale: float, pairs_per_identity: int, m
         raise InvalidArgumentError(f"kernel must be a positive odd number of pixels, got {kernel}.")
 
 
-def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | None = None, *, steps: int = 20,
-             guidance_scale: float = 2.0, seed: int = 0, pairs_per_identity: int = 1, max_items: int | None = None,
+def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | None = None, *,
+             steps: int = SamplingConfig.num_inference_steps, guidance_scale: float = SamplingConfig.guidance_scale,
+             seed: int = 0, pairs_per_identity: int = 1, max_items: int | None = None,
              zero_dino: bool = False, threshold: float = DEFAULT_THRESHOLD, kernel: int = DEFAULT_KERNEL,
              device: str | torch.device = "cpu", batch_size: int = 8, progress: bool = False) -> Evaluation:
     """Score ``model_dir`` (a pipeline folder) on the test split of ``data_root`` (see the module docstring).
@@ -399,7 +396,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
     """
     from imagpose.pipeline import IMAGPosePipeline
 
-    check_settings(steps, guidance_scale, pairs_per_identity, max_items, threshold, kernel)
+    sampling = SamplingConfig(steps, guidance_scale)  # DDIM, as the official test.py
+    check_settings(pairs_per_identity, max_items, threshold, kernel)
     model_dir, data_root = Path(model_dir), Path(data_root)
     if not model_dir.is_dir():
         raise MissingInputFileError(f"Model folder {model_dir} does not exist; pass a pipeline folder (the `pipeline` "
@@ -412,8 +410,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
             pipes[ZERO_DINO] = (pipe, ZeroDinoRuntime(pipe.unet, pipe.vae, pipe.image_encoder, pipe.flc_tokenizer,
                                                       pipe.pose_guider))
         for name, (generator_pipe, backend) in pipes.items():
-            tiles = generate(generator_pipe, items, data_root, steps, guidance_scale, seed, backend, batch_size,
-                             progress)
+            tiles = generate(generator_pipe, items, data_root, sampling, seed, backend, batch_size, progress)
             for item, tile in zip(items, tiles):
                 item.generated[name] = tile
         for item in items:

@@ -8,11 +8,10 @@ import math
 import torch
 
 from ..errors import DeviceError, InvalidArgumentError
-from ..sampling_settings import check_sampling_settings
+from ..samplers import SAMPLERS
+from ..sampling_config import DeepCacheConfig, SamplingConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# The pipeline's defaults, used to check one sampling setting on its own while the command line is parsed
-SAMPLING_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 2.0, "eta": 0.0}
 
 
 def add_output_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -41,11 +40,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
                             "$IMAGPOSE_MAX_MEMORY_GIB, else the weights + 80%% of the free memory)")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int | None = None) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a :class:`~imagpose.sampling_config.SamplingConfig` (:func:`sampling_from_args`), its defaults."""
+    defaults = SamplingConfig()
     group = parser.add_argument_group("sampling")
-    group.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=default_steps,
-                       help="DDIM steps (default: the preset's, 20 as in the paper)")
-    group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
+    group.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=None,
+                       help=f"sampling steps (default: the preset's, {defaults.num_inference_steps} as in the paper)")
+    group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=defaults.guidance_scale,
                        help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
     group.add_argument("--guidance-interval", type=parse_guidance_interval, default=None, metavar="START:STOP",
                        help="apply guidance only on the steps i with int(START*N) <= i < int(STOP*N), fractions "
@@ -54,17 +55,27 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, default_steps: int |
     group.add_argument("--deepcache", type=parse_deepcache, default=None, metavar="INTERVAL[:BRANCH]",
                        help="DeepCache feature reuse: the whole UNet every INTERVAL steps, only the shallow layers "
                             "around skip branch BRANCH (default 0, the shallowest) on the steps between")
-    group.add_argument("--eta", type=sampling_setting("eta", float), default=0.0,
+    group.add_argument("--eta", type=sampling_setting("eta", float), default=defaults.eta,
                        help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
-    group.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],
+    group.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS,
                        help="ddim (official) or a diffusers multistep solver on the same schedule (fewer steps)")
     group.add_argument("--seed", type=int, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def sampling_from_args(args, default_steps: int | None = None) -> SamplingConfig:
+    """The :class:`~imagpose.sampling_config.SamplingConfig` of the sampling flags; without --steps,
+    ``default_steps`` (a preset's) or SamplingConfig's."""
+    steps = args.steps or default_steps
+    return SamplingConfig(guidance_scale=args.guidance, sampler=args.sampler, eta=args.eta,
+                          guidance_interval=args.guidance_interval, deepcache=args.deepcache,
+                          **({} if steps is None else {"num_inference_steps": steps}))
+
+
 def sampling_setting(name: str, parse):
-    """argparse type for one sampling setting, checked by :func:`check_sampling_settings` (where the valid ranges
-    live; the other settings at the pipeline's defaults), so a bad value stops the command while it is parsed."""
+    """argparse type for one sampling setting, checked by :class:`~imagpose.sampling_config.SamplingConfig` (where
+    the valid values live; the other settings at its defaults), so a bad value stops the command while it is
+    parsed."""
     def convert(text: str):
         try:
             value = parse(text)
@@ -72,7 +83,7 @@ def sampling_setting(name: str, parse):
             kind = "an integer" if parse is int else "a number"
             raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
         try:
-            check_sampling_settings(**{**SAMPLING_DEFAULTS, name: value})
+            SamplingConfig(**{name: value})
         except InvalidArgumentError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
         return value
@@ -91,8 +102,9 @@ def parse_guidance_interval(text: str) -> tuple[float, float]:
                                          f"<= 1, e.g. 0.2:0.8, got {text!r}") from exc
 
 
-def parse_deepcache(text: str) -> tuple[int, int]:
-    """'3' -> (3, 0), '3:1' -> (3, 1): DeepCache's interval (>= 2; 1 would cache nothing) and skip branch."""
+def parse_deepcache(text: str) -> DeepCacheConfig:
+    """'3' -> DeepCacheConfig(3, 0), '3:1' -> DeepCacheConfig(3, 1): DeepCache's interval (>= 2; 1 would cache
+    nothing) and skip branch."""
     try:
         parts = [int(v) for v in text.split(":")]
     except ValueError:
@@ -100,15 +112,7 @@ def parse_deepcache(text: str) -> tuple[int, int]:
     if len(parts) not in (1, 2) or parts[0] < 2 or (len(parts) == 2 and parts[1] < 0):
         raise argparse.ArgumentTypeError(f"expected INTERVAL[:BRANCH], an interval >= 2 and a branch >= 0, e.g. 3 or "
                                          f"3:1, got {text!r}")
-    return parts[0], parts[1] if len(parts) == 2 else 0
-
-
-def deepcache_arguments(args) -> dict:
-    """The pipeline's DeepCache keyword arguments from --deepcache (none without it)."""
-    if getattr(args, "deepcache", None) is None:
-        return {}
-    interval, branch = args.deepcache
-    return {"deepcache_interval": interval, "deepcache_branch": branch}
+    return DeepCacheConfig(*parts)
 
 
 def positive_gib(text: str) -> float:
@@ -220,6 +224,6 @@ def resolve_backend(pipe, args, grid=(2, 2)):
         raise InvalidArgumentError(f"--backend {args.backend} runs fp32 or fp16 graphs, not --dtype {args.dtype}.")
     work_dir = Path(args.work_dir or Path("outputs/runtimes") / (Path(args.model).name if args.model else args.preset))
     tile = (getattr(args, "tile_size", None) or (64, 64)) if args.backend == "tensorrt" else (64, 64)
-    branches = (args.deepcache[1],) if getattr(args, "deepcache", None) else ()  # its graph pair, exported too
+    branches = (args.deepcache.branch,) if getattr(args, "deepcache", None) else ()  # its graph pair, exported too
     return prepare_runtime(args.backend, pipe, work_dir, ShapeBucket(1, *tile, *grid), dtype=args.dtype,
                            deepcache_branches=branches)

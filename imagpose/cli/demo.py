@@ -12,6 +12,7 @@ from .common import (
     add_sampling_arguments,
     load_pipeline,
     resolve_backend,
+    sampling_from_args,
 )
 
 NAME = "demo"
@@ -37,16 +38,14 @@ def run(args) -> int:
     with OutputFolder(args.out) as out:  # checked before the model loads; written when the run succeeds
         pipe = load_pipeline(args)
         pipe.set_backend(resolve_backend(pipe, args))
-        steps = args.steps or (get_preset(args.preset).default_steps if not args.model else 20)
+        sampling = sampling_from_args(args, None if args.model else get_preset(args.preset).default_steps)
         label = (f"{SHIPPED_MODEL} (shipped, trained on generated people)" if shipped
                  else args.model or f"{args.preset} (random weights, seed {args.weights_seed})")
         tile = trained_tile_size(args.model) if args.model else None
-        print(f"imagpose demo: model {label}, {steps} steps, guidance {args.guidance}, device {args.device}, "
-              f"backend {args.backend}")
-        summary = run_demo(pipe, out, steps=steps, guidance_scale=args.guidance, eta=args.eta, sampler=args.sampler,
-                           seed=args.seed, model_label=label, progress=not args.no_progress, backend=args.backend,
-                           tile_height=tile[0] if tile else None, guidance_interval=args.guidance_interval,
-                           deepcache=args.deepcache)
+        print(f"imagpose demo: model {label}, {sampling.num_inference_steps} steps, guidance "
+              f"{sampling.guidance_scale}, device {args.device}, backend {args.backend}")
+        summary = run_demo(pipe, out, sampling, seed=args.seed, model_label=label, progress=not args.no_progress,
+                           backend=args.backend, tile_height=tile[0] if tile else None)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))

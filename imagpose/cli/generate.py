@@ -14,12 +14,12 @@ from .common import (
     add_model_arguments,
     add_output_argument,
     add_sampling_arguments,
-    deepcache_arguments,
     load_pipeline,
     parse_grid,
     parse_positive_pair,
     parse_size,
     resolve_backend,
+    sampling_from_args,
 )
 
 NAME = "generate"
@@ -95,44 +95,31 @@ def run(args) -> int:
 
     with OutputFolder(args.out) as out:  # checked before anything is read or loaded; written when it succeeds
         request = build_request(args)
-        result = _served_result(args, request) if args.server else _local_result(args, request)
-        steps = args.steps or 20
+        sampling = sampling_from_args(args)
+        result = (_served_result(args, request, sampling) if args.server
+                  else _local_result(args, request, sampling))
         files = [f"target_tile{index}.png" for index in result.target_indices]
         for name, image in zip(files, result.targets):
             out.save_image(name, image)
         out.save_image("canvas.png", result.canvas)
         out.write_json("result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
-                                       "steps": steps, "guidance_scale": args.guidance, "eta": args.eta,
-                                       "sampler": args.sampler, "grid": list(args.grid),
+                                       "sampling": sampling.to_dict(), "grid": list(args.grid),
                                        "model": args.server or args.model or f"{args.preset} (random)"})
     target = Path(args.out)
     print(json.dumps({"out": str(target), "targets": [str(target / f) for f in files], "seed": result.seed}))
     return 0
 
 
-def _local_result(args, request):
+def _local_result(args, request, sampling):
     """The result of ``request`` from the model named by the model flags, run here."""
     pipe = load_pipeline(args)
     backend = resolve_backend(pipe, args, tuple(args.grid))
-    steps = args.steps or 20
-    return pipe(request, num_inference_steps=steps, guidance_scale=args.guidance, eta=args.eta,
-              sampler=args.sampler, progress=not args.no_progress, backend=backend,
-              guidance_interval=args.guidance_interval, **deepcache_arguments(args)).results[0]
+    return pipe(request, sampling=sampling, progress=not args.no_progress, backend=backend).results[0]
 
 
-def _served_result(args, request):
+def _served_result(args, request, sampling):
     """The result of ``request`` from the server at ``--server``, with the same seed and sampling settings."""
-    from ..errors import InvalidArgumentError
     from ..serving.client import connect
-    from ..serving.wire import SamplingSettings
 
-    if args.eta != 0.0:
-        raise InvalidArgumentError("A served request runs deterministic sampling (eta 0); drop --eta or run without "
-                                   "--server.")
-    if args.deepcache:
-        raise InvalidArgumentError("DeepCache is chosen where the networks run, not per served request; drop "
-                                   "--deepcache or run without --server.")
-    interval = tuple(args.guidance_interval) if args.guidance_interval else None
-    settings = SamplingSettings(args.steps or 20, args.guidance, args.sampler, interval)
     with connect(args.server, kind=args.server_kind) as client:
-        return client.generate([request], settings)[0]
+        return client.generate([request], sampling)[0]

@@ -7,6 +7,8 @@ measures both servers the same way. See docs/serving.md."""
 
 from __future__ import annotations
 
+from ..samplers import SAMPLERS
+from ..sampling_config import SamplingConfig
 from .common import add_output_argument, parse_size, sampling_setting
 from .train_common import integer
 
@@ -26,11 +28,12 @@ def add_arguments(parser) -> None:
                              "model's, 128x96); the model itself is the server's")
     parser.add_argument("--tile-size", type=parse_size, default=None, metavar="HxW",
                         help="tile size of the requests (overrides --model's)")
-    parser.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=20,
-                        help="sampling steps of every request")
-    parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
-                        help="classifier-free guidance scale of every request")
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++", "unipc"],
+    defaults = SamplingConfig()
+    parser.add_argument("--steps", type=sampling_setting("num_inference_steps", int),
+                        default=defaults.num_inference_steps, help="sampling steps of every request")
+    parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float),
+                        default=defaults.guidance_scale, help="classifier-free guidance scale of every request")
+    parser.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS,
                         help="sampler of every request (ddim: the official one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first request (the others: +1, +2, ...)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up request of each client")
@@ -43,15 +46,14 @@ def run(args) -> int:
     from ..io import OutputFolder
     from ..pretrained import shipped_model_dir, trained_tile_size
     from ..serving.load import format_table, run_load, sample_requests, write_report
-    from ..serving.wire import SamplingSettings
 
     tile = args.tile_size or trained_tile_size(args.model or shipped_model_dir()) or (64, 64)
-    settings = SamplingSettings(args.steps, args.guidance, args.sampler).check()
+    sampling = SamplingConfig(args.steps, args.guidance, args.sampler)
     requests = sample_requests(args.requests, tile, seed=args.seed)
     with OutputFolder(args.out) as out:  # checked before the run; written when it succeeds
         print(f"imagpose loadtest: {args.requests} requests from {args.clients} clients to the {args.kind} server at "
               f"{args.server} ...", flush=True)
-        report = run_load(args.server, args.kind, requests, settings, args.clients, warmup=not args.no_warmup)
+        report = run_load(args.server, args.kind, requests, sampling, args.clients, warmup=not args.no_warmup)
         write_report(report, out)
     print(format_table(report))
     print(f"results: {Path(args.out) / 'results.json'}, plot: {Path(args.out) / 'loadtest.png'}")

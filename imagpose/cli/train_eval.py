@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..sampling_config import SamplingConfig
 from .common import sampling_setting
 from .train_common import integer, number
 
@@ -29,8 +30,10 @@ def add_arguments(parser) -> None:
                         help="folder for summary.json, scores.csv, figure.png and strips/ (created if missing; "
                              "files are added beside its contents once the evaluation succeeds); without it nothing "
                              "is written")
-    parser.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=20, help="DDIM steps")
-    parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=2.0,
+    parser.add_argument("--steps", type=sampling_setting("num_inference_steps", int),
+                        default=SamplingConfig.num_inference_steps, help="DDIM steps")
+    parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float),
+                        default=SamplingConfig.guidance_scale,
                         help="classifier-free guidance scale w (<= 1 turns guidance off)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the pair choice; item i is generated with noise seed seed + i")

@@ -1,7 +1,7 @@
 """A client of the ``imagpose`` model of a Triton server, over HTTP (``http://``) or gRPC (``grpc://``).
 
     with TritonClient("http://localhost:8000") as client:
-        results = client.generate([request1, request2], SamplingSettings(num_inference_steps=20))
+        results = client.generate([request1, request2], SamplingConfig(num_inference_steps=20))
 
 Each request travels in the wire format (:mod:`imagpose.serving.wire`) as one BYTES tensor; several are sent
 concurrently, so the server's dynamic batcher can run them as one pipeline call. A request the server refuses
@@ -18,8 +18,9 @@ import numpy as np
 from imagpose.canvas import PoseRequest
 from imagpose.errors import IMAGPoseError, InvalidArgumentError, MissingDependencyError
 from imagpose.pipeline import GenerationResult
+from imagpose.sampling_config import SamplingConfig
 
-from ..wire import SamplingSettings, request_to_json, result_from_json
+from ..wire import request_to_json, result_from_json
 from .model_configs import ORCHESTRATOR, REQUEST_INPUT, RESULT_OUTPUT
 
 REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC forms of INVALID_ARG
@@ -60,10 +61,10 @@ class TritonClient:
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: PoseRequest | list[PoseRequest],
-                 settings: SamplingSettings | None = None) -> list[GenerationResult]:
+                 sampling: SamplingConfig | None = None) -> list[GenerationResult]:
         """The results of ``requests`` (PIL images), in order; all are sent before the first answer is awaited."""
         requests = [requests] if isinstance(requests, PoseRequest) else list(requests)
-        payloads = [json.dumps(request_to_json(request, settings)).encode() for request in requests]
+        payloads = [json.dumps(request_to_json(request, sampling)).encode() for request in requests]
         pending = [self._submit(payload) for payload in payloads]
         return [result_from_json(self._answer(wait)) for wait in pending]
 

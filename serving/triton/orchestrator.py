@@ -4,7 +4,8 @@ wire-format results out.
 Triton's dynamic batcher hands :meth:`Orchestrator.execute` every request queued within the batching delay;
 requests with the same sampling settings run as one ``IMAGPosePipeline.__call__`` (the pipeline batches those of one
 canvas geometry into shared UNet calls). A request the user can fix (any :class:`~imagpose.errors.IMAGPoseError`:
-malformed JSON, a grid or tile size this repository does not serve, bad settings, the memory limit) gets an
+malformed JSON, a grid or tile size this repository does not serve, bad settings, DeepCache (the repository has no
+DeepCache graphs), the memory limit) gets an
 INVALID_ARG error (HTTP 400) naming the problem, and the other requests of the batch are answered; any other
 exception is a bug: its traceback goes to the server log and the requests of that pipeline call get an error.
 """
@@ -18,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
+from imagpose.export.components import deepcache_components
 from imagpose.io import read_json_file
+from imagpose.sampling_config import SamplingConfig
 
-from ..wire import SamplingSettings, request_from_json, result_to_json
+from ..wire import request_from_json, result_to_json
 from .model_configs import REQUEST_INPUT, RESULT_OUTPUT
 from .pipeline_configs import load_config_only_pipeline
 from .runtime import TritonModelRuntime
@@ -48,13 +51,13 @@ class Orchestrator:
                 parsed[index] = [self.parse(row) for row in rows]
             except IMAGPoseError as exc:
                 errors[index] = exc
-        groups: dict[SamplingSettings, list[tuple[int, int]]] = {}
+        groups: dict[SamplingConfig, list[tuple[int, int]]] = {}
         for index, items in parsed.items():
             for row, item in enumerate(items):
-                groups.setdefault(item.settings, []).append((index, row))
+                groups.setdefault(item.sampling, []).append((index, row))
         answers = {}
-        for settings, members in groups.items():
-            outcomes = self.generate([parsed[i][row] for i, row in members], settings)
+        for sampling, members in groups.items():
+            outcomes = self.generate([parsed[i][row] for i, row in members], sampling)
             for (index, row), outcome in zip(members, outcomes):
                 if isinstance(outcome, BaseException):
                     errors.setdefault(index, outcome)
@@ -75,7 +78,13 @@ class Orchestrator:
     def parse(self, data: bytes):
         """A wire request, checked against what this repository serves before anything runs."""
         wire = request_from_json(data)
-        wire.settings.check(self.pipe.scheduler.config.num_train_timesteps)
+        wire.sampling.check_pipeline(self.pipe)
+        deepcache = wire.sampling.deepcache
+        if deepcache is not None:
+            missing = [c for c in deepcache_components((deepcache.branch,)) if c not in self.runtime.models]
+            if missing:
+                raise InvalidArgumentError(f"This server has no DeepCache graphs of branch {deepcache.branch} (no "
+                                           f"{', '.join(missing)} model); send settings.deepcache null.")
         request = wire.request
         if tuple(request.grid) != self.grid:
             raise InvalidArgumentError(f"This server's UNet bakes in the {self.grid[0]}x{self.grid[1]} grid; the "
@@ -92,36 +101,36 @@ class Orchestrator:
                     "Send tile_size accordingly, or serve engines built with `imagpose export trt --dynamic`.")
         return wire
 
-    def generate(self, items: list, settings: SamplingSettings) -> list:
+    def generate(self, items: list, sampling: SamplingConfig) -> list:
         """Results (wire JSON bytes) or exceptions, one per item: the items run as few pipeline calls as the served
         UNet's batch allows; a call that fails on a user error is retried per request, so only the bad ones fail."""
-        per_request = 2 if settings.guidance_scale > 1.0 else 1  # UNet rows: [uncond, cond] under CFG
+        per_request = 2 if sampling.guidance_scale > 1.0 else 1  # UNet rows: [uncond, cond] under CFG
         size = len(items) if self.unet_rows is None else self.unet_rows[1] // per_request
         if size < 1:
-            error = InvalidArgumentError(self._rows_message(settings, per_request))
+            error = InvalidArgumentError(self._rows_message(sampling, per_request))
             return [error] * len(items)
         outcomes = []
         for start in range(0, len(items), size):
-            outcomes += self._call(items[start:start + size], settings, per_request)
+            outcomes += self._call(items[start:start + size], sampling, per_request)
         return outcomes
 
-    def _call(self, items: list, settings: SamplingSettings, per_request: int) -> list:
+    def _call(self, items: list, sampling: SamplingConfig, per_request: int) -> list:
         if self.unet_rows is not None and per_request * len(items) < self.unet_rows[0]:
-            return [InvalidArgumentError(self._rows_message(settings, per_request))] * len(items)
+            return [InvalidArgumentError(self._rows_message(sampling, per_request))] * len(items)
         try:
             output = self.pipe([item.request for item in items], output_type="pil", progress=False,
-                               backend=self.runtime, **settings.pipeline_arguments())
+                               backend=self.runtime, sampling=sampling)
         except IMAGPoseError as exc:
             if len(items) == 1:
                 return [exc]
-            return [outcome for item in items for outcome in self._call([item], settings, per_request)]
+            return [outcome for item in items for outcome in self._call([item], sampling, per_request)]
         except Exception as exc:  # a bug: its traceback in the server log, an error for these requests only
             self.pb_utils.Logger.log_error(f"imagpose: a pipeline call failed:\n{traceback.format_exc()}")
             return [exc] * len(items)
         return [json.dumps(result_to_json(result)).encode() for result in output.results]
 
-    def _rows_message(self, settings: SamplingSettings, per_request: int) -> str:
+    def _rows_message(self, sampling: SamplingConfig, per_request: int) -> str:
         low, high = self.unet_rows
-        return (f"The served UNet takes {low} to {high} rows per call; guidance_scale {settings.guidance_scale} runs "
+        return (f"The served UNet takes {low} to {high} rows per call; guidance_scale {sampling.guidance_scale} runs "
                 f"{per_request} row(s) per request. Use guidance_scale {'> 1' if per_request == 1 else '<= 1'}, or "
                 "serve engines whose UNet profile covers it (imagpose export trt --bucket).")

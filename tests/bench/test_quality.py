@@ -19,6 +19,7 @@ from imagpose.bench.quality_report import write_quality_report
 from imagpose.errors import InvalidArgumentError
 from imagpose.io import OutputFolder
 from imagpose.pretrained import shipped_model_dir
+from imagpose.sampling_config import SamplingConfig
 from imagpose.train.synthetic import make_dataset
 
 
@@ -30,7 +31,7 @@ def heldout(tmp_path_factory):
 
 
 def test_a_small_run_scores_the_default_against_itself_exactly(heldout, tmp_path):
-    settings = [DEFAULT, QualitySetting("unipc 4", "unipc", 4)]
+    settings = [DEFAULT, QualitySetting("unipc 4", SamplingConfig(num_inference_steps=4, sampler="unipc"))]
     results = run_quality_bench(shipped_model_dir(), heldout, settings, tmp_path / "work", max_items=2,
                                 batch_size=2, progress=False, flop_preset="tiny")
     default, fast = results["results"]
@@ -68,6 +69,8 @@ def test_pareto_front_best_at_and_budget_follow_their_definitions():
 
 def test_unknown_sampler_or_unet_is_a_clear_error():
     with pytest.raises(InvalidArgumentError, match="sampler 'euler'"):
+        QualitySetting("x", SamplingConfig(sampler="euler"))
+    with pytest.raises(InvalidArgumentError, match="sampling must be a SamplingConfig"):
         QualitySetting("x", "euler")
     with pytest.raises(InvalidArgumentError, match="unet 'tensorrt-int4'"):
         QualitySetting("x", unet="tensorrt-int4")

@@ -46,7 +46,7 @@ def test_generate_from_files(tmp_path, samples):
     result = json.loads((tmp_path / "gen" / "result.json").read_text())
     assert result["targets"] == ["target_tile3.png"]  # T2: the target sits in the last tile
     assert main(argv + ["--eta", "1", "--out", str(tmp_path / "eta")]) == 0  # DDIM noise reaches the sampler
-    assert json.loads((tmp_path / "eta" / "result.json").read_text())["eta"] == 1.0
+    assert json.loads((tmp_path / "eta" / "result.json").read_text())["sampling"]["eta"] == 1.0
     deterministic, noisy = (Image.open(tmp_path / d / "canvas.png") for d in ("gen", "eta"))
     assert np.abs(np.asarray(deterministic, dtype=int) - np.asarray(noisy, dtype=int)).max() > 0
 

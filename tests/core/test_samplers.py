@@ -84,7 +84,7 @@ def test_the_command_line_takes_a_sampler(generate_argv, tmp_path, capsys):
     from imagpose.cli import main
 
     assert main([*generate_argv, "--sampler", "dpmsolver++", "--steps", "3", "--out", str(tmp_path / "a")]) == 0
-    assert json.loads((tmp_path / "a" / "result.json").read_text())["sampler"] == "dpmsolver++"
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["sampling"]["sampler"] == "dpmsolver++"
     assert main([*generate_argv, "--sampler", "unipc", "--eta", "0.5", "--out", str(tmp_path / "b")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "eta applies to the ddim sampler only" in error[0]

@@ -17,10 +17,10 @@ import pytest
 from imagpose import scenarios
 from imagpose.pose import keypoints_from_json
 from imagpose.samples import sample
-from imagpose.serving.wire import SamplingSettings
+from imagpose.sampling_config import SamplingConfig
 
 TILE = (64, 64)
-SETTINGS = SamplingSettings(num_inference_steps=2)
+SETTINGS = SamplingConfig(num_inference_steps=2)
 MAX_BATCH = 8
 _service = None
 

@@ -10,9 +10,9 @@ import torch
 
 from imagpose.cli import main
 from imagpose.pipeline import GenerationResult
+from imagpose.sampling_config import SamplingConfig
 from imagpose.serving import load
 from imagpose.serving.load import LoadReport, format_table, sample_requests
-from imagpose.serving.wire import SamplingSettings
 
 from .ray_fixture import free_port, shared_service
 
@@ -85,7 +85,7 @@ class ThreadBoundClient:
     def _check(self):
         assert threading.get_ident() == self.thread, "used on another thread than the one that made it"
 
-    def generate(self, requests, settings=None):
+    def generate(self, requests, sampling=None):
         self._check()
         return [GenerationResult([], [3], None, torch.zeros(1), r.seed, r.name) for r in requests]
 
@@ -109,5 +109,5 @@ class ThreadBoundClient:
 
 def test_each_client_stays_on_the_thread_that_made_it(monkeypatch):
     monkeypatch.setattr(load, "connect", lambda url, kind, **options: ThreadBoundClient(url, **options))
-    report = load.run_load("http://x", "triton", sample_requests(12, (64, 64)), SamplingSettings(2), clients=4)
+    report = load.run_load("http://x", "triton", sample_requests(12, (64, 64)), SamplingConfig(2), clients=4)
     assert report.succeeded == 12 and report.errors == []

@@ -16,6 +16,7 @@ import requests
 from PIL import Image
 
 from imagpose.errors import InvalidArgumentError
+from imagpose.sampling_config import DeepCacheConfig
 from imagpose.serving.client import connect
 from imagpose.serving.ray_client import RayServeClient
 from imagpose.serving.wire import WireFormatError, request_to_json
@@ -40,7 +41,7 @@ def shipped_pipe():
 
 
 def in_process(pipe, requests_):
-    return pipe(requests_, progress=False, **SETTINGS.pipeline_arguments()).results
+    return pipe(requests_, progress=False, sampling=SETTINGS).results
 
 
 def assert_same_images(served, local):
@@ -56,6 +57,17 @@ def test_served_images_equal_the_in_process_pipeline(ray_service, shipped_pipe):
         assert client.ready()
         served = client.generate(request, SETTINGS)[0]
     assert_same_images(served, in_process(shipped_pipe, request)[0])
+
+
+def test_a_served_request_carries_deepcache_and_eta(ray_service, shipped_pipe):
+    sampling = SETTINGS.replace(num_inference_steps=3, eta=0.5, deepcache=DeepCacheConfig(2, 1))
+    request = t2_request(6)
+    with connect(ray_service.url, kind="ray") as client:
+        served = client.generate(request, sampling)[0]
+    local = shipped_pipe(request, sampling=sampling, progress=False).results[0]
+    assert_same_images(served, local)
+    plain = shipped_pipe(request, sampling=SETTINGS.replace(num_inference_steps=3), progress=False).results[0]
+    assert not np.array_equal(np.asarray(served.targets[0]), np.asarray(plain.targets[0]))
 
 
 def test_png_format_one_target_and_a_zip_of_several(ray_service):

@@ -21,12 +21,12 @@ from imagpose.export import ExportOptions, ShapeBucket, export_pipeline  # noqa:
 from imagpose.export.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from imagpose.pose import keypoints_from_json  # noqa: E402
 from imagpose.samples import sample  # noqa: E402
+from imagpose.sampling_config import SamplingConfig  # noqa: E402
 from imagpose.serving.triton.client import TritonClient  # noqa: E402
 from imagpose.serving.triton.repository import RepositoryOptions, write_repository  # noqa: E402
 from imagpose.serving.triton.server import ServerNotReadyError, TritonServer, server_environment  # noqa: E402
-from imagpose.serving.wire import SamplingSettings  # noqa: E402
 
-SETTINGS = SamplingSettings(num_inference_steps=2)
+SETTINGS = SamplingConfig(num_inference_steps=2)
 POSES = ("person_red_walking", "person_red_arms_up", "person_red_side", "person_blue_walking")
 
 

@@ -10,8 +10,8 @@ import torch
 from imagpose import scenarios
 from imagpose.pose import keypoints_from_json
 from imagpose.samples import sample
+from imagpose.sampling_config import DeepCacheConfig, SamplingConfig
 from imagpose.serving.wire import (
-    SamplingSettings,
     WireFormatError,
     request_from_json,
     request_to_json,
@@ -28,10 +28,11 @@ def t2_request(seed=3):
 
 def test_a_request_round_trips_to_the_same_canvas(tiny_pipe):
     request = t2_request()
-    wire = json.loads(json.dumps(request_to_json(request, SamplingSettings(4, 1.5, "unipc", (0.0, 0.5)))))
+    sampling = SamplingConfig(4, 1.5, "unipc", guidance_interval=(0.0, 0.5))
+    wire = json.loads(json.dumps(request_to_json(request, sampling)))
     parsed = request_from_json(wire)
-    assert parsed.settings == SamplingSettings(4, 1.5, "unipc", (0.0, 0.5))
-    assert parsed.settings.pipeline_arguments()["guidance_interval"] == (0.0, 0.5)
+    assert parsed.sampling == sampling
+    assert parsed.sampling.guidance_interval == (0.0, 0.5)
     assert (parsed.request.grid, parsed.request.tile_size, parsed.request.seed, parsed.request.name) == (
         (2, 2), (64, 64), 3, "a")
     ours, theirs = tiny_pipe.build_canvas(request), tiny_pipe.build_canvas(parsed.request)
@@ -57,7 +58,7 @@ def test_a_result_round_trips_bit_for_bit(tiny_pipe):
     (lambda d: d.update(grid=[2]), "grid must be two positive integers"),
     (lambda d: d.update(seed=-1), "seed must be"),
     (lambda d: d.update(colour="red"), "unknown keys ['colour']"),
-    (lambda d: d["settings"].update(sampler="euler"), "sampler 'euler' is unknown"),
+    (lambda d: d["settings"].update(sampler="euler"), "settings: Unknown sampler 'euler'"),
     (lambda d: d["settings"].update(num_inference_steps="20"), "num_inference_steps must be an integer"),
     (lambda d: d["settings"].update(guidance_scale=None), "guidance_scale must be a number"),
     (lambda d: d["settings"].update(guidance_interval=[0.6, 0.2]), "empty or inverted"),
@@ -74,3 +75,13 @@ def test_malformed_requests_name_the_field(edit, words):
 def test_not_json_is_a_wire_error():
     with pytest.raises(WireFormatError, match="not JSON"):
         request_from_json(b"{nope")
+
+
+def test_a_request_carries_eta_and_deepcache():
+    sampling = SamplingConfig(6, sampler="ddim", eta=0.5, deepcache=DeepCacheConfig(3, 1))
+    wire = json.loads(json.dumps(request_to_json(t2_request(), sampling)))
+    assert wire["settings"]["deepcache"] == {"interval": 3, "branch": 1} and wire["settings"]["eta"] == 0.5
+    assert request_from_json(wire).sampling == sampling
+    wire["settings"]["deepcache"] = {"interval": 0}
+    with pytest.raises(WireFormatError, match="settings: deepcache_interval must be an integer >= 1, got 0"):
+        request_from_json(wire)
