@@ -31,7 +31,7 @@ import torch
 
 from imagpose.deepcache import DeepCacheConfig
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
-from imagpose.io import write_json
+from imagpose.io import make_output_folder, refuse_non_folder, write_json
 
 from .components import (
     COMPONENTS,
@@ -228,8 +228,9 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
                                    "DeepCache pair unet_deepcache_full_b<k>, unet_deepcache_shallow_b<k>.")
     if (deepcache := deepcache_form(component)) is not None:
         DeepCacheConfig(1, deepcache[1]).check(pipe.unet)  # a branch this UNet has
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe.check_tile_size((options.bucket.tile_height, options.bucket.tile_width), (options.bucket.rows,
+                                                                                    options.bucket.cols))
+    out_dir = make_output_folder(out_dir)
     description = describe(pipe, component, options)
     if not force and (cached := _cached(out_dir, component, description)) is not None:
         log.info("%s: cache hit (%s), not re-exported", component, cached.path.name)
@@ -290,6 +291,11 @@ def export_pipeline(pipe, out_dir: str | Path, options: ExportOptions = ExportOp
                     components: tuple[str, ...] = COMPONENTS, force: bool = False) -> list[ExportResult]:
     """Export several components (and the DeepCache pairs of ``options.deepcache_branches``) and write
     ``out_dir/manifest.json`` listing them."""
+    for branch in options.deepcache_branches:  # every branch checked before the first component is exported
+        DeepCacheConfig(1, branch).check(pipe.unet)
+    pipe.check_tile_size((options.bucket.tile_height, options.bucket.tile_width), (options.bucket.rows,
+                                                                                    options.bucket.cols))
+    refuse_non_folder(out_dir)
     extra = [c for c in deepcache_components(options.deepcache_branches) if c not in components]
     results = [export_component(pipe, c, out_dir, options, force) for c in (*components, *extra)]
     manifest = {"components": {r.component: {"file": r.path.name, "sidecar": f"{r.component}.json"}

@@ -45,8 +45,9 @@ from types import SimpleNamespace
 
 import torch
 
+from imagpose.canvas import check_layout
 from imagpose.errors import InvalidArgumentError, MissingDependencyError
-from imagpose.io import write_json
+from imagpose.io import make_output_folder, refuse_non_folder, write_json
 from imagpose.sampling_settings import check_sampling_settings
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, model_config
@@ -370,16 +371,20 @@ def export_quantized_unet(pipe, out_dir: str | Path, requests, precision: str = 
     requests = list(requests)
     if not requests:
         raise InvalidArgumentError("Calibration needs at least one request; pass 1 or more.")
+    if pipe.dtype != torch.float32:
+        raise InvalidArgumentError(f"Quantization calibrates against the fp32 model, but the pipeline is in "
+                                   f"{pipe.dtype}; load it in fp32 (--dtype fp32): --precision sets the graph's.")
+    refuse_non_folder(out_dir)
     import_modelopt()  # fail early, with the install hint, before anything is exported
     layouts = {pipe.request_layout(r) for r in requests}
     if len({(layout.rows, layout.cols, layout.padded_tile) for layout in layouts}) != 1:
         raise InvalidArgumentError("Calibration requests must share one grid and tile size (the export traces one "
                                    "shape bucket); build them with one tile_size.")
     layout = layouts.pop()
+    check_layout(layout, pipe.flc_tokenizer.config.patch_size)
     bucket = ShapeBucket(1, *layout.padded_tile, layout.rows, layout.cols)
     export_options = ExportOptions(bucket=bucket, dynamic=dynamic)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_folder(out_dir)
     others = tuple(c for c in COMPONENTS if c != "unet")
     results = export_pipeline(pipe, out_dir, export_options, others, force=force)
     description = _description(pipe, options, replace_options(export_options, OPSETS[options.precision]),

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .autoencoders import downscale_factor
-from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas
+from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas, check_layout
 from .conditions import Conditions, encode_conditions
 from .deepcache import DeepCache, DeepCacheConfig, check_deepcache_runtime, deepcache_config
 from .errors import InvalidArgumentError
@@ -184,6 +184,12 @@ class IMAGPosePipeline(DiffusionPipeline):
 
     def build_canvas(self, request: PoseRequest) -> JointCanvas:
         return build_canvas(request, self.pad_multiple, self.vae_scale_factor, self.flc_tokenizer.config.patch_size)
+
+    def check_tile_size(self, tile_size: tuple[int, int], grid: tuple[int, int] = (2, 2)) -> None:
+        """Refuse ``tile_size`` (height, width) when a ``grid`` canvas of such tiles is too small for this model;
+        the message names the smallest tile that works."""
+        check_layout(GridLayout(*grid, *tile_size, self.pad_multiple, self.vae_scale_factor),
+                     self.flc_tokenizer.config.patch_size)
 
     def request_layout(self, request: PoseRequest) -> GridLayout:
         """The canvas geometry of a request without building its canvas (image files: headers only)."""

@@ -7,8 +7,8 @@ measures both servers the same way. See docs/serving.md."""
 
 from __future__ import annotations
 
+from .argument_types import integer
 from .common import add_output_argument, parse_size, sampling_setting
-from .train_common import integer
 
 NAME = "loadtest"
 HELP = "measure a running Triton or Ray Serve server: throughput, latency percentiles, batch sizes"

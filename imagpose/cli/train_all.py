@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from .train_common import integer
+from .argument_types import integer
 
 NAME = "all"
 HELP = "make data, train the VAE and all three stages, evaluate on held-out people: one command"

@@ -5,8 +5,8 @@ larger dataset are the same people."""
 
 from __future__ import annotations
 
+from .argument_types import integer, number
 from .common import parse_size
-from .train_common import integer, number
 
 NAME = "make-data"
 HELP = "generate a synthetic dataset of people with exact keypoints and masks"
