@@ -111,7 +111,10 @@ def generated_requests(count: int, tile_size: tuple[int, int], grid: tuple[int, 
         raise InvalidArgumentError(f"Calibration needs at least one request, got {count!r}; pass 1 or more "
                                    "(Model Optimizer's diffusers example calibrates on 32 prompts at full size).")
     from imagpose import scenarios
-    from imagpose.train.synthetic import draw_view, identity_rng, sample_look, sample_pose, sample_scene
+    from imagpose.train.synthetic.dataset import identity_rng
+    from imagpose.train.synthetic.looks import sample_look, sample_scene
+    from imagpose.train.synthetic.poses import sample_pose
+    from imagpose.train.synthetic.rasterizer import draw_view
 
     requests = []
     for index in range(count):

@@ -41,7 +41,7 @@ def run(args) -> int:
     from ..train.evaluation import evaluate
     from ..train.loop import plot_loss, read_log
     from ..train.stage_training import run_all
-    from ..train.synthetic import make_dataset
+    from ..train.synthetic.dataset import make_dataset
     from ..train.vae import train_vae
 
     if args.eval_seed == args.seed:
