@@ -25,9 +25,10 @@ from imagpose.presets import get_preset
 
 from .config import STAGES, StageConfig, TrainConfig
 from .data import StepBatches, TrainingDataset, check_dataset, collate, seeded_generator
-from .loop import RunSettings, TrainingResult, read_log, train, weight_dtype
+from .loop import RunSettings, TrainingResult, train, weight_dtype
 from .objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
 from .stages import build_stage, check_stage
+from .training_log import read_log
 from .validation import validation_requests, write_validation_grid
 
 
