@@ -9,9 +9,9 @@ Every file carries metadata (versions, opset, config, a hash of weights + config
 ``metadata_props`` and in a ``<component>.json`` sidecar, which also records the SHA-256 of every written file
 (``.onnx`` and ``.onnx.data``). A second export with nothing changed reuses the files after checking them
 against those digests; any change of weights, config, options or versions, or of the files themselves,
-re-exports. Files are written into a temporary folder and moved into place, sidecar last, so a half-written
-graph is never taken for a valid one. The weights' digests are computed once per module (``digests.py``), so a
-cache hit costs one read of the exported files, not a pass over the weights.
+re-exports. Files are written into a staging folder and moved into place, sidecar last (``staged_export.py``),
+so a half-written graph is never taken for a valid one. The weights' digests are computed once per module
+(``digests.py``), so a cache hit costs one read of the exported files, not a pass over the weights.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,6 +45,7 @@ from .components import (
 )
 from .digests import changed_files, file_record, weights_digest
 from .passes import infer_and_check, initializer_bytes, name_dynamic_axes, run_passes, save_model
+from .staged_export import staged_export
 
 log = logging.getLogger("imagpose.export")
 EXPORT_FORMAT_VERSION = 2  # bump when the export code changes what it writes
@@ -245,10 +244,8 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
     bucket = options.bucket if uses_grid(component) else replace(options.bucket, cfg=False)
     sample = CONTRACTS[component].sample_inputs(axis_values(bucket, model_config(pipe)), dtype, device=pipe.device)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{component}.tmp-", dir=out_dir))
-    try:
-        raw = tmp / "raw" / f"{component}.onnx"
-        raw.parent.mkdir()
+    with staged_export(out_dir, component) as staged:
+        raw = staged.path(f"raw/{component}.onnx")
         _torch_export(module, sample, raw, component, options)
         # graphs over 2 GB: run the passes on the structure and load the weights once, to save as one file
         large = sum(f.stat().st_size for f in raw.parent.iterdir()) > EXTERNAL_DATA_THRESHOLD
@@ -265,25 +262,16 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
             model.metadata_props.add(key=f"imagpose.{key}", value=json.dumps(value, default=str))
         model.metadata_props.add(key="imagpose.configs", value=json.dumps(description["configs"]))
         external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-        path = tmp / f"{component}.onnx"
+        path = staged.path(f"{component}.onnx")
         data = save_model(model, path, external)
         del model
         infer_and_check(path)
         final_data = out_dir / data.name if data else None
         files = {p.name: file_record(p) for p in (path, data) if p is not None}  # digests of what was written
-        sidecar = {**description, "file": path.name, "data_file": data.name if data else None, "files": files,
-                   "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
-        (out_dir / f"{component}.json").unlink(missing_ok=True)  # invalidate the old export first
-        if data:
-            os.replace(data, final_data)
-        else:
-            (out_dir / f"{component}.onnx.data").unlink(missing_ok=True)
-        os.replace(path, out_dir / path.name)
-        write_json(out_dir / f"{component}.json", sidecar)  # the commit marker, written last
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staged.sidecar = {**description, "file": path.name, "data_file": data.name if data else None,
+                          "files": files, "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
     log.info("%s: exported in %.1f s", component, time.perf_counter() - start)
-    return ExportResult(component, out_dir / path.name, final_data, False, sidecar, counts,
+    return ExportResult(component, out_dir / path.name, final_data, False, staged.sidecar, counts,
                         time.perf_counter() - start)
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .autoencoders import downscale_factor
-from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas, check_layout
+from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas, check_layout, pad_multiple_for
 from .conditions import Conditions, encode_conditions
 from .deepcache import DeepCache, DeepCacheConfig, check_deepcache_runtime, deepcache_config
 from .errors import InvalidArgumentError
@@ -180,7 +180,7 @@ class IMAGPosePipeline(DiffusionPipeline):
     @property
     def pad_multiple(self) -> int:
         """Tile sides are padded to multiples of this (64 for SD1.5) so every UNet level splits evenly."""
-        return self.vae_scale_factor * self.unet.tile_multiple
+        return pad_multiple_for(self.vae_scale_factor, len(self.unet.config.block_out_channels))
 
     def build_canvas(self, request: PoseRequest) -> JointCanvas:
         return build_canvas(request, self.pad_multiple, self.vae_scale_factor, self.flc_tokenizer.config.patch_size)

@@ -19,7 +19,7 @@ from imagpose.bench.quality_report import write_quality_report
 from imagpose.errors import InvalidArgumentError
 from imagpose.io import OutputFolder
 from imagpose.pretrained import shipped_model_dir
-from imagpose.train.synthetic import make_dataset
+from imagpose.train.synthetic.dataset import make_dataset
 
 
 @pytest.fixture(scope="module")
