@@ -62,6 +62,14 @@ class ShapeBucket:
     cols: int = 2
     cfg: bool = True
 
+    def __post_init__(self):
+        sizes = {"batch": self.batch, "tile_height": self.tile_height, "tile_width": self.tile_width,
+                 "rows": self.rows, "cols": self.cols}
+        bad = {name: value for name, value in sizes.items()
+               if isinstance(value, bool) or not isinstance(value, int) or value < 1}
+        if bad:
+            raise InvalidArgumentError(f"A shape bucket's sizes must be integers >= 1, got {bad}.")
+
     @classmethod
     def parse(cls, text: str) -> ShapeBucket:
         """``"batch,tileHxtileW,RxC"`` e.g. ``"1,512x512,2x2"``."""

@@ -9,9 +9,9 @@ Every file carries metadata (versions, opset, config, a hash of weights + config
 ``metadata_props`` and in a ``<component>.json`` sidecar, which also records the SHA-256 of every written file
 (``.onnx`` and ``.onnx.data``). A second export with nothing changed reuses the files after checking them
 against those digests; any change of weights, config, options or versions, or of the files themselves,
-re-exports. Files are written into a temporary folder and moved into place, sidecar last, so a half-written
-graph is never taken for a valid one. The weights' digests are computed once per module (``digests.py``), so a
-cache hit costs one read of the exported files, not a pass over the weights.
+re-exports. Files are written into a staging folder and moved into place, sidecar last (``staged_export.py``),
+so a half-written graph is never taken for a valid one. The weights' digests are computed once per module
+(``digests.py``), so a cache hit costs one read of the exported files, not a pass over the weights.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch
 
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
-from imagpose.io import write_json
+from imagpose.io import make_output_folder, refuse_non_folder, write_json
 from imagpose.sampling_config import DeepCacheConfig
 
 from .components import (
@@ -47,6 +45,7 @@ from .components import (
 )
 from .digests import changed_files, file_record, weights_digest
 from .passes import infer_and_check, initializer_bytes, name_dynamic_axes, run_passes, save_model
+from .staged_export import staged_export
 
 log = logging.getLogger("imagpose.export")
 EXPORT_FORMAT_VERSION = 2  # bump when the export code changes what it writes
@@ -228,8 +227,9 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
                                    "DeepCache pair unet_deepcache_full_b<k>, unet_deepcache_shallow_b<k>.")
     if (deepcache := deepcache_form(component)) is not None:
         DeepCacheConfig(1, deepcache[1]).check(pipe.unet)  # a branch this UNet has
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe.check_tile_size((options.bucket.tile_height, options.bucket.tile_width), (options.bucket.rows,
+                                                                                    options.bucket.cols))
+    out_dir = make_output_folder(out_dir)
     description = describe(pipe, component, options)
     if not force and (cached := _cached(out_dir, component, description)) is not None:
         log.info("%s: cache hit (%s), not re-exported", component, cached.path.name)
@@ -244,10 +244,8 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
     bucket = options.bucket if uses_grid(component) else replace(options.bucket, cfg=False)
     sample = CONTRACTS[component].sample_inputs(axis_values(bucket, model_config(pipe)), dtype, device=pipe.device)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{component}.tmp-", dir=out_dir))
-    try:
-        raw = tmp / "raw" / f"{component}.onnx"
-        raw.parent.mkdir()
+    with staged_export(out_dir, component) as staged:
+        raw = staged.path(f"raw/{component}.onnx")
         _torch_export(module, sample, raw, component, options)
         # graphs over 2 GB: run the passes on the structure and load the weights once, to save as one file
         large = sum(f.stat().st_size for f in raw.parent.iterdir()) > EXTERNAL_DATA_THRESHOLD
@@ -264,25 +262,16 @@ def export_component(pipe, component: str, out_dir: str | Path, options: ExportO
             model.metadata_props.add(key=f"imagpose.{key}", value=json.dumps(value, default=str))
         model.metadata_props.add(key="imagpose.configs", value=json.dumps(description["configs"]))
         external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-        path = tmp / f"{component}.onnx"
+        path = staged.path(f"{component}.onnx")
         data = save_model(model, path, external)
         del model
         infer_and_check(path)
         final_data = out_dir / data.name if data else None
         files = {p.name: file_record(p) for p in (path, data) if p is not None}  # digests of what was written
-        sidecar = {**description, "file": path.name, "data_file": data.name if data else None, "files": files,
-                   "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
-        (out_dir / f"{component}.json").unlink(missing_ok=True)  # invalidate the old export first
-        if data:
-            os.replace(data, final_data)
-        else:
-            (out_dir / f"{component}.onnx.data").unlink(missing_ok=True)
-        os.replace(path, out_dir / path.name)
-        write_json(out_dir / f"{component}.json", sidecar)  # the commit marker, written last
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staged.sidecar = {**description, "file": path.name, "data_file": data.name if data else None,
+                          "files": files, "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
     log.info("%s: exported in %.1f s", component, time.perf_counter() - start)
-    return ExportResult(component, out_dir / path.name, final_data, False, sidecar, counts,
+    return ExportResult(component, out_dir / path.name, final_data, False, staged.sidecar, counts,
                         time.perf_counter() - start)
 
 
@@ -290,6 +279,11 @@ def export_pipeline(pipe, out_dir: str | Path, options: ExportOptions = ExportOp
                     components: tuple[str, ...] = COMPONENTS, force: bool = False) -> list[ExportResult]:
     """Export several components (and the DeepCache pairs of ``options.deepcache_branches``) and write
     ``out_dir/manifest.json`` listing them."""
+    for branch in options.deepcache_branches:  # every branch checked before the first component is exported
+        DeepCacheConfig(1, branch).check(pipe.unet)
+    pipe.check_tile_size((options.bucket.tile_height, options.bucket.tile_width), (options.bucket.rows,
+                                                                                    options.bucket.cols))
+    refuse_non_folder(out_dir)
     extra = [c for c in deepcache_components(options.deepcache_branches) if c not in components]
     results = [export_component(pipe, c, out_dir, options, force) for c in (*components, *extra)]
     manifest = {"components": {r.component: {"file": r.path.name, "sidecar": f"{r.component}.json"}

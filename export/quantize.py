@@ -34,9 +34,7 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -45,14 +43,16 @@ from types import SimpleNamespace
 
 import torch
 
+from imagpose.canvas import check_layout
 from imagpose.errors import InvalidArgumentError, MissingDependencyError
-from imagpose.io import write_json
+from imagpose.io import make_output_folder, refuse_non_folder, write_json
 from imagpose.sampling_config import SamplingConfig
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, model_config
 from .digests import file_record
 from .onnx_export import ExportError, ExportOptions, _cached, describe, export_pipeline
 from .passes import cleanup_toposort, fold_constants, infer_and_check, name_dynamic_axes, save_model
+from .staged_export import staged_export
 
 log = logging.getLogger("imagpose.export")
 
@@ -112,7 +112,10 @@ def generated_requests(count: int, tile_size: tuple[int, int], grid: tuple[int, 
         raise InvalidArgumentError(f"Calibration needs at least one request, got {count!r}; pass 1 or more "
                                    "(Model Optimizer's diffusers example calibrates on 32 prompts at full size).")
     from imagpose import scenarios
-    from imagpose.train.synthetic import draw_view, identity_rng, sample_look, sample_pose, sample_scene
+    from imagpose.train.synthetic.dataset import identity_rng
+    from imagpose.train.synthetic.looks import sample_look, sample_scene
+    from imagpose.train.synthetic.poses import sample_pose
+    from imagpose.train.synthetic.rasterizer import draw_view
 
     requests = []
     for index in range(count):
@@ -371,16 +374,20 @@ def export_quantized_unet(pipe, out_dir: str | Path, requests, precision: str = 
     requests = list(requests)
     if not requests:
         raise InvalidArgumentError("Calibration needs at least one request; pass 1 or more.")
+    if pipe.dtype != torch.float32:
+        raise InvalidArgumentError(f"Quantization calibrates against the fp32 model, but the pipeline is in "
+                                   f"{pipe.dtype}; load it in fp32 (--dtype fp32): --precision sets the graph's.")
+    refuse_non_folder(out_dir)
     import_modelopt()  # fail early, with the install hint, before anything is exported
     layouts = {pipe.request_layout(r) for r in requests}
     if len({(layout.rows, layout.cols, layout.padded_tile) for layout in layouts}) != 1:
         raise InvalidArgumentError("Calibration requests must share one grid and tile size (the export traces one "
                                    "shape bucket); build them with one tile_size.")
     layout = layouts.pop()
+    check_layout(layout, pipe.flc_tokenizer.config.patch_size)
     bucket = ShapeBucket(1, *layout.padded_tile, layout.rows, layout.cols)
     export_options = ExportOptions(bucket=bucket, dynamic=dynamic)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_folder(out_dir)
     others = tuple(c for c in COMPONENTS if c != "unet")
     results = export_pipeline(pipe, out_dir, export_options, others, force=force)
     description = _description(pipe, options, replace_options(export_options, OPSETS[options.precision]),
@@ -407,26 +414,19 @@ def _write_quantized_unet(pipe, out_dir: Path, requests, options: QuantizeOption
     module = quantize_unet(pipe, calls, options)
     log.info("unet: quantized to %s (%s) in %.1f s", options.precision, options.algorithm,
              time.perf_counter() - start)
-    tmp = Path(tempfile.mkdtemp(prefix=".unet.tmp-", dir=out_dir))
-    try:
-        raw = tmp / "raw" / "unet.onnx"
-        raw.parent.mkdir()
+    with staged_export(out_dir, "unet") as staged:
+        raw = staged.path("raw/unet.onnx")
         model, counts = _export_graph(module, calls, raw, options, dynamic)
         shutil.rmtree(raw.parent)
         for key in ("component", "cache_key", "versions", "options", "grid", "inputs", "outputs", "dynamic_axes",
                     "quantization"):
             model.metadata_props.add(key=f"imagpose.{key}", value=json.dumps(description[key], default=str))
-        path = tmp / "unet.onnx"
+        path = staged.path("unet.onnx")
         save_model(model, path, external=False)  # 8-bit weights: a full-size UNet fits under 2 GB
         infer_and_check(path)
-        sidecar = {**description, "file": path.name, "data_file": None, "files": {path.name: file_record(path)},
-                   "node_counts": counts, "seconds": round(time.perf_counter() - start, 2)}
-        (out_dir / "unet.json").unlink(missing_ok=True)  # invalidate the old export first
-        (out_dir / "unet.onnx.data").unlink(missing_ok=True)
-        os.replace(path, out_dir / path.name)
-        write_json(out_dir / "unet.json", sidecar)  # the commit marker, written last
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staged.sidecar = {**description, "file": path.name, "data_file": None,
+                          "files": {path.name: file_record(path)}, "node_counts": counts,
+                          "seconds": round(time.perf_counter() - start, 2)}
     log.info("unet: %s Q/DQ graph exported in %.1f s", options.precision, time.perf_counter() - start)
 
 

@@ -6,7 +6,7 @@ canvas. The flag channel, at latent resolution, is 1 on source tiles and 0 on ta
 SD-inpainting's mask polarity). Views are resized to the tile size first (PIL bilinear, aspect squash, as the
 official ``transforms.Resize((H, W))``); keypoint poses are rendered directly at the tile size.
 
-Tiles whose sides are not multiples of ``pad_multiple`` (8 x 2**(UNet levels - 1): 64 for SD1.5, e.g. the
+Tiles whose sides are not multiples of ``pad_multiple`` (:func:`pad_multiple_for`: 64 for SD1.5, e.g. the
 paper's 256x176 and 512x352) are padded symmetrically - person tiles by edge replication, pose tiles with
 black - and cropped back after decoding. The official code cannot run such tiles at all. Each side of the latent
 canvas must hold one FLC patch (16 latent pixels): :func:`check_layout` names the smallest tile for the grid.
@@ -34,6 +34,12 @@ SOURCE = "source"
 TARGET = "target"
 MIN_TILE = 8  # pixels per tile side
 FLC_PATCH_SIZE = 16  # the official FLC PatchEmbedding: Conv2d(4, D, 16, stride 16)
+
+
+def pad_multiple_for(vae_scale: int, unet_levels: int) -> int:
+    """Tile sides, in pixels, are padded to multiples of this: ``vae_scale`` (pixels per latent) times
+    2**(``unet_levels`` - 1), so every UNet level splits the canvas into equal views (8 x 2**3 = 64 for SD1.5)."""
+    return vae_scale * 2 ** (unet_levels - 1)
 
 
 class CanvasError(InvalidArgumentError):

@@ -193,6 +193,27 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def refuse_non_folder(target: str | os.PathLike) -> None:
+    """Refuse an output location that exists and is not a folder (a file, a device, a broken link)."""
+    root = Path(target).absolute()
+    if os.path.lexists(root) and not root.is_dir():
+        what = "is a file" if root.is_file() else "exists and is not a folder"
+        raise OutputLocationError(f"{target} {what}; outputs go into a folder: choose a folder "
+                                  "(it is created if missing).")
+
+
+def make_output_folder(target: str | os.PathLike) -> Path:
+    """Create the output folder ``target`` (and missing parents) for a writer that commits its own files
+    atomically; an existing folder is used as it is. Errors name the location and the fix."""
+    refuse_non_folder(target)
+    path = Path(target)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _location_error("create", path, exc) from exc
+    return path
+
+
 class OutputFolder:
     """The outputs of one run, written into ``target`` beside what is already there (see the module docstring).
 
@@ -231,10 +252,7 @@ class OutputFolder:
 
     # ------------------------------------------------------------------ entering: create and check
     def __enter__(self) -> OutputFolder:
-        if os.path.lexists(self._root) and not self._root.is_dir():
-            what = "is a file" if self._root.is_file() else "exists and is not a folder"
-            raise OutputLocationError(f"{self.target} {what}; outputs go into a folder: choose a folder "
-                                      "(it is created if missing).")
+        refuse_non_folder(self.target)
         missing = []
         folder = self._root
         while not os.path.lexists(folder) and folder != folder.parent:

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .autoencoders import downscale_factor
-from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas
+from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas, check_layout, pad_multiple_for
 from .conditions import Conditions, encode_conditions
 from .deepcache import DeepCache, check_deepcache_runtime
 from .errors import InvalidArgumentError
@@ -205,10 +205,16 @@ class IMAGPosePipeline(DiffusionPipeline):
     @property
     def pad_multiple(self) -> int:
         """Tile sides are padded to multiples of this (64 for SD1.5) so every UNet level splits evenly."""
-        return self.vae_scale_factor * self.unet.tile_multiple
+        return pad_multiple_for(self.vae_scale_factor, len(self.unet.config.block_out_channels))
 
     def build_canvas(self, request: PoseRequest) -> JointCanvas:
         return build_canvas(request, self.pad_multiple, self.vae_scale_factor, self.flc_tokenizer.config.patch_size)
+
+    def check_tile_size(self, tile_size: tuple[int, int], grid: tuple[int, int] = (2, 2)) -> None:
+        """Refuse ``tile_size`` (height, width) when a ``grid`` canvas of such tiles is too small for this model;
+        the message names the smallest tile that works."""
+        check_layout(GridLayout(*grid, *tile_size, self.pad_multiple, self.vae_scale_factor),
+                     self.flc_tokenizer.config.patch_size)
 
     def request_layout(self, request: PoseRequest) -> GridLayout:
         """The canvas geometry of a request without building its canvas (image files: headers only)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagpose.train.synthetic import write_demo_samples
+from imagpose.train.synthetic.demo_samples import write_demo_samples
 
 OUT = Path(__file__).resolve().parents[1] / "imagpose" / "assets" / "samples"
 

@@ -402,6 +402,10 @@ def serve_pipeline(model_dir: str | os.PathLike | None = None, *, preset: str | 
     application = build_app(config, replicas, autoscale, num_cpus)
     if not isinstance(port, int) or not 0 < port < 65536:
         raise InvalidArgumentError(f"port must be an integer in 1..65535, got {port!r}.")
+    if address is None:
+        check_port_free(host, port)
+    elif address.startswith("ray://"):
+        check_cluster_reachable(address)
     started = time.perf_counter()
     import ray
 
@@ -420,6 +424,32 @@ def serve_pipeline(model_dir: str | os.PathLike | None = None, *, preset: str | 
         raise
     url = f"http://{_reachable_host(host, address)}:{port}"
     return RayService(url, handle, config.model_name, _started_ray, time.perf_counter() - started)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on, before anything starts (Serve's proxy would share it with
+    SO_REUSEPORT, and requests would reach either server). SO_REUSEADDR lets a port in TIME_WAIT pass."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InvalidArgumentError(f"Cannot listen on {host}:{port}: {exc.strerror or exc} (another server may "
+                                       "be using it); stop it or choose another --port.") from exc
+
+
+def check_cluster_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``ray://HOST:PORT`` address nothing answers on within ``timeout`` seconds (Ray itself retries
+    for about half a minute and then raises a connection traceback)."""
+    where = address[len("ray://"):]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidArgumentError(f"--address {address!r} must look like ray://HOST:PORT (e.g. ray://head:10001).")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InvalidArgumentError(f"Nothing answers at {address} ({exc.strerror or exc}); start the cluster's Ray "
+                                   "client server there (`ray start --head`) or check --address.") from exc
 
 
 def _reachable_host(host: str, address: str | None) -> str:

@@ -16,9 +16,8 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != RE
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest
-import torch
-
+import pytest  # noqa: E402  (after the sys.path and TRITON_INTERPRET set-up above)
+import torch  # noqa: E402
 
 # The official-code fixtures ship with the repository (tests/fixtures/official: tensors made by running the
 # official code). IMAGPOSE_FIXTURES points the same tests at another fixture set of that layout.

@@ -237,6 +237,12 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
                              " or an existing .yaml file.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path} is not a text file (byte {exc.start} is not UTF-8); pass a YAML config "
+                             "(see train/presets/).") from exc
+    except RecursionError as exc:
+        raise InputFileError(f"{path} nests too deeply to be a training config; pass a YAML config "
+                             "(see train/presets/).") from exc
     except yaml.YAMLError as exc:
         raise InputFileError(f"{path} is not valid YAML ({exc}).") from exc
     if data is None:

@@ -18,24 +18,19 @@ does, and a resumed run continues exactly.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from imagpose.io import OutputFolder
-
 from . import checkpoints
 from .config import OptimizerConfig, StageConfig
-
-LOG_FIELDS = ("step", "loss", "lr", "samples_per_second", "seconds")
+from .training_log import read_log, require_matplotlib, write_log
 
 
 @dataclass(frozen=True)
@@ -148,9 +143,6 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     ``stop_after``: stop after that step with a checkpoint and no product, as an interrupted run would (training
     in chunks on preemptible machines); the LR schedule is still the one of ``settings.steps``.
     """
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
     out = Path(out)
     require_matplotlib()
     accelerator = make_accelerator(run, settings, out)
@@ -161,6 +153,83 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     task.setup(accelerator, out, checkpoints.checkpoint_step(latest) if latest is not None else 0)
 
     # 2. Optimizer, LR schedule and EMA
+    state = prepare_training(task, run, settings, accelerator, out)
+
+    # 3. Resume: weights, optimizer, LR schedule, step and every RNG; data and draws follow from the step
+    position = resume_from(state, latest) if latest is not None else Position()
+    batches = task.batches(position.step, settings, accelerator.process_index, accelerator.num_processes)
+    if main:
+        accelerator.init_trackers(f"imagpose-{task.name}", config={"task": task.name, "steps": settings.steps,
+                                                                  "learning_rate": settings.learning_rate})
+
+    # 4. The loop
+    samples_at_start = position.samples_seen
+    started = position.last_log = time.perf_counter()
+    bar = tqdm(total=settings.steps, initial=position.step, desc=task.name, disable=not (progress and main),
+               dynamic_ncols=True)
+    state.model.train()
+    for batch in batches:
+        if not micro_step(state, position, batch):
+            continue  # accumulating gradients: the optimizer step is not complete yet
+        log_step(state, position, finish_step(state, position), bar)
+        stopping = position.step == stop_after
+        save_and_validate(state, position, stopping)
+        if stopping:
+            break
+    bar.close()
+    final_loss = position.log_rows[-1]["loss"] if position.log_rows else float("nan")
+    if position.step == stop_after and position.step < settings.steps:
+        accelerator.end_training()
+        return TrainingResult(task.name, out, position.step, time.perf_counter() - started, float("nan"), final_loss,
+                              out / "log.csv")
+
+    # 5. The product (EMA weights when EMA is on)
+    product = out
+    if main:
+        write_log(out, position.log_rows)
+        product = task.finish(out, inference_copy(accelerator, state.model, state.ema))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    seconds = time.perf_counter() - started
+    return TrainingResult(task.name, product, settings.steps, seconds,
+                          (position.samples_seen - samples_at_start) / max(seconds, 1e-9), final_loss,
+                          out / "log.csv")
+
+
+@dataclass
+class TrainingState:
+    """What the loop steps: the task, its prepared model, optimizer and LR schedule, and the EMA (or None)."""
+
+    task: TrainingTask
+    run: RunSettings
+    settings: StageConfig
+    out: Path
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_schedule: object
+    ema: object | None
+
+
+@dataclass
+class Position:
+    """Where a run stands: the optimizer step, the micro-batch within it, samples seen, the logged rows."""
+
+    step: int = 0
+    micro: int = 0
+    samples_seen: int = 0
+    log_rows: list[dict] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)  # the current step's micro-batch losses
+    samples_since_log: int = 0
+    last_log: float = 0.0
+
+
+def prepare_training(task: TrainingTask, run: RunSettings, settings: StageConfig, accelerator,
+                     out: Path) -> TrainingState:
+    """AdamW over the task's trainable parameters, the LR schedule and the EMA, prepared by the accelerator."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
     optimizer_config = run.optimizer
     optimizer = torch.optim.AdamW(trainable_parameters(task.model), lr=settings.learning_rate,
                                   betas=tuple(optimizer_config.betas), weight_decay=optimizer_config.weight_decay,
@@ -172,95 +241,94 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     model, optimizer, lr_schedule = accelerator.prepare(task.model, optimizer, lr_schedule)
     if ema is not None:
         ema.to(accelerator.device)
+    return TrainingState(task, run, settings, out, accelerator, model, optimizer, lr_schedule, ema)
 
-    # 3. Resume: weights, optimizer, LR schedule, step and every RNG; data and draws follow from the step
-    start_step, log_rows, samples_seen = 0, [], 0
-    if latest is not None:
-        saved = checkpoints.load_checkpoint(latest)
-        load_trainable_state(accelerator.unwrap_model(model), saved["model"], latest)
-        optimizer.load_state_dict(saved["optimizer"])
-        lr_schedule.load_state_dict(saved["state"]["lr_schedule"])
-        if ema is not None and saved["ema"] is not None:
-            ema.load_state_dict(saved["state"]["ema"] | {"shadow_params": list(saved["ema"].values())})
-        checkpoints.set_rng_state(saved["rng"], saved["state"]["numpy_rng"])
-        start_step, samples_seen = saved["state"]["step"], saved["state"].get("samples_seen") or 0
-        log_rows = read_log(out / "log.csv", start_step)
-        accelerator.print(f"Resumed {task.name} from {latest} (step {start_step}).")
 
-    batches = task.batches(start_step, settings, accelerator.process_index, accelerator.num_processes)
-    if main:
-        accelerator.init_trackers(f"imagpose-{task.name}", config={"task": task.name, "steps": settings.steps,
-                                                                  "learning_rate": settings.learning_rate})
+def resume_from(state: TrainingState, latest: Path) -> Position:
+    """Load the checkpoint ``latest`` into ``state`` (weights, optimizer, LR schedule, EMA, every RNG); the position
+    it was saved at, with log.csv's rows up to it."""
+    accelerator = state.accelerator
+    saved = checkpoints.load_checkpoint(latest)
+    load_trainable_state(accelerator.unwrap_model(state.model), saved["model"], latest)
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.lr_schedule.load_state_dict(saved["state"]["lr_schedule"])
+    if state.ema is not None and saved["ema"] is not None:
+        state.ema.load_state_dict(saved["state"]["ema"] | {"shadow_params": list(saved["ema"].values())})
+    checkpoints.set_rng_state(saved["rng"], saved["state"]["numpy_rng"])
+    step = saved["state"]["step"]
+    position = Position(step=step, samples_seen=saved["state"].get("samples_seen") or 0,
+                        log_rows=read_log(state.out / "log.csv", step))
+    accelerator.print(f"Resumed {state.task.name} from {latest} (step {step}).")
+    return position
 
-    # 4. The loop
-    step, accumulated, micro, samples_since_log, samples_at_start = start_step, [], 0, 0, samples_seen
-    started = last_log = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=start_step, desc=task.name, disable=not (progress and main),
-               dynamic_ncols=True)
-    model.train()
-    for batch in batches:
-        with accelerator.accumulate(model), accelerator.autocast():
-            loss, samples = task.loss(model, batch, step, micro, accelerator)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), optimizer_config.max_grad_norm)
-            optimizer.step()
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-        accumulated.append(accelerator.reduce(loss.detach(), "mean"))
-        samples_since_log += samples * accelerator.num_processes
-        samples_seen += samples * accelerator.num_processes
-        micro += 1
-        if not accelerator.sync_gradients:
-            continue
-        step, micro = step + 1, 0
-        if ema is not None:
-            ema.step(trainable_parameters(accelerator.unwrap_model(model)))
-        step_loss = float(torch.stack(accumulated).mean())
-        accumulated = []
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"{task.name}: the loss became {step_loss} at step {step}; lower the learning "
-                                     "rate or use mixed_precision 'no'/'bf16'.")
-        if step % settings.log_every == 0 or step == settings.steps:
-            now = time.perf_counter()
-            row = {"step": step, "loss": step_loss, "lr": lr_schedule.get_last_lr()[0],
-                   "samples_per_second": samples_since_log / max(now - last_log, 1e-9),
-                   "seconds": (log_rows[-1]["seconds"] if log_rows else 0.0) + now - last_log}
-            log_rows.append(row)
-            last_log, samples_since_log = now, 0
-            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-            bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{row['samples_per_second']:.1f}")
-        bar.update(1)
-        stopping = step == stop_after
-        if main and (step % settings.checkpoint_every == 0 or step == settings.steps or stopping):
-            write_log(out, log_rows)
-            checkpoints.save_checkpoint(
-                out, step, trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict(),
-                {"stage": task.name, "lr_schedule": lr_schedule.state_dict(),
-                 "samples_seen": samples_seen, "ema": _ema_config(ema), "config": run.record},
-                ema_state=_ema_tensors(ema, accelerator.unwrap_model(model)), keep=settings.keep_checkpoints)
-        if main and (step % settings.validate_every == 0 or step == settings.steps):
-            task.validate(out, step, inference_copy(accelerator, model, ema))
-        accelerator.wait_for_everyone()
-        if stopping:
-            break
-    bar.close()
-    final_loss = log_rows[-1]["loss"] if log_rows else float("nan")
-    if step == stop_after and step < settings.steps:
-        accelerator.end_training()
-        return TrainingResult(task.name, out, step, time.perf_counter() - started, float("nan"), final_loss,
-                              out / "log.csv")
 
-    # 5. The product (EMA weights when EMA is on)
-    product = out
-    if main:
-        write_log(out, log_rows)
-        product = task.finish(out, inference_copy(accelerator, model, ema))
+def micro_step(state: TrainingState, position: Position, batch: dict) -> bool:
+    """Forward and backward one micro-batch (the optimizer steps on the last of a step's accumulation); whether
+    that completed an optimizer step."""
+    accelerator, model, optimizer = state.accelerator, state.model, state.optimizer
+    with accelerator.accumulate(model), accelerator.autocast():
+        loss, samples = state.task.loss(model, batch, position.step, position.micro, accelerator)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), state.run.optimizer.max_grad_norm)
+        optimizer.step()
+        state.lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    position.losses.append(accelerator.reduce(loss.detach(), "mean"))
+    position.samples_since_log += samples * accelerator.num_processes
+    position.samples_seen += samples * accelerator.num_processes
+    position.micro += 1
+    if not accelerator.sync_gradients:
+        return False
+    position.step, position.micro = position.step + 1, 0
+    return True
+
+
+def finish_step(state: TrainingState, position: Position) -> float:
+    """After an optimizer step: the EMA update, and the step's loss (the mean over its micro-batches and
+    processes), which must be finite."""
+    if state.ema is not None:
+        state.ema.step(trainable_parameters(state.accelerator.unwrap_model(state.model)))
+    step_loss = float(torch.stack(position.losses).mean())
+    position.losses = []
+    if not math.isfinite(step_loss):
+        raise FloatingPointError(f"{state.task.name}: the loss became {step_loss} at step {position.step}; lower the "
+                                 "learning rate or use mixed_precision 'no'/'bf16'.")
+    return step_loss
+
+
+def log_step(state: TrainingState, position: Position, step_loss: float, bar) -> None:
+    """A log row (loss, LR, samples/s) every ``log_every`` steps and at the last; the progress bar."""
+    step, settings = position.step, state.settings
+    if step % settings.log_every == 0 or step == settings.steps:
+        now = time.perf_counter()
+        rows = position.log_rows
+        row = {"step": step, "loss": step_loss, "lr": state.lr_schedule.get_last_lr()[0],
+               "samples_per_second": position.samples_since_log / max(now - position.last_log, 1e-9),
+               "seconds": (rows[-1]["seconds"] if rows else 0.0) + now - position.last_log}
+        rows.append(row)
+        position.last_log, position.samples_since_log = now, 0
+        state.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{row['samples_per_second']:.1f}")
+    bar.update(1)
+
+
+def save_and_validate(state: TrainingState, position: Position, stopping: bool) -> None:
+    """On the main process: log.csv and a checkpoint every ``checkpoint_every`` steps, at the last and when
+    ``stopping``; validation outputs every ``validate_every`` steps and at the last. Then every process waits."""
+    accelerator, settings, step, out = state.accelerator, state.settings, position.step, state.out
+    main = accelerator.is_main_process
+    if main and (step % settings.checkpoint_every == 0 or step == settings.steps or stopping):
+        write_log(out, position.log_rows)
+        model = accelerator.unwrap_model(state.model)
+        checkpoints.save_checkpoint(
+            out, step, trainable_state(model), state.optimizer.state_dict(),
+            {"stage": state.task.name, "lr_schedule": state.lr_schedule.state_dict(),
+             "samples_seen": position.samples_seen, "ema": _ema_config(state.ema), "config": state.run.record},
+            ema_state=_ema_tensors(state.ema, model), keep=settings.keep_checkpoints)
+    if main and (step % settings.validate_every == 0 or step == settings.steps):
+        state.task.validate(out, step, inference_copy(accelerator, state.model, state.ema))
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    seconds = time.perf_counter() - started
-    return TrainingResult(task.name, product, settings.steps, seconds,
-                          (samples_seen - samples_at_start) / max(seconds, 1e-9), final_loss, out / "log.csv")
 
 
 def inference_copy(accelerator, model, ema) -> torch.nn.Module:
@@ -286,66 +354,3 @@ def _ema_tensors(ema, model) -> dict[str, torch.Tensor] | None:
         return None
     names = list(trainable_state(model))
     return dict(zip(names, ema.shadow_params))
-
-
-# ----------------------------------------------------------------------------- log.csv and loss.png
-def write_log(out: Path, rows: list[dict]) -> None:
-    """log.csv and loss.png, replaced atomically."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in LOG_FIELDS})
-    with OutputFolder(out) as folder:
-        folder.path("log.csv").write_text(text.getvalue())
-        if rows:
-            plot_loss({out.name or "run": rows}, folder.path("loss.png"))
-
-
-def read_log(path: Path, up_to_step: int) -> list[dict]:
-    """The rows of log.csv up to ``up_to_step`` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
-    return [row for row in rows if row["step"] <= up_to_step]
-
-
-def require_matplotlib() -> None:
-    """loss.png needs matplotlib: fail before training, not at the first checkpoint."""
-    import importlib.util
-
-    from imagpose.errors import MissingDependencyError
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise MissingDependencyError("Training plots its loss with matplotlib, which is not installed: "
-                                     "pip install -c constraints.txt 'imagpose[train]'.")
-
-
-def plot_loss(curves: dict[str, list[dict]], path: Path, smoothing: int = 20) -> None:
-    """Loss against step for each run (raw, and a running mean over ``smoothing`` logged steps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
-    for axis, (name, rows) in zip(axes[0], curves.items()):
-        steps = [r["step"] for r in rows]
-        losses = [r["loss"] for r in rows]
-        axis.plot(steps, losses, color="0.75", linewidth=0.8, label="loss")
-        window = max(1, min(smoothing, len(losses)))
-        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-                  for i in range(len(losses))]
-        axis.plot(steps, smooth, color="C0", linewidth=1.5, label=f"running mean ({window})")
-        positive = [loss for loss in losses if loss > 0]
-        if positive and len(positive) == len(losses) and max(positive) > 20 * min(positive):
-            axis.set_yscale("log")  # a start far above the rest would flatten the curve that matters
-        axis.set_title(name)
-        axis.set_xlabel("step")
-        axis.set_ylabel("loss")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

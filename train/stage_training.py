@@ -18,14 +18,17 @@ from pathlib import Path
 import torch
 import yaml
 
+from imagpose.autoencoders import downscale_factor
+from imagpose.canvas import pad_multiple_for
 from imagpose.io import OutputFolder
 from imagpose.presets import get_preset
 
 from .config import STAGES, StageConfig, TrainConfig
 from .data import StepBatches, TrainingDataset, check_dataset, collate, seeded_generator
-from .loop import RunSettings, TrainingResult, read_log, train, weight_dtype
+from .loop import RunSettings, TrainingResult, train, weight_dtype
 from .objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
 from .stages import build_stage, check_stage
+from .training_log import read_log
 from .validation import validation_requests, write_validation_grid
 
 
@@ -56,7 +59,7 @@ class StageTask:
                 folder.path("config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
                 folder.path("data_check.txt").write_text(report.summary(limit=10**6) + "\n")
             accelerator.print(report.summary())
-        pad_multiple = 8 * 2 ** (len(preset.unet["block_out_channels"]) - 1)
+        pad_multiple = pad_multiple_for(downscale_factor(self.models.vae), len(preset.unet["block_out_channels"]))
         self.dataset = TrainingDataset(report, config.tile_size(self.name), config.data.grid, seed=config.seed,
                                        min_targets=config.data.min_targets, max_targets=config.data.max_targets,
                                        max_scale=config.data.max_scale, flip=config.data.flip,

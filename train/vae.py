@@ -38,7 +38,8 @@ from imagpose.io import OutputFolder
 from imagpose.presets import get_preset
 
 from .config import AutoencoderConfig, OptimizerConfig, StageConfig
-from .loop import RunSettings, TrainingResult, read_log, train
+from .loop import RunSettings, TrainingResult, train
+from .training_log import read_log
 from .vae_data import AutoencoderItems, AutoencoderSteps, check_image_size, collate, held_out_sets, read_split_images
 from .vae_measures import (
     calibrate_latent_scale,

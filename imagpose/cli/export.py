@@ -15,6 +15,7 @@ import argparse
 import logging
 
 from . import export_quantize
+from .argument_types import integer, number
 from .common import add_model_arguments, parse_grid, parse_size
 
 NAME = "export"
@@ -38,7 +39,7 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--static", action="store_true", help="static shapes (the sample bucket) instead of dynamic")
     onnx.add_argument("--tile-size", type=parse_size, default=(512, 512), help="sample tile HEIGHTxWIDTH")
     onnx.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS grid baked into the UNet")
-    onnx.add_argument("--batch", type=int, default=1, help="sample number of requests (UNet batch is 2x)")
+    onnx.add_argument("--batch", type=integer(1), default=1, help="sample number of requests (UNet batch is 2x)")
     onnx.add_argument("--no-passes", action="store_true", help="skip graphsurgeon cleanup and constant folding")
     onnx.add_argument("--deepcache-branch", type=int, action="append", default=None, metavar="K",
                       help="also export the DeepCache UNet pair of skip branch K (repeat for several; what "
@@ -61,8 +62,9 @@ def add_arguments(parser) -> None:
                      help="BATCH,TILE_HxTILE_W,ROWSxCOLS static shape bucket (repeat); default 1,512x512,2x2")
     trt.add_argument("--dynamic", action="store_true", help="one engine per component spanning the buckets")
     trt.add_argument("--component", action="append", default=None, help="component to build (repeat); default all")
-    trt.add_argument("--opt-level", type=int, default=3, help="builder optimisation level (0-5)")
-    trt.add_argument("--workspace-gib", type=float, default=8.0, help="builder workspace limit")
+    trt.add_argument("--opt-level", type=int, choices=range(6), default=3, help="builder optimisation level (0-5)")
+    trt.add_argument("--workspace-gib", type=number(0, low_inclusive=False), default=8.0,
+                     help="builder workspace limit")
     trt.add_argument("--tf32", action="store_true", help="allow TF32 math in fp32 layers (faster, less exact)")
     trt.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
     trt.add_argument("--dry-run", action="store_true", help="print the plans and trtexec commands, build nothing")
@@ -87,11 +89,11 @@ def add_arguments(parser) -> None:
     triton.add_argument("--static", action="store_true", help="export static shapes (the sample bucket) only")
     triton.add_argument("--tile-size", type=parse_size, default=(512, 512), help="sample tile HEIGHTxWIDTH")
     triton.add_argument("--grid", type=parse_grid, default=(2, 2), help="ROWSxCOLS grid baked into the UNet")
-    triton.add_argument("--max-batch", type=int, default=8,
+    triton.add_argument("--max-batch", type=integer(1), default=8,
                         help="requests the orchestrator's dynamic batcher runs as one pipeline call")
-    triton.add_argument("--queue-delay-ms", type=float, default=50.0, help="how long the batcher waits for more")
-    triton.add_argument("--instances", type=int, default=1, help="orchestrator instances")
-    triton.add_argument("--network-instances", type=int, default=1, help="instances of each network model")
+    triton.add_argument("--queue-delay-ms", type=number(0), default=50.0, help="how long the batcher waits for more")
+    triton.add_argument("--instances", type=integer(1), default=1, help="orchestrator instances")
+    triton.add_argument("--network-instances", type=integer(1), default=1, help="instances of each network model")
     triton.add_argument("--instance-kind", choices=["gpu", "cpu"], default=None,
                         help="where the networks run (default: gpu for tensorrt, cpu otherwise)")
     export_quantize.add_parser(sub, fmt)
@@ -111,8 +113,10 @@ def run(args) -> int:
 def _onnx(args) -> int:
     from ..errors import InvalidArgumentError
     from ..export import COMPONENTS, ExportOptions, ShapeBucket, export_pipeline
+    from ..io import refuse_non_folder
     from .common import load_pipeline
 
+    refuse_non_folder(args.out)  # before the model loads
     pipe = load_pipeline(args)
     options = ExportOptions(dtype=args.export_dtype, opset=args.opset, dynamic=not args.static,
                             bucket=ShapeBucket(args.batch, *args.tile_size, *args.grid),

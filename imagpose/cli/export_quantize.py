@@ -15,8 +15,8 @@ import json
 import logging
 from pathlib import Path
 
+from .argument_types import integer
 from .common import add_model_arguments, parse_grid, parse_size
-from .train_common import integer
 
 HELP = "quantize the UNet to INT8/FP8 (Model Optimizer) into an export folder"
 HELD_OUT_SEED = 1000  # the shipped model's held-out people (training.json), never used for calibration
@@ -48,17 +48,23 @@ def add_parser(subparsers, formatter_class=argparse.ArgumentDefaultsHelpFormatte
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ..errors import InvalidArgumentError
     from ..export.quantize import QuantizeOptions, export_quantized_unet, generated_requests, import_modelopt
-    from ..io import write_json
+    from ..io import refuse_non_folder, write_json
     from ..pretrained import shipped_model_dir, trained_tile_size
     from .common import load_pipeline
 
     options = QuantizeOptions(args.precision, args.algorithm, args.steps)
+    if args.dtype != "fp32":
+        raise InvalidArgumentError(f"--dtype {args.dtype}: quantization calibrates against the fp32 model; leave "
+                                   "--dtype at fp32 (--precision sets the quantized graph's precision).")
+    refuse_non_folder(args.out)
     import_modelopt()  # the install hint before a model loads
     if args.model is None and args.preset is None:
         args.model = str(shipped_model_dir())
     tile = args.tile_size or (trained_tile_size(args.model) if args.model else None) or (512, 512)
     pipe = load_pipeline(args)
+    pipe.check_tile_size(tile, args.grid)
     requests = generated_requests(args.calib_requests, tile, args.grid)
     out = export_quantized_unet(pipe, args.out, requests, args.precision, options, dynamic=not args.static,
                                 force=args.force)

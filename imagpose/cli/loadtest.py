@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..samplers import SAMPLERS
 from ..sampling_config import SamplingConfig
+from .argument_types import integer
 from .common import add_output_argument, parse_size, sampling_setting
-from .train_common import integer
 
 NAME = "loadtest"
 HELP = "measure a running Triton or Ray Serve server: throughput, latency percentiles, batch sizes"

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from .train_common import integer
+from .argument_types import integer
 
 NAME = "all"
 HELP = "make data, train the VAE and all three stages, evaluate on held-out people: one command"
@@ -39,9 +39,9 @@ def run(args) -> int:
     from ..io import OutputFolder
     from ..train.config import load_config
     from ..train.evaluation import evaluate
-    from ..train.loop import plot_loss, read_log
     from ..train.stage_training import run_all
-    from ..train.synthetic import make_dataset
+    from ..train.synthetic.dataset import make_dataset
+    from ..train.training_log import plot_loss, read_log
     from ..train.vae import train_vae
 
     if args.eval_seed == args.seed:
@@ -131,6 +131,6 @@ def write_training_record(out: Path, config, args, timing: dict) -> None:
 
 
 def _log_rows(path: Path) -> list[dict]:
-    from ..train.loop import read_log
+    from ..train.training_log import read_log
 
     return read_log(path, 10**12)

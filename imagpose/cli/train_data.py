@@ -5,8 +5,8 @@ larger dataset are the same people."""
 
 from __future__ import annotations
 
+from .argument_types import integer, number
 from .common import parse_size
-from .train_common import integer, number
 
 NAME = "make-data"
 HELP = "generate a synthetic dataset of people with exact keypoints and masks"
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..train.synthetic import make_dataset
+    from ..train.synthetic.dataset import make_dataset
 
     summary = make_dataset(args.out, args.identities, seed=args.seed, size=args.size, views_per_identity=args.views,
                            test_fraction=args.test_fraction)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sampling_config import SamplingConfig
+from .argument_types import integer, number
 from .common import sampling_setting
-from .train_common import integer, number
 
 NAME = "eval"
 HELP = "score a trained pipeline on held-out people against untrained and copy-source baselines"

@@ -5,7 +5,7 @@ log.csv, loss.png, validation/, checkpoints/ and pipeline/ (a folder `imagpose g
 
 from __future__ import annotations
 
-from .train_common import integer
+from .argument_types import integer
 
 NAME = "run"
 HELP = "run a training stage (or all three) from a config preset or YAML file"

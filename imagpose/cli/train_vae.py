@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .train_common import integer, number
+from .argument_types import integer, number
 
 NAME = "vae"
 HELP = "train the tiny autoencoder on generated people and report its held-out round trip"

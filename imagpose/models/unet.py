@@ -139,11 +139,6 @@ class IMAGPoseUNet(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def tile_multiple(self) -> int:
-        """Tile sides (in latent pixels) must be multiples of this so every level splits into equal views."""
-        return 2 ** (len(self.config.block_out_channels) - 1)
-
     def cva_modules(self) -> list[tuple[str, CrossViewAttention]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, CrossViewAttention)]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from imagpose.errors import InvalidArgumentError
 from imagpose.export.components import COMPONENTS, ShapeBucket, model_config
-from imagpose.export.digests import changed_files
+from imagpose.export.digests import changed_files, file_record
 from imagpose.export.onnx_export import ExportError, ExportOptions, export_pipeline, fingerprint, verify_export
 from imagpose.io import OutputFolder
 
@@ -228,11 +228,26 @@ def write_repository(pipe, out: str | Path, options: RepositoryOptions, onnx_dir
                 sources, export = onnx_sources(pipe, Path(onnx_dir))
             for source in sources:
                 _write_network(folder, source, options)
-        _write_orchestrator(folder, pipe, options, serving_record(pipe, options.runtime, sources, export))
+        record = serving_record(pipe, options.runtime, sources, export)
+        _write_orchestrator(folder, pipe, options)
+        record["files"] = served_file_records(folder.path(), [s.component for s in sources] + [ORCHESTRATOR])
+        folder.write_json(f"{ORCHESTRATOR}/1/{SERVING_RECORD}", {**record, "options": asdict(options)})
         problems = validate_repository(folder.path())
         if problems:  # our own output fails Triton's schema or the files: nothing is moved into place
             raise RepositoryError("The repository written does not validate: " + "; ".join(problems))
     return Path(out)
+
+
+def served_file_records(root: Path, models: list[str]) -> dict[str, dict]:
+    """{path relative to the repository: size and SHA-256} of every file in the models' version folders (graphs,
+    engines, external data, model.py, the orchestrator's pipeline configs; not the serving record itself): what
+    `--check` compares the files with."""
+    records = {}
+    for model in models:
+        for path in sorted((root / model / "1").rglob("*")):
+            if path.is_file() and path.name != SERVING_RECORD:
+                records[path.relative_to(root).as_posix()] = file_record(path)
+    return records
 
 
 def _write_network(folder: OutputFolder, source: NetworkSource, options: RepositoryOptions) -> None:
@@ -251,7 +266,7 @@ def _write_network(folder: OutputFolder, source: NetworkSource, options: Reposit
     folder.write_json(f"{component}/{source.record_name}", source.record)
 
 
-def _write_orchestrator(folder: OutputFolder, pipe, options: RepositoryOptions, record: dict) -> None:
+def _write_orchestrator(folder: OutputFolder, pipe, options: RepositoryOptions) -> None:
     config = orchestrator_config(options.max_batch_size, round(options.queue_delay_ms * 1000), options.instances)
     comment = ("imagpose: the pipeline (IMAGPosePipeline.__call__) over the network models; BYTES request (wire-format "
                "JSON,\nimagpose.serving.wire) -> BYTES result. Requests batched by the dynamic batcher run as one "
@@ -259,4 +274,3 @@ def _write_orchestrator(folder: OutputFolder, pipe, options: RepositoryOptions, 
     Path(folder.path(f"{ORCHESTRATOR}/config.pbtxt")).write_text(config_text(config, comment))
     shutil.copyfile(MODEL_FILES / "orchestrator_model.py", folder.path(f"{ORCHESTRATOR}/1/model.py"))
     write_pipeline_configs(pipe, folder.path(f"{ORCHESTRATOR}/1/pipeline"))
-    folder.write_json(f"{ORCHESTRATOR}/1/{SERVING_RECORD}", {**record, "options": asdict(options)})

@@ -47,7 +47,16 @@ def validate_repository(repo: str | Path) -> list[str]:
             configs[folder.name] = parse_config(path.read_text())
         except ParseError as exc:
             problems.append(f"{folder.name}: config.pbtxt does not parse as Triton's ModelConfig: {exc}")
-    record = _serving_record(repo, problems) if ORCHESTRATOR in configs else None
+    if not configs:
+        return problems + [f"{repo} holds no models; write a repository with `imagpose export triton`."]
+    record = None
+    if ORCHESTRATOR not in configs:
+        problems.append(f"{ORCHESTRATOR}: the orchestrator model is missing; write the repository with "
+                        "`imagpose export triton`.")
+    else:
+        record = _serving_record(repo, problems)
+    if record is not None:
+        problems += _changed_file_problems(repo, record)
     for name, config in configs.items():
         where = f"{name}: config.pbtxt"
         if config.name and config.name != name:
@@ -62,7 +71,38 @@ def validate_repository(repo: str | Path) -> list[str]:
         elif name in CONTRACTS:
             dtype = (record or {}).get("dtype")
             problems += [p for v in versions for p in _network_problems(name, config, repo / name, v, dtype)]
+        else:
+            problems += _other_model_problems(name, config, versions)
     return problems
+
+
+def _changed_file_problems(repo: Path, record: dict) -> list[str]:
+    """The served files against the digests the serving record took when the repository was written."""
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return [f"{ORCHESTRATOR}: serving.json records no file digests (a repository from an older imagpose); "
+                "write it again with `imagpose export triton`."]
+    return [f"{name.split('/')[0]}: {problem}" for name, problem in
+            ((name, problem) for name in files for problem in changed_files(repo, {name: files[name]}))]
+
+
+# Files Triton loads for the platforms and backends it ships, when config.pbtxt names no default_model_filename
+DEFAULT_MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "tensorrt_plan": "model.plan",
+                       "tensorrt": "model.plan", "python": "model.py", "pytorch_libtorch": "model.pt",
+                       "pytorch": "model.pt", "tensorflow_savedmodel": "model.savedmodel"}
+
+
+def _other_model_problems(name: str, config, versions: list[Path]) -> list[str]:
+    """A model beside ours: Triton loads every model of the repository, so one it cannot load fails the server's
+    start. Checked: a known platform or backend has its model file in every version folder."""
+    kind = config.platform or config.backend
+    default = DEFAULT_MODEL_FILES.get(kind)
+    if default is None:
+        return []  # a custom backend: only a server that has it can tell
+    file = config.default_model_filename or default
+    return [f"{name}: {version.name}/{file} is missing; Triton loads every model of the repository and would fail "
+            f"to load {name!r} (remove it, or add its file)" for version in versions
+            if not (version / file).exists()]
 
 
 def _serving_record(repo: Path, problems: list[str]) -> dict | None:

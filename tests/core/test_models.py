@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from imagpose.canvas import pad_multiple_for
 from imagpose.errors import InvalidArgumentError
 from imagpose.models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider, cva_ops
 from imagpose.models import attention as cva_registry
@@ -159,7 +160,7 @@ def test_sd15_preset_has_official_size_on_meta():
     assert numbers == 1_313_952_964  # official UNet3D state-dict numbers (manifest_full/summary.json)
     assert sum(p.numel() for p in comps["pose_guider"].parameters()) == 1_086_480
     assert sum(p.numel() for p in comps["flc_tokenizer"].parameters()) == 787_200
-    assert unet.tile_multiple * 8 == 64
+    assert pad_multiple_for(8, len(unet.config.block_out_channels)) == 64
 
 
 def test_tiny_unet_runs_any_grid_and_keeps_shape():

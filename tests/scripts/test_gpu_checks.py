@@ -1,4 +1,5 @@
-"""scripts/gpu_checks.py: the dry run runs every section's GPU code path on the CPU, and the time budgets hold.
+"""scripts/gpu_checks.py (and its gpu_sections, gpu_supervisor and gpu_report modules): the dry run runs every
+section's GPU code path on the CPU, and the time budgets hold.
 
 The GPU run gets one call on a lent machine, so what can go wrong in it must show here first: the dry run calls the
 same functions at tiny sizes, and the budget tests kill real child processes.
@@ -168,9 +169,9 @@ def test_the_device_install_holds_every_module_and_data_file(tmp_path):
 def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
     from imagpose.bench.scenarios import METHODS, SETTINGS, build_suite
 
-    gpu_checks = load_script(monkeypatch)
+    (gpu_sections,) = load_scripts(monkeypatch, "gpu_sections")
 
-    order = [s.label for s in gpu_checks.by_priority(build_suite(METHODS, SETTINGS, ("eager", "triton", "tensorrt")))]
+    order = [s.label for s in gpu_sections.by_priority(build_suite(METHODS, SETTINGS, ("eager", "triton", "tensorrt")))]
     assert order[:4] == ["imagpose/as_released/full", "imagpose[triton]/as_released/full",
                          "imagpose_star/as_released/full", "imagpose_star[triton]/as_released/full"]
     first_baseline, first_tensorrt = order.index("pidm/as_released/full"), order.index(
@@ -180,10 +181,11 @@ def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
 
 
 def test_skip_leaves_sections_out_and_only_still_selects(monkeypatch):
-    gpu_checks = load_script(monkeypatch)
+    gpu_checks, gpu_sections, gpu_supervisor = load_scripts(monkeypatch, "gpu_checks", "gpu_sections",
+                                                            "gpu_supervisor")
 
     def names(*argv):
-        return [s.name for s in gpu_checks.selected_sections(gpu_checks.parse_args(list(argv)))]
+        return [s.name for s in gpu_supervisor.selected_sections(gpu_checks.parse_args(list(argv)))]
 
     assert names() == SECTIONS
     first = names("--skip", "train", "--skip", "quant", "--skip", "serve")  # the device calls of docs/gpu.md
@@ -192,7 +194,7 @@ def test_skip_leaves_sections_out_and_only_still_selects(monkeypatch):
     assert first == ["env", "cva", "kernels", "bench", "trt"] and second == ["env", "quant", "serve"]
     assert third == ["env", "train"]
     assert names("--only", "cva", "--skip", "cva") == []
-    budgets = {s.name: s.budget_s for s in gpu_checks.SECTIONS}
+    budgets = {s.name: s.budget_s for s in gpu_sections.SECTIONS}
     for call in (first, second, third):
         assert sum(budgets[name] for name in call) <= 480  # each fits one 10-minute command
 
@@ -200,19 +202,17 @@ def test_skip_leaves_sections_out_and_only_still_selects(monkeypatch):
 def test_the_train_section_uses_the_sd15_presets_batch_sizes(monkeypatch):
     from imagpose.train.config import load_config
 
-    gpu_checks = load_script(monkeypatch)
+    (gpu_sections,) = load_scripts(monkeypatch, "gpu_sections")
     sd15 = load_config("sd15")
-    assert gpu_checks.TRAIN_BATCH_SIZES == {name: stage.batch_size for name, stage in sd15.stages.items()}
-    plan = gpu_checks.gpu_plan(512)
+    assert gpu_sections.TRAIN_BATCH_SIZES == {name: stage.batch_size for name, stage in sd15.stages.items()}
+    plan = gpu_sections.gpu_plan(512)
     assert plan.preset == sd15.model and plan.train_autocast == "bfloat16" and plan.tile == 512
 
 
-def load_script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_checks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_checks", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def load_scripts(monkeypatch, *names: str) -> list:
+    """Modules of scripts/, imported by their file names as gpu_checks.py imports its siblings."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return [importlib.import_module(name) for name in names]
 
 
 @pytest.mark.slow
@@ -225,11 +225,11 @@ def test_the_tensorrt_part_of_the_trt_section_with_a_stand_in_runtime(monkeypatc
     from imagpose.export.parity import CastRuntime
     from imagpose.presets import build_pipeline
 
-    gpu_checks = load_script(monkeypatch)
+    (gpu_sections,) = load_scripts(monkeypatch, "gpu_sections")
     pipe, records = build_pipeline("tiny", seed=0), {}
     stand_in = CastRuntime(pipe.torch_runtime(), torch.float32, name="tensorrt")
-    gpu_checks.trt_latency_and_parity(gpu_checks.DRY_RUN, pipe, stand_in, gpu_checks.bucket_of(gpu_checks.DRY_RUN),
-                                      records.__setitem__)
+    gpu_sections.trt_latency_and_parity(gpu_sections.DRY_RUN, pipe, stand_in,
+                                        gpu_sections.bucket_of(gpu_sections.DRY_RUN), records.__setitem__)
     assert records["unet_step_ms"]["torch_fp16"] > 0 and records["unet_step_ms"]["tensorrt_fp16"] > 0
     rows = {(row["backend"], row["component"]) for row in records["parity"]["components"]}
     assert ("tensorrt", "unet") in rows and ("torch-fp16", "unet") in rows and records["parity"]["passed"]

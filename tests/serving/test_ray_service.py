@@ -209,6 +209,26 @@ def test_bad_settings_are_refused_before_ray_starts(kwargs, words):
     assert words in str(info.value)
 
 
+def test_a_busy_port_and_an_unreachable_cluster_are_refused_before_ray_starts():
+    import socket
+    import time
+
+    from imagpose.serving.ray_service import serve_pipeline
+
+    with socket.socket() as listener:  # another server on the port
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(InvalidArgumentError, match=f"Cannot listen on 127.0.0.1:{port}.*choose another --port"):
+            serve_pipeline(preset="tiny", port=port)
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgumentError, match=r"Nothing answers at ray://127.0.0.1:\d+"):
+        serve_pipeline(preset="tiny", address=f"ray://127.0.0.1:{free_port()}")
+    assert time.perf_counter() - started < 10
+    with pytest.raises(InvalidArgumentError, match="must look like ray://HOST:PORT"):
+        serve_pipeline(preset="tiny", address="ray://nowhere")
+
+
 def test_the_client_names_an_unreachable_server():
     from imagpose.serving.ray_client import ServerUnreachableError
 

@@ -95,12 +95,26 @@ def corrupt_model(repo):
     (repo / "flc_tokenizer" / "1" / "model.onnx").write_bytes(b"not a model")
 
 
+def altered_model_same_size(repo):
+    path = repo / "unet" / "1" / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the last initializer byte: the graph still loads, with other weights
+    path.write_bytes(bytes(data))
+
+
+def extra_model_without_its_file(repo):
+    (repo / "other" / "1").mkdir(parents=True)
+    (repo / "other" / "config.pbtxt").write_text('name: "other"\nbackend: "onnxruntime"\n')
+
+
 @pytest.mark.parametrize("breakage, expected", [
     (broken_unet_dim, "unet: config.pbtxt: 'sample' has dims [-1, 8, -1, -1], the served file has ['dynamic', 9,"),
     (broken_enum, "vae_decoder: config.pbtxt does not parse as Triton's ModelConfig"),
     (broken_batch, "vae_encoder: config.pbtxt has max_batch_size 4"),
     (missing_model, "pose_guider: 1/model.onnx is missing"),
     (corrupt_model, "flc_tokenizer:"),
+    (altered_model_same_size, "unet: "),
+    (extra_model_without_its_file, "other: 1/model.onnx is missing; Triton loads every model"),
 ])
 def test_a_broken_repository_is_caught(tiny_pipe, exported, tmp_path, breakage, expected):
     repo = tmp_path / "repo"
@@ -108,6 +122,35 @@ def test_a_broken_repository_is_caught(tiny_pipe, exported, tmp_path, breakage, 
     breakage(repo)
     problems = validate_repository(repo)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_the_altered_file_is_named_with_its_digest(tiny_pipe, exported, tmp_path):
+    repo = tmp_path / "repo"
+    write_repository(tiny_pipe, repo, RepositoryOptions("onnxruntime"), onnx_dir=exported)
+    size = (repo / "unet" / "1" / "model.onnx").stat().st_size
+    altered_model_same_size(repo)
+    assert (repo / "unet" / "1" / "model.onnx").stat().st_size == size
+    assert validate_repository(repo) == [f"unet: {repo / 'unet' / '1' / 'model.onnx'} changed since it was written "
+                                         "(its SHA-256 differs from the recorded one)"]
+
+
+def test_a_model_beside_ours_that_triton_can_load_passes(tiny_pipe, exported, tmp_path):
+    repo = tmp_path / "repo"
+    write_repository(tiny_pipe, repo, RepositoryOptions("onnxruntime"), onnx_dir=exported)
+    (repo / "other" / "1").mkdir(parents=True)
+    (repo / "other" / "config.pbtxt").write_text('name: "other"\nbackend: "python"\n')
+    (repo / "other" / "1" / "model.py").write_text("class TritonPythonModel: ...\n")
+    assert validate_repository(repo) == []
+
+
+def test_an_empty_folder_or_one_without_the_orchestrator_fails(tiny_pipe, exported, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert validate_repository(tmp_path / "empty") == [f"{tmp_path / 'empty'} holds no models; write a repository "
+                                                       "with `imagpose export triton`."]
+    repo = tmp_path / "repo"
+    write_repository(tiny_pipe, repo, RepositoryOptions("onnxruntime"), onnx_dir=exported)
+    shutil.rmtree(repo / "imagpose")
+    assert any(p.startswith("imagpose: the orchestrator model is missing") for p in validate_repository(repo))
 
 
 def test_the_check_command_validates_and_fails_on_a_problem(tiny_pipe, exported, tmp_path, capsys):

@@ -97,7 +97,7 @@ def sample_dataset():
 @pytest.fixture(scope="session")
 def people_dataset(tmp_path_factory):
     """A generated dataset of 6 people x 4 views at 64x64 (imagpose.train.synthetic), shared read-only."""
-    from imagpose.train.synthetic import make_dataset
+    from imagpose.train.synthetic.dataset import make_dataset
 
     root = tmp_path_factory.mktemp("people")
     make_dataset(root, 6, seed=3, views_per_identity=4, test_fraction=0.34)

@@ -140,3 +140,9 @@ def test_files_that_are_not_configs_are_input_file_errors(tmp_path):
         load_config(str(tmp_path / "list.yaml"))
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(str(tmp_path / "empty.yaml")).stages == {}
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(InputFileError, match="binary.yaml is not a text file"):
+        load_config(str(tmp_path / "binary.yaml"))
+    (tmp_path / "deep.yaml").write_text("[" * 100_000)
+    with pytest.raises(InputFileError, match="deep.yaml nests too deeply"):
+        load_config(str(tmp_path / "deep.yaml"))

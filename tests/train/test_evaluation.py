@@ -27,7 +27,7 @@ from imagpose.train.evaluation import (
     mask_iou,
     random_pipeline_like,
 )
-from imagpose.train.synthetic import make_dataset
+from imagpose.train.synthetic.dataset import make_dataset
 
 TILE = (64, 48)  # (height, width)
 

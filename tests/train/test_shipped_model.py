@@ -6,7 +6,7 @@ import torch
 from imagpose.autoencoders import colour_capacity_problem, load_autoencoder
 from imagpose.pretrained import shipped_model_dir, trained_tile_size
 from imagpose.train.evaluation import evaluate
-from imagpose.train.synthetic import make_dataset
+from imagpose.train.synthetic.dataset import make_dataset
 from imagpose.train.vae_measures import colour_round_trip_errors
 
 HELD_OUT_SEED = 4242  # never used for training data

@@ -9,15 +9,11 @@ from PIL import Image
 
 from imagpose.errors import InvalidArgumentError
 from imagpose.pose import keypoints_from_json, render_pose
-from imagpose.train.synthetic import (
-    JOINTS,
-    draw_view,
-    identity_rng,
-    make_dataset,
-    sample_look,
-    sample_pose,
-    sample_scene,
-)
+from imagpose.train.synthetic.dataset import identity_rng, make_dataset
+from imagpose.train.synthetic.figure import JOINTS
+from imagpose.train.synthetic.looks import sample_look, sample_scene
+from imagpose.train.synthetic.poses import sample_pose
+from imagpose.train.synthetic.rasterizer import draw_view
 
 SIZE = (64, 48)  # (height, width): not square, so a swapped axis shows
 VIEWS = 4

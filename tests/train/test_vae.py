@@ -15,7 +15,7 @@ from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.presets import get_preset, randomize_weights
 from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.config import StageConfig
-from imagpose.train.synthetic import make_dataset
+from imagpose.train.synthetic.dataset import make_dataset
 from imagpose.train.vae import initialise_for_training, train_vae
 from imagpose.train.vae_data import AutoencoderItems, AutoencoderSteps, held_out_sets, read_split_images
 from imagpose.train.vae_measures import (

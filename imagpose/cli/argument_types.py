@@ -1,5 +1,5 @@
-"""argparse types shared by the ``imagpose train`` subcommands: numbers are checked while the command line is parsed,
-so a value out of range stops the command with one line naming the flag, before any data is read."""
+"""argparse types shared by every subcommand: numbers are checked while the command line is parsed, so a value out of
+range stops the command with one line naming the flag, before any model or data is read."""
 
 from __future__ import annotations
 
