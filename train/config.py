@@ -124,6 +124,10 @@ class AutoencoderConfig:
     eval_every: int = 250  # steps between held-out PSNR measurements
     checkpoint_every: int = 250
     channels: int | None = None  # AutoencoderTiny: the channels of every level (None: the model preset's)
+    # After the stages: the decoder alone (encoder frozen, so the denoiser's latent space is kept, as Stability's
+    # sd-vae-ft-mse fine-tuned SD's decoder), on images of which ``colour_fields`` are flat colour fields
+    decoder_steps: int = 0
+    colour_fields: float = 0.25
 
     def __post_init__(self):
         if self.channels is not None:
@@ -134,7 +138,8 @@ class AutoencoderConfig:
             raise InvalidArgumentError(f"batch_size must be a positive multiple of 4, got {self.batch_size!r}.")
         _choice("loss", self.loss, ("l1", "mse"))
         _at_least("kl_weight", self.kl_weight, 0.0)
-        for name in ("canvas_fraction", "colour_permutation"):
+        _at_least("decoder_steps", self.decoder_steps, 0)
+        for name in ("canvas_fraction", "colour_permutation", "colour_fields"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidArgumentError(f"{name} must be in [0, 1], got {getattr(self, name)!r}.")
 

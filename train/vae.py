@@ -109,15 +109,25 @@ class AutoencoderTask:
 
     name = "vae"
 
-    def __init__(self, data_root: str | Path, preset: str, seed: int, settings: AutoencoderConfig):
+    def __init__(self, data_root: str | Path, preset: str, seed: int, settings: AutoencoderConfig,
+                 decoder_of: str | Path | None = None):
+        """``decoder_of``: a trained autoencoder folder whose decoder alone is trained (its encoder and latent scale
+        are kept); None: the preset's autoencoder from scratch."""
         self.root, self.preset, self.seed, self.settings = Path(data_root), get_preset(preset), seed, settings
+        self.decoder_only = decoder_of is not None
         self.test = read_split_images(self.root, "test")  # the smaller split first: a missing one fails now
         self.train = read_split_images(self.root, "train")
         self.held_out = held_out_sets(self.test)
-        with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
-            torch.manual_seed(seed)
-            vae = autoencoders.build_autoencoder(self.preset.vae_class, design(self.preset, settings.channels))
-            initialise_for_training(vae)
+        if self.decoder_only:
+            vae = autoencoders.load_autoencoder(decoder_of)
+            for module in _encoder_side(vae):
+                module.requires_grad_(False)
+            self.name = "vae_decoder"
+        else:
+            with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
+                torch.manual_seed(seed)
+                vae = autoencoders.build_autoencoder(self.preset.vae_class, design(self.preset, settings.channels))
+                initialise_for_training(vae)
         autoencoders.check_colour_capacity(vae, f"The {preset!r} preset's {self.preset.vae_class}")
         check_image_size(tuple(self.train[0].shape[-2:]), vae, self.root)
         self.model = AutoencoderTrainingModel(vae)
@@ -132,7 +142,8 @@ class AutoencoderTask:
         items = AutoencoderItems(self.train, self.seed, self.settings.canvas_fraction,
                                  latent_noise=not autoencoders.is_tiny(vae),
                                  downscale=autoencoders.downscale_factor(vae),
-                                 colour_permutation=self.settings.colour_permutation)
+                                 colour_permutation=self.settings.colour_permutation,
+                                 colour_fields=self.settings.colour_fields if self.decoder_only else 0.0)
         sampler = AutoencoderSteps(start_step, settings, process_index, num_processes, self.seed,
                                    self.settings.canvas_fraction)
         return torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate)
@@ -157,7 +168,7 @@ class AutoencoderTask:
         vae = trained.vae
         training_images = torch.cat(self.train)
         std_before = latent_std(vae, training_images)
-        factor = calibrate_latent_scale(vae, training_images)
+        factor = 1.0 if self.decoder_only else calibrate_latent_scale(vae, training_images)  # the kept latent space
         rows = read_log(out / "log.csv", 10**12)
         report = {
             "class": type(vae).__name__,
@@ -177,6 +188,7 @@ class AutoencoderTask:
             "curve": self.curve,
             "seconds": round(rows[-1]["seconds"], 1) if rows else None,
             "threads": torch.get_num_threads(),
+            "decoder_only": self.decoder_only,
             "settings": {"steps": rows[-1]["step"] if rows else None, "seed": self.seed, "preset": self.preset.name,
                          **dataclasses.asdict(self.settings), "train_images": len(training_images),
                          "image_size": list(training_images.shape[-2:])},
@@ -187,6 +199,11 @@ class AutoencoderTask:
             folder.save_image("recon_canvas.png", recon_strip(vae, self.held_out["canvas"][:1]))
             folder.write_json("vae_report.json", report)
         return out
+
+
+def _encoder_side(vae) -> list[nn.Module]:
+    """The modules that make the latents: freezing them keeps the latent space a denoiser was trained on."""
+    return [vae.encoder] + ([vae.quant_conv] if getattr(vae, "quant_conv", None) is not None else [])
 
 
 def _read_curve(out: Path) -> list[dict]:
@@ -209,13 +226,37 @@ def train_vae(data_root: str | Path, out_dir: str | Path, config: AutoencoderCon
     ``resume`` / ``stop_after``: as :func:`imagpose.train.loop.train`.
     """
     config = dataclasses.replace(config or AutoencoderConfig(), **settings)  # validated as any config
+    return _train(AutoencoderTask, data_root, out_dir, config, config.steps, seed, preset, trackers, resume,
+                  stop_after, progress)
+
+
+def train_decoder(data_root: str | Path, vae_dir: str | Path, out_dir: str | Path,
+                  config: AutoencoderConfig | None = None, *, seed: int = 0, preset: str = "tiny",
+                  trackers: tuple[str, ...] = (), resume: bool = False, stop_after: int | None = None,
+                  progress: bool = True, **settings) -> TrainingResult:
+    """Train the decoder of the autoencoder in ``vae_dir`` for ``config.decoder_steps`` steps, its encoder and latent
+    scale frozen (a denoiser trained on its latents stays valid), on ``data_root``'s train split with a fraction
+    ``config.colour_fields`` of flat colour fields; writes as :func:`train_vae` into ``out_dir``."""
+    config = dataclasses.replace(config or AutoencoderConfig(), **settings)
+    if config.decoder_steps < 1:
+        raise InvalidArgumentError("decoder_steps must be at least 1 to train the decoder.")
+
+    def task(root, preset_name, task_seed, task_config):
+        return AutoencoderTask(root, preset_name, task_seed, task_config, decoder_of=vae_dir)
+
+    return _train(task, data_root, out_dir, config, config.decoder_steps, seed, preset, trackers, resume,
+                  stop_after, progress)
+
+
+def _train(make_task, data_root, out_dir, config: AutoencoderConfig, steps: int, seed: int, preset: str, trackers,
+           resume: bool, stop_after: int | None, progress: bool) -> TrainingResult:
     with OutputFolder(out_dir):  # an unwritable location fails first; a folder made for a failed run is removed
-        task = AutoencoderTask(data_root, preset, seed, config)
-    optimizer = OptimizerConfig(lr_scheduler="cosine", warmup_steps=max(1, config.steps // 100),
-                                max_grad_norm=math.inf)
-    record = {"task": "vae", "data": str(data_root), "seed": seed, "preset": preset, **dataclasses.asdict(config)}
+        task = make_task(data_root, preset, seed, config)
+    optimizer = OptimizerConfig(lr_scheduler="cosine", warmup_steps=max(1, steps // 100), max_grad_norm=math.inf)
+    record = {"task": task.name, "data": str(data_root), "seed": seed, "preset": preset,
+              **dataclasses.asdict(config)}
     run = RunSettings(seed=seed, optimizer=optimizer, trackers=tuple(trackers), record=record)
-    stage = StageConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+    stage = StageConfig(steps=steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
                         checkpoint_every=config.checkpoint_every, keep_checkpoints=2,
                         validate_every=config.eval_every, log_every=1)
     return train(task, run, stage, out_dir, resume=resume, stop_after=stop_after, progress=progress)

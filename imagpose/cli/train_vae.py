@@ -44,6 +44,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"], help="autoencoder architecture")
     parser.add_argument("--channels", type=integer(1), default=None,
                         help="AutoencoderTiny: channels of every level (default: the preset's)")
+    parser.add_argument("--decoder-of", metavar="DIR", default=None,
+                        help="train only the decoder of this trained autoencoder folder for --steps steps (its "
+                             "encoder and latent scale kept, so a model trained on its latents stays valid)")
+    parser.add_argument("--colour-fields", type=number(0, 1), default=default.colour_fields,
+                        help="with --decoder-of: fraction of the images replaced by flat colour fields")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out (a fresh start when there is none)")
     parser.add_argument("--stop-after", type=integer(1), metavar="STEP",
@@ -53,14 +58,19 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..train.config import AutoencoderConfig
-    from ..train.vae import train_vae
+    from ..train.vae import train_decoder, train_vae
 
     config = AutoencoderConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
                                kl_weight=args.kl_weight, canvas_fraction=args.canvas_fraction,
                                colour_permutation=args.colour_permutation, eval_every=args.eval_every,
-                               checkpoint_every=args.checkpoint_every, channels=args.channels)
-    result = train_vae(args.data, args.out, config, seed=args.seed, preset=args.preset, resume=args.resume,
-                       stop_after=args.stop_after, progress=not args.no_progress)
+                               checkpoint_every=args.checkpoint_every, channels=args.channels,
+                               decoder_steps=args.steps if args.decoder_of else 0, colour_fields=args.colour_fields)
+    common = dict(seed=args.seed, preset=args.preset, resume=args.resume, stop_after=args.stop_after,
+                  progress=not args.no_progress)
+    if args.decoder_of:
+        result = train_decoder(args.data, args.decoder_of, args.out, config, **common)
+    else:
+        result = train_vae(args.data, args.out, config, **common)
     if result.steps < args.steps:
         print(f"imagpose train vae: stopped after step {result.steps} with a checkpoint in {args.out}; continue with "
               "--resume")
