@@ -124,14 +124,18 @@ class AutoencoderConfig:
     eval_every: int = 250  # steps between held-out PSNR measurements
     checkpoint_every: int = 250
     channels: int | None = None  # AutoencoderTiny: the channels of every level (None: the model preset's)
+    # AutoencoderTiny: the encoder's channels when narrower than the decoder's (None: ``channels``); the stages run
+    # the encoder on every training canvas, so its width sets their cost
+    encoder_channels: int | None = None
     # After the stages: the decoder alone (encoder frozen, so the denoiser's latent space is kept, as Stability's
     # sd-vae-ft-mse fine-tuned SD's decoder), on images of which ``colour_fields`` are flat colour fields
     decoder_steps: int = 0
     colour_fields: float = 0.25
 
     def __post_init__(self):
-        if self.channels is not None:
-            _positive("channels", self.channels)
+        for name in ("channels", "encoder_channels"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         for name in ("steps", "eval_every", "checkpoint_every", "learning_rate"):
             _positive(name, getattr(self, name))
         if self.batch_size < 4 or self.batch_size % 4:

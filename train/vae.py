@@ -69,17 +69,21 @@ class AutoencoderTrainingModel(nn.Module):
         return self.vae.decode(latents).sample, posterior.kl().sum()
 
 
-def design(preset, channels: int | None) -> dict:
-    """The preset's autoencoder config, with every level ``channels`` wide when given (AutoencoderTiny only)."""
+def design(preset, channels: int | None, encoder_channels: int | None = None) -> dict:
+    """The preset's autoencoder config, with every level ``channels`` wide when given, the encoder's
+    ``encoder_channels`` wide when given (AutoencoderTiny only)."""
     config = dict(preset.vae)
-    if channels is None:
+    if channels is None and encoder_channels is None:
         return config
     if preset.vae_class != "AutoencoderTiny":
         raise InvalidArgumentError(f"autoencoder.channels sets the width of an AutoencoderTiny; the {preset.name!r} "
                                    f"preset's autoencoder is an {preset.vae_class} (leave channels unset).")
     levels = len(config["encoder_block_out_channels"])
-    return config | {"encoder_block_out_channels": [channels] * levels,
-                     "decoder_block_out_channels": [channels] * levels}
+    if channels is not None:
+        config |= {"encoder_block_out_channels": [channels] * levels, "decoder_block_out_channels": [channels] * levels}
+    if encoder_channels is not None:
+        config |= {"encoder_block_out_channels": [encoder_channels] * levels}
+    return config
 
 
 def initialise_for_training(vae) -> None:
@@ -126,7 +130,8 @@ class AutoencoderTask:
         else:
             with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
                 torch.manual_seed(seed)
-                vae = autoencoders.build_autoencoder(self.preset.vae_class, design(self.preset, settings.channels))
+                config = design(self.preset, settings.channels, settings.encoder_channels)
+                vae = autoencoders.build_autoencoder(self.preset.vae_class, config)
                 initialise_for_training(vae)
         autoencoders.check_colour_capacity(vae, f"The {preset!r} preset's {self.preset.vae_class}")
         check_image_size(tuple(self.train[0].shape[-2:]), vae, self.root)

@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"], help="autoencoder architecture")
     parser.add_argument("--channels", type=integer(1), default=None,
                         help="AutoencoderTiny: channels of every level (default: the preset's)")
+    parser.add_argument("--encoder-channels", type=integer(1), default=None,
+                        help="AutoencoderTiny: channels of the encoder's levels, when narrower than --channels (the "
+                             "stages encode every training canvas: the encoder's width sets their cost)")
     parser.add_argument("--decoder-of", metavar="DIR", default=None,
                         help="train only the decoder of this trained autoencoder folder for --steps steps (its "
                              "encoder and latent scale kept, so a model trained on its latents stays valid)")
@@ -64,6 +67,7 @@ def run(args) -> int:
                                kl_weight=args.kl_weight, canvas_fraction=args.canvas_fraction,
                                colour_permutation=args.colour_permutation, eval_every=args.eval_every,
                                checkpoint_every=args.checkpoint_every, channels=args.channels,
+                               encoder_channels=args.encoder_channels,
                                decoder_steps=args.steps if args.decoder_of else 0, colour_fields=args.colour_fields)
     common = dict(seed=args.seed, preset=args.preset, resume=args.resume, stop_after=args.stop_after,
                   progress=not args.no_progress)

@@ -229,3 +229,10 @@ def test_colour_fields_are_one_or_two_flat_colours():
 
 def random_identities():
     return [torch.rand(4, 3, 32, 24) * 2 - 1]
+
+
+def test_the_encoder_can_be_narrower_than_the_decoder(dataset, tmp_path):
+    train_vae(dataset, tmp_path / "narrow", steps=1, batch_size=4, eval_every=1, channels=16, encoder_channels=8,
+              progress=False)
+    config = autoencoders.load_autoencoder(tmp_path / "narrow").config
+    assert set(config.encoder_block_out_channels) == {8} and set(config.decoder_block_out_channels) == {16}
