@@ -172,8 +172,12 @@ class AutoencoderTask:
     def finish(self, out: Path, trained) -> Path:
         vae = trained.vae
         training_images = torch.cat(self.train)
-        std_before = latent_std(vae, training_images)
-        factor = 1.0 if self.decoder_only else calibrate_latent_scale(vae, training_images)  # the kept latent space
+        if self.decoder_only:  # the encoder and its scale are the trained autoencoder's: nothing to calibrate
+            std_before = factor = train_std = None
+        else:
+            std_before = round(latent_std(vae, training_images), 4)
+            factor = round(calibrate_latent_scale(vae, training_images), 4)
+            train_std = round(latent_std(vae, training_images), 4)
         rows = read_log(out / "log.csv", 10**12)
         report = {
             "class": type(vae).__name__,
@@ -183,9 +187,9 @@ class AutoencoderTask:
             "held_out_people": held_out_people(vae, self.root),
             "colour_round_trip": colour_round_trip_errors(vae, tuple(training_images.shape[-2:])),
             "latent_std": {
-                "before_calibration": round(std_before, 4),
-                "calibration_factor": round(factor, 4),
-                "train": round(latent_std(vae, training_images), 4),
+                "before_calibration": std_before,
+                "calibration_factor": factor,
+                "train": train_std,
                 "held_out": round(latent_std(vae, self.held_out["tiles"]), 4),
                 "held_out_canvas": round(latent_std(vae, self.held_out["canvas"]), 4),
                 "held_out_masked_canvas": round(latent_std(vae, self.held_out["masked_canvas"]), 4),

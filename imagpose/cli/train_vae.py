@@ -89,6 +89,9 @@ def run(args) -> int:
     print(f"  held-out people ({people['items']}): PSNR {people['psnr']:.2f} dB, pose IoU {people['pose_iou']:.3f}, "
           f"colour error {people['color_error']:.1f} (CIE76 inside the person)")
     print(f"  colour probes: worst channel error {colour['flat']:.3f} (flat), {colour['two_colour']:.3f} (two colours)")
-    print(f"  latent std: {latent['train']:.3f} on the training images (calibrated x "
-          f"{latent['calibration_factor']:.4g}), {latent['held_out']:.3f} held out")
+    if report["decoder_only"]:
+        print(f"  latent std: {latent['held_out']:.3f} held out (encoder and latent scale kept)")
+    else:
+        print(f"  latent std: {latent['train']:.3f} on the training images (calibrated x "
+              f"{latent['calibration_factor']:.4g}), {latent['held_out']:.3f} held out")
     return 0
