@@ -236,3 +236,11 @@ def test_the_encoder_can_be_narrower_than_the_decoder(dataset, tmp_path):
               progress=False)
     config = autoencoders.load_autoencoder(tmp_path / "narrow").config
     assert set(config.encoder_block_out_channels) == {8} and set(config.decoder_block_out_channels) == {16}
+
+
+def test_a_diverging_autoencoder_run_stops_and_writes_no_autoencoder(dataset, tmp_path):
+    from imagpose.train.loop import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        train_vae(dataset, tmp_path / "out", steps=2, batch_size=4, eval_every=2, learning_rate=1e30, progress=False)
+    assert not (tmp_path / "out" / "config.json").exists() and not (tmp_path / "out" / "vae_report.json").exists()
