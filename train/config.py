@@ -24,6 +24,7 @@ import yaml
 from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.presets import PRESETS
 from imagpose.schedulers import BETA_SCHEDULES
+from imagpose.seeds import check_seed
 
 STAGES = ("stage1", "stage2", "end2end")
 PREDICTION_TYPES = ("v_prediction", "epsilon")
@@ -191,6 +192,7 @@ class TrainConfig:
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def __post_init__(self):
+        check_seed(self.seed, "seed")
         _choice("model", self.model, tuple(PRESETS))
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         _choice("inference_beta_schedule", self.inference_beta_schedule, BETA_SCHEDULES)

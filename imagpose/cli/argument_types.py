@@ -43,3 +43,13 @@ def number(low: float, high: float | None = None, *, low_inclusive: bool = True,
 
     return convert
 
+
+def seed(text: str) -> int:
+    """argparse type: a seed by :func:`imagpose.seeds.check_seed`'s rule."""
+    from ..errors import InvalidArgumentError
+    from ..seeds import check_seed
+
+    try:
+        return check_seed(int(text))
+    except (ValueError, InvalidArgumentError):
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}") from None

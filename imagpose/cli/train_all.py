@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from .argument_types import integer
+from .argument_types import integer, seed
 
 NAME = "all"
 HELP = "make data, train the VAE and all three stages, evaluate on held-out people: one command"
@@ -20,10 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder, created if missing")
     parser.add_argument("--config", default="tiny", metavar="PRESET|YAML", help="training preset or YAML file")
     parser.add_argument("--identities", type=integer(2), default=400, metavar="N", help="people to generate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated training people")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the generated training people")
     parser.add_argument("--eval-identities", type=integer(1), default=48, metavar="N",
                         help="held-out people generated for the evaluation")
-    parser.add_argument("--eval-seed", type=int, default=1000,
+    parser.add_argument("--eval-seed", type=seed, default=1000,
                         help="seed of the held-out people (must differ from --seed)")
     parser.add_argument("--vae-steps", type=integer(1), metavar="N",
                         help="autoencoder training steps (default: the config's autoencoder.steps)")

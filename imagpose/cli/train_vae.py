@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .argument_types import integer, number
+from .argument_types import integer, number, seed
 
 NAME = "vae"
 HELP = "train the tiny autoencoder on generated people and report its held-out round trip"
@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
                         help="images per step (a canvas step uses batch-size / 4 2x2 canvases)")
     parser.add_argument("--lr", type=number(0, low_inclusive=False), default=default.learning_rate,
                         help="AdamW peak learning rate (1%% warm-up, cosine decay)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batches")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the initial weights and the batches")
     parser.add_argument("--loss", default=default.loss, choices=["l1", "mse"], help="reconstruction loss")
     parser.add_argument("--kl-weight", type=number(0), default=default.kl_weight,
                         help="weight of the KL term (SD: 1e-6; AutoencoderKL only)")
