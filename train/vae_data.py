@@ -40,8 +40,15 @@ def read_split_images(data_root: str | Path, split: str) -> list[torch.Tensor]:
     if not isinstance(annotation, list) or not all(isinstance(group, list) for group in annotation):
         raise InputFileError(f"{root / f'{split}.json'} is not a list of identities (lists of image paths); "
                              f"{DATA_FIX}.")
-    identities = [torch.stack([pil_to_tensor(load_image(root / path, f"{split} image")) * 2 - 1 for path in group])
-                  for group in annotation if group]
+    identities = []
+    for group in annotation:
+        views = [pil_to_tensor(load_image(root / path, f"{split} image")) * 2 - 1 for path in group]
+        if len({tuple(view.shape) for view in views}) > 1:
+            raise InputFileError(f"The {split} images {group} of one person have different sizes "
+                                 f"{sorted({tuple(view.shape[-2:]) for view in views})}; every image of a dataset "
+                                 "has the same size.")
+        if views:
+            identities.append(torch.stack(views))
     if not identities:
         why = (" (the held-out PSNR needs test people: make the dataset with a test fraction > 0)"
                if split == "test" else "")

@@ -178,6 +178,11 @@ def test_bad_datasets_are_user_errors(tmp_path):
     make_dataset(tmp_path / "no_test", 2, size=(32, 32), views_per_identity=2, test_fraction=0.0)
     with pytest.raises(InputFileError, match="test.json lists no images .*test fraction > 0"):
         train_vae(tmp_path / "no_test", tmp_path / "out", steps=1, batch_size=4, progress=False)
+    make_dataset(tmp_path / "sizes", 3, size=(32, 32), views_per_identity=2, test_fraction=0.34)
+    first = tmp_path / "sizes" / json.loads((tmp_path / "sizes" / "train.json").read_text())[0][0]
+    Image.open(first).resize((16, 16)).save(first)
+    with pytest.raises(InputFileError, match="of one person have different sizes"):
+        train_vae(tmp_path / "sizes", tmp_path / "out", steps=1, batch_size=4, progress=False)
     assert not (tmp_path / "out").exists()
 
 
