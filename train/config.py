@@ -131,13 +131,14 @@ class AutoencoderConfig:
     # After the stages: the decoder alone (encoder frozen, so the denoiser's latent space is kept, as Stability's
     # sd-vae-ft-mse fine-tuned SD's decoder), on images of which ``colour_fields`` are flat colour fields
     decoder_steps: int = 0
+    decoder_learning_rate: float = 2e-4  # a fine-tune: at 1e-3 held-out people lost 0.75 dB (docs/training.md)
     colour_fields: float = 0.25
 
     def __post_init__(self):
         for name in ("channels", "encoder_channels"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
-        for name in ("steps", "eval_every", "checkpoint_every", "learning_rate"):
+        for name in ("steps", "eval_every", "checkpoint_every", "learning_rate", "decoder_learning_rate"):
             _positive(name, getattr(self, name))
         if self.batch_size < 4 or self.batch_size % 4:
             raise InvalidArgumentError(f"batch_size must be a positive multiple of 4, got {self.batch_size!r}.")

@@ -235,15 +235,16 @@ def train_vae(data_root: str | Path, out_dir: str | Path, config: AutoencoderCon
     ``resume`` / ``stop_after``: as :func:`imagpose.train.loop.train`.
     """
     config = dataclasses.replace(config or AutoencoderConfig(), **settings)  # validated as any config
-    return _train(AutoencoderTask, data_root, out_dir, config, config.steps, seed, preset, trackers, resume,
-                  stop_after, progress)
+    return _train(AutoencoderTask, data_root, out_dir, config, config.steps, config.learning_rate, seed, preset,
+                  trackers, resume, stop_after, progress)
 
 
 def train_decoder(data_root: str | Path, vae_dir: str | Path, out_dir: str | Path,
                   config: AutoencoderConfig | None = None, *, seed: int = 0, preset: str = "tiny",
                   trackers: tuple[str, ...] = (), resume: bool = False, stop_after: int | None = None,
                   progress: bool = True, **settings) -> TrainingResult:
-    """Train the decoder of the autoencoder in ``vae_dir`` for ``config.decoder_steps`` steps, its encoder and latent
+    """Train the decoder of the autoencoder in ``vae_dir`` for ``config.decoder_steps`` steps at
+    ``config.decoder_learning_rate``, its encoder and latent
     scale frozen (a denoiser trained on its latents stays valid), on ``data_root``'s train split with a fraction
     ``config.colour_fields`` of flat colour fields; writes as :func:`train_vae` into ``out_dir``."""
     config = dataclasses.replace(config or AutoencoderConfig(), **settings)
@@ -253,19 +254,19 @@ def train_decoder(data_root: str | Path, vae_dir: str | Path, out_dir: str | Pat
     def task(root, preset_name, task_seed, task_config):
         return AutoencoderTask(root, preset_name, task_seed, task_config, decoder_of=vae_dir)
 
-    return _train(task, data_root, out_dir, config, config.decoder_steps, seed, preset, trackers, resume,
-                  stop_after, progress)
+    return _train(task, data_root, out_dir, config, config.decoder_steps, config.decoder_learning_rate, seed, preset,
+                  trackers, resume, stop_after, progress)
 
 
-def _train(make_task, data_root, out_dir, config: AutoencoderConfig, steps: int, seed: int, preset: str, trackers,
-           resume: bool, stop_after: int | None, progress: bool) -> TrainingResult:
+def _train(make_task, data_root, out_dir, config: AutoencoderConfig, steps: int, learning_rate: float, seed: int,
+           preset: str, trackers, resume: bool, stop_after: int | None, progress: bool) -> TrainingResult:
     with OutputFolder(out_dir):  # an unwritable location fails first; a folder made for a failed run is removed
         task = make_task(data_root, preset, seed, config)
     optimizer = OptimizerConfig(lr_scheduler="cosine", warmup_steps=max(1, steps // 100), max_grad_norm=math.inf)
     record = {"task": task.name, "data": str(data_root), "seed": seed, "preset": preset,
               **dataclasses.asdict(config)}
     run = RunSettings(seed=seed, optimizer=optimizer, trackers=tuple(trackers), record=record)
-    stage = StageConfig(steps=steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+    stage = StageConfig(steps=steps, batch_size=config.batch_size, learning_rate=learning_rate,
                         checkpoint_every=config.checkpoint_every, keep_checkpoints=2,
                         validate_every=config.eval_every, log_every=1)
     return train(task, run, stage, out_dir, resume=resume, stop_after=stop_after, progress=progress)

@@ -27,8 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=integer(1), default=default.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=integer(4, multiple_of=4), default=default.batch_size,
                         help="images per step (a canvas step uses batch-size / 4 2x2 canvases)")
-    parser.add_argument("--lr", type=number(0, low_inclusive=False), default=default.learning_rate,
-                        help="AdamW peak learning rate (1%% warm-up, cosine decay)")
+    parser.add_argument("--lr", type=number(0, low_inclusive=False), default=None,
+                        help=f"AdamW peak learning rate (1%% warm-up, cosine decay; default {default.learning_rate:g}, "
+                             f"with --decoder-of {default.decoder_learning_rate:g})")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the initial weights and the batches")
     parser.add_argument("--loss", default=default.loss, choices=["l1", "mse"], help="reconstruction loss")
     parser.add_argument("--kl-weight", type=number(0), default=default.kl_weight,
@@ -63,12 +64,16 @@ def run(args) -> int:
     from ..train.config import AutoencoderConfig
     from ..train.vae import train_decoder, train_vae
 
-    config = AutoencoderConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss,
-                               kl_weight=args.kl_weight, canvas_fraction=args.canvas_fraction,
+    default = AutoencoderConfig()
+    learning_rate = args.lr or default.learning_rate
+    decoder_learning_rate = args.lr or default.decoder_learning_rate
+    config = AutoencoderConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=learning_rate,
+                               loss=args.loss, kl_weight=args.kl_weight, canvas_fraction=args.canvas_fraction,
                                colour_permutation=args.colour_permutation, eval_every=args.eval_every,
                                checkpoint_every=args.checkpoint_every, channels=args.channels,
                                encoder_channels=args.encoder_channels,
-                               decoder_steps=args.steps if args.decoder_of else 0, colour_fields=args.colour_fields)
+                               decoder_steps=args.steps if args.decoder_of else 0, colour_fields=args.colour_fields,
+                               decoder_learning_rate=decoder_learning_rate)
     common = dict(seed=args.seed, preset=args.preset, resume=args.resume, stop_after=args.stop_after,
                   progress=not args.no_progress)
     if args.decoder_of:

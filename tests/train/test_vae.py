@@ -249,3 +249,13 @@ def test_a_diverging_autoencoder_run_stops_and_writes_no_autoencoder(dataset, tm
     with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
         train_vae(dataset, tmp_path / "out", steps=2, batch_size=4, eval_every=2, learning_rate=1e30, progress=False)
     assert not (tmp_path / "out" / "config.json").exists() and not (tmp_path / "out" / "vae_report.json").exists()
+
+
+def test_the_decoder_phase_runs_at_its_own_learning_rate(dataset, trained, tmp_path):
+    train_decoder(dataset, trained, tmp_path / "decoder", decoder_steps=2, batch_size=4, eval_every=2,
+                  learning_rate=1.0, decoder_learning_rate=1e-5, progress=False)
+    record = json.loads((tmp_path / "decoder" / "vae_report.json").read_text())["settings"]
+    assert record["decoder_learning_rate"] == 1e-5
+    with open(tmp_path / "decoder" / "log.csv") as handle:
+        rates = [float(line.split(",")[2]) for line in handle.readlines()[1:]]
+    assert 0 < max(rates) <= 1e-5  # the decoder phase never ran at the first phase's rate
