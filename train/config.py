@@ -347,7 +347,7 @@ def _convert(value, annotation, key: str):
             try:
                 return float(value)
             except ValueError:
-                pass
+                pass  # not a number: refused just below with the key's name
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidArgumentError(f"{where} must be a number, got {value!r}.")
         return float(value)

@@ -57,6 +57,7 @@ class ViewFiles:
 
     image: Path
     pose: Path
+    size: tuple[int, int]  # (width, height) of the image, read by the data check
 
 
 @dataclass
@@ -153,13 +154,13 @@ def _check_view(root: Path, entry: str) -> ViewFiles | str:
         if pose_size != size:
             return (f"pose size mismatch: the image is {size[0]}x{size[1]}, {pose_image} is "
                     f"{pose_size[0]}x{pose_size[1]}")
-        return ViewFiles(image, pose_image)
+        return ViewFiles(image, pose_image, size)
     if keypoints.is_file():
         try:
             keypoints_from_json(keypoints, *size)
         except PoseError as exc:
             return f"unreadable pose: {exc}"
-        return ViewFiles(image, keypoints)
+        return ViewFiles(image, keypoints, size)
     return f"missing pose: neither {pose_image} nor {keypoints} exists"
 
 
@@ -176,7 +177,7 @@ def check_dataset(root: str | Path, split: str = "train") -> DataReport:
                 report.skipped.append((entry, checked))
             else:
                 usable.append(checked)
-        sizes = sorted({_image_size(view.image) for view in usable})
+        sizes = sorted({view.size for view in usable})
         if len(usable) >= 2 and len(sizes) > 1:
             name = f"identity {number} ({entries[0]}, ...)"
             report.skipped.append((name, f"views of different sizes: {sizes}; a training item joins one person's "
