@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
-from imagpose.io import make_output_folder, refuse_non_folder, write_json
+from imagpose.io import make_output_folder, write_json
 from imagpose.sampling_config import DeepCacheConfig
 
 from .components import (
@@ -281,9 +281,6 @@ def export_pipeline(pipe, out_dir: str | Path, options: ExportOptions = ExportOp
     ``out_dir/manifest.json`` listing them."""
     for branch in options.deepcache_branches:  # every branch checked before the first component is exported
         DeepCacheConfig(1, branch).check(pipe.unet)
-    pipe.check_tile_size((options.bucket.tile_height, options.bucket.tile_width), (options.bucket.rows,
-                                                                                    options.bucket.cols))
-    refuse_non_folder(out_dir)
     extra = [c for c in deepcache_components(options.deepcache_branches) if c not in components]
     results = [export_component(pipe, c, out_dir, options, force) for c in (*components, *extra)]
     manifest = {"components": {r.component: {"file": r.path.name, "sidecar": f"{r.component}.json"}

@@ -43,7 +43,6 @@ from types import SimpleNamespace
 
 import torch
 
-from imagpose.canvas import check_layout
 from imagpose.errors import InvalidArgumentError, MissingDependencyError
 from imagpose.io import make_output_folder, refuse_non_folder, write_json
 from imagpose.sampling_config import SamplingConfig
@@ -384,7 +383,7 @@ def export_quantized_unet(pipe, out_dir: str | Path, requests, precision: str = 
         raise InvalidArgumentError("Calibration requests must share one grid and tile size (the export traces one "
                                    "shape bucket); build them with one tile_size.")
     layout = layouts.pop()
-    check_layout(layout, pipe.flc_tokenizer.config.patch_size)
+    pipe.check_tile_size((layout.tile_height, layout.tile_width), (layout.rows, layout.cols))
     bucket = ShapeBucket(1, *layout.padded_tile, layout.rows, layout.cols)
     export_options = ExportOptions(bucket=bucket, dynamic=dynamic)
     out_dir = make_output_folder(out_dir)

@@ -29,6 +29,7 @@ from PIL import Image
 from .errors import InvalidArgumentError
 from .images import POSE_BACKGROUND, load_image, pil_to_tensor
 from .pose import Keypoints, keypoints_from_json, render_pose
+from .seeds import check_seed
 
 SOURCE = "source"
 TARGET = "target"
@@ -215,6 +216,8 @@ def validate_request(request: PoseRequest) -> None:
         raise CanvasError("The request has no target view (a view with a pose only); add at least one.")
     if request.reference is not None and request.reference not in request.source_indices:
         raise CanvasError(f"reference={request.reference} is not a source view (sources: {request.source_indices}).")
+    if request.seed is not None:
+        check_seed(request.seed, "seed")
     if request.tile_size is not None and (request.tile_size[0] < MIN_TILE or request.tile_size[1] < MIN_TILE):
         raise CanvasError(f"tile_size must be at least {MIN_TILE}x{MIN_TILE} pixels, got {request.tile_size}.")
 

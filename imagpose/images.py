@@ -76,10 +76,16 @@ def _open_file(path: Path, what: str) -> Image.Image:
         raise ImageInputError(f"{what}: {path} is not a readable image ({exc}).") from exc
 
 
+def refused_mode(mode: str) -> str | None:
+    """Why an image of PIL ``mode`` is refused by the colour-mode rule, or None when it is accepted."""
+    if mode in _REFUSED_MODES:
+        return f"mode {mode} (16-bit or float) is not supported; save it as 8-bit RGB"
+    return None
+
+
 def to_rgb(image: Image.Image, what: str = "image", background=PERSON_BACKGROUND) -> Image.Image:
-    if image.mode in _REFUSED_MODES:
-        raise ImageInputError(
-            f"{what}: mode {image.mode} (16-bit or float) is not supported; save it as 8-bit RGB.")
+    if (problem := refused_mode(image.mode)) is not None:
+        raise ImageInputError(f"{what}: {problem}.")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -2,8 +2,8 @@
 
 On a machine with a CUDA GPU (docs/gpu.md: the wheels it needs and the one-line command):
 
-    python3 scripts/gpu_checks.py --out $OUT                    # every section, about 8 minutes at most
-    python3 scripts/gpu_checks.py --out $OUT --only trt --budget-scale 3
+    python3 scripts/gpu_checks.py --out gpu-report/             # every section, about 8 minutes at most
+    python3 scripts/gpu_checks.py --out gpu-report/ --only trt --budget-scale 3
     python3 scripts/gpu_checks.py --out outputs/gpu-dry --dry-run   # the same sections on the CPU, tiny sizes
 
 Sections, in priority order (what a CPU cannot show comes first), each with its own time budget in seconds:

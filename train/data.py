@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from imagpose.canvas import PoseRequest, View, build_canvas
 from imagpose.conditions import dino_pixels, reference_canvas_pixels
 from imagpose.errors import InputFileError
+from imagpose.images import ImageInputError, refused_mode
 from imagpose.pose import PoseError, keypoints_from_json, render_pose
 
 from .masking import check_target_range, draw_reference, draw_targets
@@ -56,6 +57,7 @@ class ViewFiles:
 
     image: Path
     pose: Path
+    size: tuple[int, int]  # (width, height) of the image, read by the data check
 
 
 @dataclass
@@ -121,8 +123,11 @@ def companion(image_path: str, folder: str, suffix: str) -> PurePath | None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a fully decoded image file (a truncated file fails here, not mid-run)."""
+    """(width, height) of a fully decoded image file (a truncated file fails here, not mid-run); an image the
+    colour-mode rule refuses (16-bit, float) raises ImageInputError."""
     with Image.open(path) as image:
+        if (problem := refused_mode(image.mode)) is not None:
+            raise ImageInputError(problem)
         image.load()
         return image.size
 
@@ -134,7 +139,7 @@ def _check_view(root: Path, entry: str) -> ViewFiles | str:
         return "missing image: no such file"
     try:
         size = _image_size(image)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ImageInputError) as exc:
         return f"unreadable image: {exc}"
     rule = companion(entry, POSE_FOLDER, image.suffix)
     if rule is None:
@@ -144,18 +149,18 @@ def _check_view(root: Path, entry: str) -> ViewFiles | str:
     if pose_image.is_file():
         try:
             pose_size = _image_size(pose_image)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ImageInputError) as exc:
             return f"unreadable pose: {pose_image}: {exc}"
         if pose_size != size:
             return (f"pose size mismatch: the image is {size[0]}x{size[1]}, {pose_image} is "
                     f"{pose_size[0]}x{pose_size[1]}")
-        return ViewFiles(image, pose_image)
+        return ViewFiles(image, pose_image, size)
     if keypoints.is_file():
         try:
             keypoints_from_json(keypoints, *size)
         except PoseError as exc:
             return f"unreadable pose: {exc}"
-        return ViewFiles(image, keypoints)
+        return ViewFiles(image, keypoints, size)
     return f"missing pose: neither {pose_image} nor {keypoints} exists"
 
 
@@ -172,7 +177,12 @@ def check_dataset(root: str | Path, split: str = "train") -> DataReport:
                 report.skipped.append((entry, checked))
             else:
                 usable.append(checked)
-        if len(usable) >= 2:
+        sizes = sorted({view.size for view in usable})
+        if len(usable) >= 2 and len(sizes) > 1:
+            name = f"identity {number} ({entries[0]}, ...)"
+            report.skipped.append((name, f"views of different sizes: {sizes}; a training item joins one person's "
+                                         "views at one size, so resize them alike"))
+        elif len(usable) >= 2:
             report.identities.append(usable)
         elif entries:
             name = f"identity {number} ({entries[0]}{', ...' if len(entries) > 1 else ''})"

@@ -28,6 +28,8 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from imagpose.errors import IMAGPoseError
+
 from . import checkpoints
 from .config import OptimizerConfig, StageConfig
 from .training_log import read_log, require_matplotlib, write_log
@@ -133,6 +135,14 @@ def load_trainable_state(model, state: dict[str, torch.Tensor], where) -> None:
     with torch.no_grad():
         for name, parameter in ours.items():
             parameter.copy_(state[name])
+
+
+class TrainingDivergedError(IMAGPoseError):
+    """The run's loss or weights stopped being usable numbers (a learning rate too high, an overflow)."""
+
+
+# Trained diffusion and autoencoder weights stay within a few tens; 1e6 only catches runs that blew up
+WEIGHT_LIMIT = 1e6
 
 
 def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str | Path, *, resume: bool = False,
@@ -292,9 +302,24 @@ def finish_step(state: TrainingState, position: Position) -> float:
     step_loss = float(torch.stack(position.losses).mean())
     position.losses = []
     if not math.isfinite(step_loss):
-        raise FloatingPointError(f"{state.task.name}: the loss became {step_loss} at step {position.step}; lower the "
-                                 "learning rate or use mixed_precision 'no'/'bf16'.")
+        raise TrainingDivergedError(f"{state.task.name}: the loss became {step_loss} at step {position.step} "
+                                    f"(learning rate {state.settings.learning_rate:g}); lower the learning rate, or "
+                                    "use mixed_precision 'no' or 'bf16'. Nothing of this step was saved.")
     return step_loss
+
+
+def check_weights(state: TrainingState, step: int) -> None:
+    """Refuse to save weights that are not finite or beyond ``WEIGHT_LIMIT`` in magnitude: a diverged run (a
+    normalised network can keep a finite loss while its weights grow without bound, then makes NaN images)."""
+    model = state.accelerator.unwrap_model(state.model)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            largest = float(parameter.detach().abs().max())
+            if not largest <= WEIGHT_LIMIT:
+                raise TrainingDivergedError(
+                    f"{state.task.name}: at step {step} the weight {name} reached {largest:g} (learning rate "
+                    f"{state.settings.learning_rate:g}): the run diverged; lower the learning rate. The last "
+                    "checkpoint before it is kept; nothing of this step was saved.")
 
 
 def log_step(state: TrainingState, position: Position, step_loss: float, bar) -> None:
@@ -319,6 +344,7 @@ def save_and_validate(state: TrainingState, position: Position, stopping: bool) 
     accelerator, settings, step, out = state.accelerator, state.settings, position.step, state.out
     main = accelerator.is_main_process
     if main and (step % settings.checkpoint_every == 0 or step == settings.steps or stopping):
+        check_weights(state, step)
         write_log(out, position.log_rows)
         model = accelerator.unwrap_model(state.model)
         checkpoints.save_checkpoint(

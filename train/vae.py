@@ -69,17 +69,21 @@ class AutoencoderTrainingModel(nn.Module):
         return self.vae.decode(latents).sample, posterior.kl().sum()
 
 
-def design(preset, channels: int | None) -> dict:
-    """The preset's autoencoder config, with every level ``channels`` wide when given (AutoencoderTiny only)."""
+def design(preset, channels: int | None, encoder_channels: int | None = None) -> dict:
+    """The preset's autoencoder config, with every level ``channels`` wide when given, the encoder's
+    ``encoder_channels`` wide when given (AutoencoderTiny only)."""
     config = dict(preset.vae)
-    if channels is None:
+    if channels is None and encoder_channels is None:
         return config
     if preset.vae_class != "AutoencoderTiny":
         raise InvalidArgumentError(f"autoencoder.channels sets the width of an AutoencoderTiny; the {preset.name!r} "
                                    f"preset's autoencoder is an {preset.vae_class} (leave channels unset).")
     levels = len(config["encoder_block_out_channels"])
-    return config | {"encoder_block_out_channels": [channels] * levels,
-                     "decoder_block_out_channels": [channels] * levels}
+    if channels is not None:
+        config |= {"encoder_block_out_channels": [channels] * levels, "decoder_block_out_channels": [channels] * levels}
+    if encoder_channels is not None:
+        config |= {"encoder_block_out_channels": [encoder_channels] * levels}
+    return config
 
 
 def initialise_for_training(vae) -> None:
@@ -109,15 +113,26 @@ class AutoencoderTask:
 
     name = "vae"
 
-    def __init__(self, data_root: str | Path, preset: str, seed: int, settings: AutoencoderConfig):
+    def __init__(self, data_root: str | Path, preset: str, seed: int, settings: AutoencoderConfig,
+                 decoder_of: str | Path | None = None):
+        """``decoder_of``: a trained autoencoder folder whose decoder alone is trained (its encoder and latent scale
+        are kept); None: the preset's autoencoder from scratch."""
         self.root, self.preset, self.seed, self.settings = Path(data_root), get_preset(preset), seed, settings
+        self.decoder_only = decoder_of is not None
         self.test = read_split_images(self.root, "test")  # the smaller split first: a missing one fails now
         self.train = read_split_images(self.root, "train")
         self.held_out = held_out_sets(self.test)
-        with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
-            torch.manual_seed(seed)
-            vae = autoencoders.build_autoencoder(self.preset.vae_class, design(self.preset, settings.channels))
-            initialise_for_training(vae)
+        if self.decoder_only:
+            vae = autoencoders.load_autoencoder(decoder_of)
+            for module in _encoder_side(vae):
+                module.requires_grad_(False)
+            self.name = "vae_decoder"
+        else:
+            with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
+                torch.manual_seed(seed)
+                config = design(self.preset, settings.channels, settings.encoder_channels)
+                vae = autoencoders.build_autoencoder(self.preset.vae_class, config)
+                initialise_for_training(vae)
         autoencoders.check_colour_capacity(vae, f"The {preset!r} preset's {self.preset.vae_class}")
         check_image_size(tuple(self.train[0].shape[-2:]), vae, self.root)
         self.model = AutoencoderTrainingModel(vae)
@@ -132,7 +147,8 @@ class AutoencoderTask:
         items = AutoencoderItems(self.train, self.seed, self.settings.canvas_fraction,
                                  latent_noise=not autoencoders.is_tiny(vae),
                                  downscale=autoencoders.downscale_factor(vae),
-                                 colour_permutation=self.settings.colour_permutation)
+                                 colour_permutation=self.settings.colour_permutation,
+                                 colour_fields=self.settings.colour_fields if self.decoder_only else 0.0)
         sampler = AutoencoderSteps(start_step, settings, process_index, num_processes, self.seed,
                                    self.settings.canvas_fraction)
         return torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate)
@@ -156,8 +172,12 @@ class AutoencoderTask:
     def finish(self, out: Path, trained) -> Path:
         vae = trained.vae
         training_images = torch.cat(self.train)
-        std_before = latent_std(vae, training_images)
-        factor = calibrate_latent_scale(vae, training_images)
+        if self.decoder_only:  # the encoder and its scale are the trained autoencoder's: nothing to calibrate
+            std_before = factor = train_std = None
+        else:
+            std_before = round(latent_std(vae, training_images), 4)
+            factor = round(calibrate_latent_scale(vae, training_images), 4)
+            train_std = round(latent_std(vae, training_images), 4)
         rows = read_log(out / "log.csv", 10**12)
         report = {
             "class": type(vae).__name__,
@@ -167,9 +187,9 @@ class AutoencoderTask:
             "held_out_people": held_out_people(vae, self.root),
             "colour_round_trip": colour_round_trip_errors(vae, tuple(training_images.shape[-2:])),
             "latent_std": {
-                "before_calibration": round(std_before, 4),
-                "calibration_factor": round(factor, 4),
-                "train": round(latent_std(vae, training_images), 4),
+                "before_calibration": std_before,
+                "calibration_factor": factor,
+                "train": train_std,
                 "held_out": round(latent_std(vae, self.held_out["tiles"]), 4),
                 "held_out_canvas": round(latent_std(vae, self.held_out["canvas"]), 4),
                 "held_out_masked_canvas": round(latent_std(vae, self.held_out["masked_canvas"]), 4),
@@ -177,6 +197,7 @@ class AutoencoderTask:
             "curve": self.curve,
             "seconds": round(rows[-1]["seconds"], 1) if rows else None,
             "threads": torch.get_num_threads(),
+            "decoder_only": self.decoder_only,
             "settings": {"steps": rows[-1]["step"] if rows else None, "seed": self.seed, "preset": self.preset.name,
                          **dataclasses.asdict(self.settings), "train_images": len(training_images),
                          "image_size": list(training_images.shape[-2:])},
@@ -187,6 +208,11 @@ class AutoencoderTask:
             folder.save_image("recon_canvas.png", recon_strip(vae, self.held_out["canvas"][:1]))
             folder.write_json("vae_report.json", report)
         return out
+
+
+def _encoder_side(vae) -> list[nn.Module]:
+    """The modules that make the latents: freezing them keeps the latent space a denoiser was trained on."""
+    return [vae.encoder] + ([vae.quant_conv] if getattr(vae, "quant_conv", None) is not None else [])
 
 
 def _read_curve(out: Path) -> list[dict]:
@@ -209,13 +235,38 @@ def train_vae(data_root: str | Path, out_dir: str | Path, config: AutoencoderCon
     ``resume`` / ``stop_after``: as :func:`imagpose.train.loop.train`.
     """
     config = dataclasses.replace(config or AutoencoderConfig(), **settings)  # validated as any config
+    return _train(AutoencoderTask, data_root, out_dir, config, config.steps, config.learning_rate, seed, preset,
+                  trackers, resume, stop_after, progress)
+
+
+def train_decoder(data_root: str | Path, vae_dir: str | Path, out_dir: str | Path,
+                  config: AutoencoderConfig | None = None, *, seed: int = 0, preset: str = "tiny",
+                  trackers: tuple[str, ...] = (), resume: bool = False, stop_after: int | None = None,
+                  progress: bool = True, **settings) -> TrainingResult:
+    """Train the decoder of the autoencoder in ``vae_dir`` for ``config.decoder_steps`` steps at
+    ``config.decoder_learning_rate``, its encoder and latent
+    scale frozen (a denoiser trained on its latents stays valid), on ``data_root``'s train split with a fraction
+    ``config.colour_fields`` of flat colour fields; writes as :func:`train_vae` into ``out_dir``."""
+    config = dataclasses.replace(config or AutoencoderConfig(), **settings)
+    if config.decoder_steps < 1:
+        raise InvalidArgumentError("decoder_steps must be at least 1 to train the decoder.")
+
+    def task(root, preset_name, task_seed, task_config):
+        return AutoencoderTask(root, preset_name, task_seed, task_config, decoder_of=vae_dir)
+
+    return _train(task, data_root, out_dir, config, config.decoder_steps, config.decoder_learning_rate, seed, preset,
+                  trackers, resume, stop_after, progress)
+
+
+def _train(make_task, data_root, out_dir, config: AutoencoderConfig, steps: int, learning_rate: float, seed: int,
+           preset: str, trackers, resume: bool, stop_after: int | None, progress: bool) -> TrainingResult:
     with OutputFolder(out_dir):  # an unwritable location fails first; a folder made for a failed run is removed
-        task = AutoencoderTask(data_root, preset, seed, config)
-    optimizer = OptimizerConfig(lr_scheduler="cosine", warmup_steps=max(1, config.steps // 100),
-                                max_grad_norm=math.inf)
-    record = {"task": "vae", "data": str(data_root), "seed": seed, "preset": preset, **dataclasses.asdict(config)}
+        task = make_task(data_root, preset, seed, config)
+    optimizer = OptimizerConfig(lr_scheduler="cosine", warmup_steps=max(1, steps // 100), max_grad_norm=math.inf)
+    record = {"task": task.name, "data": str(data_root), "seed": seed, "preset": preset,
+              **dataclasses.asdict(config)}
     run = RunSettings(seed=seed, optimizer=optimizer, trackers=tuple(trackers), record=record)
-    stage = StageConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+    stage = StageConfig(steps=steps, batch_size=config.batch_size, learning_rate=learning_rate,
                         checkpoint_every=config.checkpoint_every, keep_checkpoints=2,
                         validate_every=config.eval_every, log_every=1)
     return train(task, run, stage, out_dir, resume=resume, stop_after=stop_after, progress=progress)

@@ -40,8 +40,15 @@ def read_split_images(data_root: str | Path, split: str) -> list[torch.Tensor]:
     if not isinstance(annotation, list) or not all(isinstance(group, list) for group in annotation):
         raise InputFileError(f"{root / f'{split}.json'} is not a list of identities (lists of image paths); "
                              f"{DATA_FIX}.")
-    identities = [torch.stack([pil_to_tensor(load_image(root / path, f"{split} image")) * 2 - 1 for path in group])
-                  for group in annotation if group]
+    identities = []
+    for group in annotation:
+        views = [pil_to_tensor(load_image(root / path, f"{split} image")) * 2 - 1 for path in group]
+        if len({tuple(view.shape) for view in views}) > 1:
+            raise InputFileError(f"The {split} images {group} of one person have different sizes "
+                                 f"{sorted({tuple(view.shape[-2:]) for view in views})}; every image of a dataset "
+                                 "has the same size.")
+        if views:
+            identities.append(torch.stack(views))
     if not identities:
         why = (" (the held-out PSNR needs test people: make the dataset with a test fraction > 0)"
                if split == "test" else "")
@@ -121,18 +128,43 @@ def permute_colours(image: torch.Tensor, generator: torch.Generator, probability
     return image[list(orders[int(torch.randint(len(orders), (1,), generator=generator))])]
 
 
+def random_colour(generator: torch.Generator) -> torch.Tensor:
+    """An RGB colour in [0, 1]: half of the draws a corner of the colour cube (pure primaries, secondaries, black,
+    white), the others uniform inside it."""
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        return torch.randint(2, (3,), generator=generator).float()
+    return torch.rand(3, generator=generator)
+
+
+def colour_field(size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """A (3, H, W) image in [-1, 1] of flat colour: one colour, or a rectangle of one colour on another (a random
+    box of 1/4 to 3/4 of each side). Saturated flat regions are what the generated people lack most."""
+    height, width = size
+    background, foreground = random_colour(generator), random_colour(generator)
+    image = background[:, None, None].expand(3, height, width).clone()
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        box_h = int(torch.randint(height // 4, 3 * height // 4 + 1, (1,), generator=generator))
+        box_w = int(torch.randint(width // 4, 3 * width // 4 + 1, (1,), generator=generator))
+        top = int(torch.randint(height - box_h + 1, (1,), generator=generator))
+        left = int(torch.randint(width - box_w + 1, (1,), generator=generator))
+        image[:, top:top + box_h, left:left + box_w] = foreground[:, None, None]
+    return image * 2 - 1
+
+
 def is_canvas_step(seed: int, step: int, canvas_fraction: float) -> bool:
     """Whether optimizer step ``step`` trains on canvases (a function of (seed, step) alone)."""
     return float(torch.rand(1, generator=seeded_generator(seed, TASK_KEY, step))) < canvas_fraction
 
 
 class AutoencoderItems(torch.utils.data.Dataset):
-    """Item ``(step, slot)``: a tile, or on canvas steps a canvas, and the posterior's N(0, I) draw for it."""
+    """Item ``(step, slot)``: a tile, or on canvas steps a canvas (with ``colour_fields``, that fraction replaced by
+    a :func:`colour_field` of its size), and the posterior's N(0, I) draw for it."""
 
     def __init__(self, identities: list[torch.Tensor], seed: int, canvas_fraction: float, latent_noise: bool,
-                 downscale: int, colour_permutation: float = 0.0):
+                 downscale: int, colour_permutation: float = 0.0, colour_fields: float = 0.0):
         self.identities, self.seed, self.canvas_fraction = identities, seed, canvas_fraction
         self.latent_noise, self.downscale, self.colour_permutation = latent_noise, downscale, colour_permutation
+        self.colour_fields = colour_fields
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -144,7 +176,10 @@ class AutoencoderItems(torch.utils.data.Dataset):
             pixels = random_canvas(self.identities, generator)
         else:
             pixels = random_tile(self.identities, generator)
-        item = {"pixels": permute_colours(pixels, generator, self.colour_permutation)}
+        pixels = permute_colours(pixels, generator, self.colour_permutation)
+        if self.colour_fields and float(torch.rand(1, generator=generator)) < self.colour_fields:
+            pixels = colour_field(tuple(pixels.shape[-2:]), generator)
+        item = {"pixels": pixels}
         if self.latent_noise:
             latent = (4, pixels.shape[-2] // self.downscale, pixels.shape[-1] // self.downscale)
             item["noise"] = torch.randn(latent, generator=generator)

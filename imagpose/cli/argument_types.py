@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..errors import InvalidArgumentError
+from ..seeds import check_seed
+
 
 def integer(minimum: int, multiple_of: int = 1):
     """argparse type: an integer >= ``minimum`` (and a multiple of ``multiple_of``)."""
@@ -43,3 +46,10 @@ def number(low: float, high: float | None = None, *, low_inclusive: bool = True,
 
     return convert
 
+
+def seed(text: str) -> int:
+    """argparse type: a seed by :func:`imagpose.seeds.check_seed`'s rule."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, InvalidArgumentError):
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}") from None

@@ -10,6 +10,7 @@ import torch
 from ..errors import DeviceError, InvalidArgumentError
 from ..samplers import SAMPLERS
 from ..sampling_config import DeepCacheConfig, SamplingConfig
+from .argument_types import seed
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -30,7 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
     group.add_argument("--preset", default=default_preset, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given"
                             + ("" if default_preset else " (default: the shipped trained model)"))
-    group.add_argument("--weights-seed", type=int, default=0, help="seed of the random preset weights")
+    group.add_argument("--weights-seed", type=seed, default=0, help="seed of the random preset weights")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda or cuda:1")
     group.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="model precision")
     group.add_argument("--attention-backend", default="eager",
@@ -59,7 +60,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
     group.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS,
                        help="ddim (official) or a diffusers multistep solver on the same schedule (fewer steps)")
-    group.add_argument("--seed", type=int, default=0, help="initial-noise seed")
+    group.add_argument("--seed", type=seed, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

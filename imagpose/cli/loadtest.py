@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..samplers import SAMPLERS
 from ..sampling_config import SamplingConfig
-from .argument_types import integer
+from .argument_types import integer, seed
 from .common import add_output_argument, parse_size, sampling_setting
 
 NAME = "loadtest"
@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
                         default=defaults.guidance_scale, help="classifier-free guidance scale of every request")
     parser.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS,
                         help="sampler of every request (ddim: the official one)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first request (the others: +1, +2, ...)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the first request (the others: +1, +2, ...)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up request of each client")
     add_output_argument(parser, "outputs/loadtest")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidArgumentError
+from .argument_types import seed
 
 NAME = "serve"
 HELP = "serve the pipeline over HTTP on Ray Serve (batched; local Ray or a cluster)"
@@ -18,7 +19,7 @@ def add_arguments(parser) -> None:
                        help="pipeline folder; default: the shipped trained model (tiny-people)")
     group.add_argument("--preset", default=None, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given")
-    group.add_argument("--weights-seed", type=int, default=0, help="seed of the random preset weights")
+    group.add_argument("--weights-seed", type=seed, default=0, help="seed of the random preset weights")
     group.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
                        help="runtime of the networks on each replica; onnxruntime exports the ONNX files first "
                             "(into --work-dir, reused while they match the model)")

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from .argument_types import integer
+from .argument_types import integer, seed
 
 NAME = "all"
 HELP = "make data, train the VAE and all three stages, evaluate on held-out people: one command"
@@ -20,10 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder, created if missing")
     parser.add_argument("--config", default="tiny", metavar="PRESET|YAML", help="training preset or YAML file")
     parser.add_argument("--identities", type=integer(2), default=400, metavar="N", help="people to generate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated training people")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the generated training people")
     parser.add_argument("--eval-identities", type=integer(1), default=48, metavar="N",
                         help="held-out people generated for the evaluation")
-    parser.add_argument("--eval-seed", type=int, default=1000,
+    parser.add_argument("--eval-seed", type=seed, default=1000,
                         help="seed of the held-out people (must differ from --seed)")
     parser.add_argument("--vae-steps", type=integer(1), metavar="N",
                         help="autoencoder training steps (default: the config's autoencoder.steps)")
@@ -64,7 +64,7 @@ def run(args) -> int:
                                                                              if k != "total"), 1)})
         print(f"imagpose train all: {name}: {timing[name]:.0f} s")
 
-    data, vae, heldout = out / "data", out / "vae", out / "heldout"
+    data, vae, vae_decoder, heldout = out / "data", out / "vae", out / "vae_decoder", out / "heldout"
     vae_steps = [f"autoencoder.steps={args.vae_steps}"] if args.vae_steps else []
     config = load_config(args.config, [*args.overrides, *vae_steps, f"weights.vae={vae}"])
     def make_data():
@@ -79,6 +79,10 @@ def run(args) -> int:
     results = []
     phase("stages", (out / "end2end" / "pipeline" / "model_index.json").is_file(),
           lambda: results.extend(run_all(config, data, out, resume=args.resume, progress=progress)))
+    if config.autoencoder.decoder_steps:
+        phase("vae_decoder", (vae_decoder / "vae_report.json").is_file(), lambda: train_final_decoder(
+            data, vae, vae_decoder, out / "end2end" / "pipeline", config, seed=args.seed, resume=args.resume,
+            progress=progress))
     curves = {stage: read_log(out / stage / "log.csv", 10**12) for stage in config.stages}
     with OutputFolder(out) as folder:
         plot_loss(curves, folder.path("loss.png"))
@@ -95,6 +99,18 @@ def run(args) -> int:
     print(f"imagpose train all: {sum(v for k, v in timing.items() if k != 'total'):.0f} s in all; the trained "
           f"pipeline is {out / 'end2end' / 'pipeline'}")
     return 0
+
+
+def train_final_decoder(data: Path, vae: Path, out: Path, pipeline: Path, config, **options) -> None:
+    """The decoder phase: train the decoder of ``vae`` into ``out`` and put it in the trained ``pipeline`` (its
+    encoder is unchanged, so the denoiser's latents are too)."""
+    from ..autoencoders import load_autoencoder
+    from ..io import OutputFolder
+    from ..train.vae import train_decoder
+
+    train_decoder(data, vae, out, config.autoencoder, preset=config.model, trackers=config.trackers, **options)
+    with OutputFolder(pipeline / "vae") as folder:
+        load_autoencoder(out).save_pretrained(folder.path())
 
 
 def write_training_record(out: Path, config, args, timing: dict) -> None:
@@ -118,8 +134,10 @@ def write_training_record(out: Path, config, args, timing: dict) -> None:
         "data": {"identities": args.identities, "seed": args.seed, "generator": "imagpose.train.synthetic"},
         "held_out": {"identities": args.eval_identities, "seed": args.eval_seed},
         "seconds": timing,
-        "vae": {key: vae_report.get(key) for key in ("class", "parameters", "psnr", "held_out_people",
-                                                      "colour_round_trip", "seconds")},
+        **{name: {key: report.get(key) for key in ("class", "parameters", "psnr", "held_out_people",
+                                                   "colour_round_trip", "seconds")}
+           for name, report in (("vae", vae_report), ("vae_decoder", read(out / "vae_decoder" / "vae_report.json")))
+           if report},
         "final_losses": {stage: rows[-1]["loss"] for stage in config.stages
                          if (rows := _log_rows(out / stage / "log.csv"))},
         "evaluation": read(out / "eval" / "summary.json"),

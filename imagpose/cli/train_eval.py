@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sampling_config import SamplingConfig
-from .argument_types import integer, number
+from .argument_types import integer, number, seed
 from .common import sampling_setting
 
 NAME = "eval"
@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float),
                         default=SamplingConfig.guidance_scale,
                         help="classifier-free guidance scale w (<= 1 turns guidance off)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the pair choice; item i is generated with noise seed seed + i")
     parser.add_argument("--max-items", type=integer(1), default=None, metavar="N",
                         help="score only the first N items (default: all)")

@@ -407,3 +407,27 @@ def test_verify_official_on_a_pipeline_fixture_without_its_unet(fixture_root, tm
     with pytest.raises(InputFileError, match="vae"):
         verify_fixture(copy)
 
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--seed", "1180591620717411303424"],
+    ["train", "make-data", "--out", "x", "--seed", "-1"],
+    ["train", "all", "--out", "x", "--eval-seed", str(2**63)],
+    ["serve", "--weights-seed", "1.5"],
+])
+def test_seeds_outside_the_one_rule_are_refused_while_parsing(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "expected an integer in [0, 2**63 - 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**80, 1.5, True])
+def test_the_seed_rule_holds_for_requests_and_training_configs(seed):
+    from imagpose.canvas import validate_request
+    from imagpose.train.config import load_config
+
+    with pytest.raises(InvalidArgumentError, match=r"seed must be an integer"):  # the config's type check or the rule
+        load_config("tiny", [f"seed={seed}"])
+    request = PoseRequest(views=[View.source("a.png", "a.json"), View.target("b.json")], grid=(1, 2), seed=seed)
+    with pytest.raises(InvalidArgumentError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
+        validate_request(request)

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from diffusers import AutoencoderKL
 
 from imagpose import build_pipeline
+from imagpose.autoencoders import load_autoencoder
 from imagpose.cli import main, train_eval
+from imagpose.presets import get_preset
 from imagpose.train import evaluation
 
 
@@ -57,7 +58,18 @@ def test_vae_trains_and_prints_the_held_out_psnr(dataset, capsys, tmp_path):
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "vae" / "vae_report.json").read_text())
     assert f"tiles {report['psnr']['tiles']:.2f} dB (6)" in out and "canvas" in out and "latent std" in out
-    AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert type(load_autoencoder(tmp_path / "vae")).__name__ == get_preset("tiny").vae_class  # loads as its class
+
+
+def test_train_vae_decoder_of_trains_the_decoder_of_a_trained_autoencoder(dataset, capsys, tmp_path):
+    assert main(["train", "vae", "--data", str(dataset), "--out", str(tmp_path / "vae"), "--steps", "1",
+                 "--batch-size", "4", "--no-progress"]) == 0
+    assert main(["train", "vae", "--data", str(dataset), "--out", str(tmp_path / "decoder"), "--steps", "2",
+                 "--batch-size", "4", "--decoder-of", str(tmp_path / "vae"), "--no-progress"]) == 0
+    assert "latent std: " in capsys.readouterr().out
+    report = json.loads((tmp_path / "decoder" / "vae_report.json").read_text())
+    assert report["decoder_only"] and report["settings"]["decoder_steps"] == 2
+    assert report["latent_std"]["calibration_factor"] is None  # the trained autoencoder's scale, not recalibrated
 
 
 def test_eval_prints_the_table_and_writes_its_outputs(dataset, model_dir, capsys, tmp_path):

@@ -67,6 +67,21 @@ def test_every_broken_entry_is_counted_with_its_reason(copy):
         dataset[n]
 
 
+def test_a_person_of_several_sizes_and_16_bit_images_are_skipped_with_their_reasons(copy):
+    groups = entries(copy)
+    for path in (groups[0][0], companion(groups[0][0], "dwpose", ".png")):  # image and pose resized alike
+        with Image.open(copy / path) as image:
+            image.resize((image.width // 2, image.height // 2)).save(copy / path)
+    with Image.open(copy / groups[1][0]) as image:
+        image.convert("L").convert("I;16").save(copy / groups[1][0])  # a 16-bit PNG
+    report = check_dataset(copy)
+    reasons = dict(report.skipped)
+    assert reasons[groups[1][0]] == "unreadable image: mode I;16 (16-bit or float) is not supported; save it as " \
+                                    "8-bit RGB"
+    assert report.skip_counts()["views of different sizes"] == 1
+    assert len(report.identities) == len(groups) - 1  # identity 1 keeps its three 8-bit views
+
+
 @pytest.mark.parametrize("text, match", [("{", "not valid JSON"), ('{"a": 1}', "list of identities"),
                                          ("[[1, 2]]", "list of identities")])
 def test_a_malformed_annotation_file_is_an_error_naming_it(copy, text, match):

@@ -69,3 +69,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(people_datas
     worst = max(float((first[k] - second[k]).abs().max()) for k in first)
     print(f"2 processes vs 1: losses {a} vs {b}; largest weight difference {worst:.2e}")
     assert worst < 1e-4, worst
+
+
+@pytest.mark.parametrize("learning_rate", ["1e30", ".inf"])
+def test_a_diverging_run_stops_with_the_step_and_saves_no_product(people_dataset, tmp_path, learning_rate):
+    from imagpose.train.loop import TrainingDivergedError
+
+    config = load_config("tiny", [*QUICK, "stages.stage1.steps=2", f"stages.stage1.learning_rate={learning_rate}"])
+    with pytest.raises(TrainingDivergedError, match=r"at step \d.*lower the learning rate"):
+        run_stage(config, "stage1", people_dataset, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "pipeline").exists() and not list_checkpoints(tmp_path / "run")

@@ -16,8 +16,14 @@ from imagpose.presets import get_preset, randomize_weights
 from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.config import StageConfig
 from imagpose.train.synthetic.dataset import make_dataset
-from imagpose.train.vae import initialise_for_training, train_vae
-from imagpose.train.vae_data import AutoencoderItems, AutoencoderSteps, held_out_sets, read_split_images
+from imagpose.train.vae import initialise_for_training, train_decoder, train_vae
+from imagpose.train.vae_data import (
+    AutoencoderItems,
+    AutoencoderSteps,
+    colour_field,
+    held_out_sets,
+    read_split_images,
+)
 from imagpose.train.vae_measures import (
     calibrate_latent_scale,
     colour_round_trip_errors,
@@ -157,6 +163,8 @@ def test_a_design_that_cannot_reproduce_colour_is_refused(dataset, tmp_path, mon
     (dict(learning_rate=float("nan")), "learning_rate must be positive, got nan"),
     (dict(loss="l2"), "loss must be one of l1, mse"),
     (dict(colour_permutation=1.5), "colour_permutation must be in \\[0, 1\\]"),
+    (dict(colour_fields=-0.1), "colour_fields must be in \\[0, 1\\]"),
+    (dict(decoder_steps=-1), "decoder_steps must be at least 0"),
 ])
 def test_bad_settings_are_refused(dataset, tmp_path, settings, match):
     with pytest.raises(InvalidArgumentError, match=match):
@@ -170,6 +178,11 @@ def test_bad_datasets_are_user_errors(tmp_path):
     make_dataset(tmp_path / "no_test", 2, size=(32, 32), views_per_identity=2, test_fraction=0.0)
     with pytest.raises(InputFileError, match="test.json lists no images .*test fraction > 0"):
         train_vae(tmp_path / "no_test", tmp_path / "out", steps=1, batch_size=4, progress=False)
+    make_dataset(tmp_path / "sizes", 3, size=(32, 32), views_per_identity=2, test_fraction=0.34)
+    first = tmp_path / "sizes" / json.loads((tmp_path / "sizes" / "train.json").read_text())[0][0]
+    Image.open(first).resize((16, 16)).save(first)
+    with pytest.raises(InputFileError, match="of one person have different sizes"):
+        train_vae(tmp_path / "sizes", tmp_path / "out", steps=1, batch_size=4, progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -188,3 +201,61 @@ def test_the_training_initialisation_carries_the_image_to_the_latents():
     initialised = autoencoders.build_autoencoder(spec.vae_class, spec.vae)
     initialise_for_training(initialised)
     assert spread(default) < 0.02 < 0.1 < spread(initialised)
+
+
+def test_the_decoder_phase_trains_the_decoder_and_keeps_the_latent_space(dataset, trained, tmp_path):
+    """Encoder weights and latent scale stay bit for bit (a denoiser trained on the latents stays valid); the
+    decoder changes; the report says which phase made it."""
+    result = train_decoder(dataset, trained, tmp_path / "decoder", decoder_steps=3, batch_size=4, eval_every=2,
+                           colour_fields=0.5, progress=False)
+    assert result.steps == 3
+    before, after = autoencoders.load_autoencoder(trained), autoencoders.load_autoencoder(tmp_path / "decoder")
+    assert after.config.scaling_factor == before.config.scaling_factor
+    for (name, old), new in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.equal(old, new) == (not name.startswith("decoder.")), name
+    report = json.loads((tmp_path / "decoder" / "vae_report.json").read_text())
+    assert report["decoder_only"] is True and report["settings"]["decoder_steps"] == 3
+    assert json.loads((trained / "vae_report.json").read_text())["decoder_only"] is False
+    with pytest.raises(InvalidArgumentError, match="decoder_steps must be at least 1"):
+        train_decoder(dataset, trained, tmp_path / "none", progress=False)
+
+
+def test_colour_fields_are_one_or_two_flat_colours():
+    counts = []
+    for seed in range(40):
+        field = colour_field((32, 24), torch.Generator().manual_seed(seed))
+        assert field.shape == (3, 32, 24) and field.min() >= -1 and field.max() <= 1
+        counts.append(len(torch.unique(field.flatten(1), dim=1).T))
+    assert set(counts) == {1, 2}  # flat images and rectangles on another colour both occur
+    items = AutoencoderItems(random_identities(), seed=0, canvas_fraction=0.0, latent_noise=False,
+                             downscale=8, colour_fields=1.0)
+    assert len(torch.unique(items[(0, 0)]["pixels"].flatten(1), dim=1).T) <= 2  # every item replaced
+
+
+def random_identities():
+    return [torch.rand(4, 3, 32, 24) * 2 - 1]
+
+
+def test_the_encoder_can_be_narrower_than_the_decoder(dataset, tmp_path):
+    train_vae(dataset, tmp_path / "narrow", steps=1, batch_size=4, eval_every=1, channels=16, encoder_channels=8,
+              progress=False)
+    config = autoencoders.load_autoencoder(tmp_path / "narrow").config
+    assert set(config.encoder_block_out_channels) == {8} and set(config.decoder_block_out_channels) == {16}
+
+
+def test_a_diverging_autoencoder_run_stops_and_writes_no_autoencoder(dataset, tmp_path):
+    from imagpose.train.loop import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        train_vae(dataset, tmp_path / "out", steps=2, batch_size=4, eval_every=2, learning_rate=1e30, progress=False)
+    assert not (tmp_path / "out" / "config.json").exists() and not (tmp_path / "out" / "vae_report.json").exists()
+
+
+def test_the_decoder_phase_runs_at_its_own_learning_rate(dataset, trained, tmp_path):
+    train_decoder(dataset, trained, tmp_path / "decoder", decoder_steps=2, batch_size=4, eval_every=2,
+                  learning_rate=1.0, decoder_learning_rate=1e-5, progress=False)
+    record = json.loads((tmp_path / "decoder" / "vae_report.json").read_text())["settings"]
+    assert record["decoder_learning_rate"] == 1e-5
+    with open(tmp_path / "decoder" / "log.csv") as handle:
+        rates = [float(line.split(",")[2]) for line in handle.readlines()[1:]]
+    assert 0 < max(rates) <= 1e-5  # the decoder phase never ran at the first phase's rate

@@ -1,5 +1,5 @@
-"""The 3-D stick figure (figure units: standing height 1, y down, z toward the camera, origin at the pelvis): its
-dimensions, its OpenPose-18 joints and face points, and every point of it for a look in a pose."""
+"""The 3-D stick figure (figure units: standing height 1, y down, z toward the camera, origin at the pelvis; its
+dimensions in :mod:`.body`): its OpenPose-18 joints and face points, and every point of it for a look in a pose."""
 
 from __future__ import annotations
 
@@ -8,17 +8,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .body import FOOT, FOREARM, NECK, SHIN, SPINE, THIGH, TORSO_DEPTH, UPPER_ARM
+
 if TYPE_CHECKING:
     from .looks import Look
     from .poses import Pose
 
-SPINE = 0.30  # pelvis -> base of the neck
-NECK = 0.105  # base of the neck -> head centre
-HEAD_RX, HEAD_RY = 0.056, 0.068
-UPPER_ARM, FOREARM = 0.175, 0.155
-THIGH, SHIN = 0.245, 0.245
-ANKLE_HEIGHT, FOOT = 0.035, 0.085
-TORSO_DEPTH = 0.055  # half the chest depth: the torso is a box seen from any yaw
 
 # OpenPose-18 order (imagpose.pose.KEYPOINT_NAMES); "right" is the person's right, image left when facing us
 JOINTS = ("nose", "neck", "r_sho", "r_elb", "r_wri", "l_sho", "l_elb", "l_wri", "r_hip", "r_knee", "r_ank",

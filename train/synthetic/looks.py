@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .body import ANKLE_HEIGHT, SHIN
 from .draws import pick
-from .figure import ANKLE_HEIGHT, SHIN
 
 Color = tuple[int, int, int]
 

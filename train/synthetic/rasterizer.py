@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from imagpose.pose import Keypoints
 
-from .figure import HEAD_RX, HEAD_RY, JOINTS, face_visible, figure_points, yaw_matrix
+from .body import HEAD_RX, HEAD_RY
+from .figure import JOINTS, face_visible, figure_points, yaw_matrix
 from .looks import Color, Look, Scene
 from .poses import Pose
 

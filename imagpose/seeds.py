@@ -1,0 +1,15 @@
+"""The one rule for seeds at every entry point (API, command line, wire format, training configs): an integer in
+[0, 2**63 - 1], the range torch's generators, numpy's ``default_rng`` and a JSON int64 all take."""
+
+from __future__ import annotations
+
+from .errors import InvalidArgumentError
+
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` when it is an integer in [0, MAX_SEED]; else an error that names ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise InvalidArgumentError(f"{name} must be an integer in [0, 2**63 - 1], got {value!r}.")
+    return value
