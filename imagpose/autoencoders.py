@@ -10,8 +10,12 @@ trainer and every exported graph see only *scaled* latents z (what the UNet deno
                      x = D(z / config.scaling_factor)      TAESD for SD-1.5 (madebyollin/taesd) has factor 1.0:
                                                            its raw latents already are SD's scaled latents
 
-So a TAESD-style decoder trained on an SD-1.5 VAE's latents drops into a full-size pipeline unchanged, and a
-from-scratch tiny one is calibrated by its ``scaling_factor`` alone.
+    either, when its config holds ``latents_mean`` / ``latents_std`` (diffusers' keys for the Wan and LTX VAEs):
+                     z = (z - latents_mean) / latents_std  per channel, after the factor; decode inverts it first
+
+So a TAESD-style decoder trained on an SD-1.5 VAE's latents drops into a full-size pipeline unchanged. A
+from-scratch tiny one is normalised per channel: its channels' means differ by several of their stds, so one
+global factor would leave each channel's content a fraction of the unit std the noise schedule assumes.
 
 Colour needs channels per GroupNorm group. A GroupNorm whose groups hold one channel is an instance norm: it
 removes each channel's image-wide mean, so a flat colour reaches the next layer as zeros and every flat colour
@@ -78,11 +82,21 @@ def is_tiny(vae) -> bool:
 
 
 # ----------------------------------------------------------------------------- scaled latents
+def channel_normalization(vae) -> tuple[list[float], list[float]] | None:
+    """The config's per-channel ``(latents_mean, latents_std)`` of the scaled latents, or None."""
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    return None if mean is None or std is None else (list(mean), list(std))
+
+
+def _per_channel(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
 def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, Hc, Wc) in [-1, 1] -> scaled latents (B, 4, h, w): the posterior mean (KL) or the encoding (Tiny)."""
     if is_tiny(vae):
-        return vae.encode(pixels).latents * vae.config.scaling_factor
-    return vae.encode(pixels).latent_dist.mean * OFFICIAL_ENCODE_SCALE
+        return normalize_channels(vae, vae.encode(pixels).latents * vae.config.scaling_factor)
+    return normalize_channels(vae, vae.encode(pixels).latent_dist.mean * OFFICIAL_ENCODE_SCALE)
 
 
 def encode_for_training(vae, pixels: torch.Tensor, posterior_noise: torch.Tensor) -> torch.Tensor:
@@ -91,12 +105,31 @@ def encode_for_training(vae, pixels: torch.Tensor, posterior_noise: torch.Tensor
     if is_tiny(vae):
         return encode(vae, pixels)
     posterior = vae.encode(pixels).latent_dist
-    return (posterior.mean + posterior.std * posterior_noise.to(posterior.mean.dtype)) * OFFICIAL_ENCODE_SCALE
+    sample = posterior.mean + posterior.std * posterior_noise.to(posterior.mean.dtype)
+    return normalize_channels(vae, sample * OFFICIAL_ENCODE_SCALE)
+
+
+def normalize_channels(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(latents - latents_mean) / latents_std per channel when the config holds them (identity otherwise)."""
+    normalization = channel_normalization(vae)
+    if normalization is None:
+        return latents
+    mean, std = normalization
+    return (latents - _per_channel(mean, latents)) / _per_channel(std, latents)
+
+
+def denormalize_channels(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`normalize_channels`."""
+    normalization = channel_normalization(vae)
+    if normalization is None:
+        return latents
+    mean, std = normalization
+    return latents * _per_channel(std, latents) + _per_channel(mean, latents)
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) -> pixels (B, 3, Hc, Wc) in about [-1, 1] (not clamped)."""
-    return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    return vae.decode(denormalize_channels(vae, latents) / vae.config.scaling_factor, return_dict=False)[0]
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -129,6 +129,9 @@ class AutoencoderConfig:
     # AutoencoderTiny: the encoder's channels when narrower than the decoder's (None: ``channels``); the stages run
     # the encoder on every training canvas, so its width sets their cost
     encoder_channels: int | None = None
+    # AutoencoderTiny: residual blocks per encoder level (None: the preset's, diffusers' [1, 3, 3, 3]); most of the
+    # encoder's cost is its full- and half-resolution blocks ([0, 1, 3, 3] costs 3.4x fewer FLOPs at 48 channels)
+    encoder_blocks: tuple[int, ...] | None = None
     # After the stages: the decoder alone (encoder frozen, so the denoiser's latent space is kept, as Stability's
     # sd-vae-ft-mse fine-tuned SD's decoder), on images of which ``colour_fields`` are flat colour fields
     decoder_steps: int = 0
@@ -141,6 +144,10 @@ class AutoencoderConfig:
                 _positive(name, getattr(self, name))
         for name in ("steps", "eval_every", "checkpoint_every", "learning_rate", "decoder_learning_rate"):
             _positive(name, getattr(self, name))
+        if self.encoder_blocks is not None:
+            if not all(isinstance(count, int) and count >= 0 for count in self.encoder_blocks):
+                raise InvalidArgumentError(f"encoder_blocks must be block counts (integers >= 0) per level, got "
+                                           f"{self.encoder_blocks!r}.")
         if self.batch_size < 4 or self.batch_size % 4:
             raise InvalidArgumentError(f"batch_size must be a positive multiple of 4, got {self.batch_size!r}.")
         _choice("loss", self.loss, ("l1", "mse"))

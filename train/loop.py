@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from imagpose.errors import IMAGPoseError
+from imagpose.errors import IMAGPoseError, InvalidArgumentError
 
 from . import checkpoints
 from .config import OptimizerConfig, StageConfig
@@ -155,11 +155,14 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     """
     out = Path(out)
     require_matplotlib()
+    latest = checkpoints.latest_checkpoint(out)
+    if latest is not None and not resume:
+        raise InvalidArgumentError(f"{out} already holds a run of its own ({latest.name}); continue it with --resume, "
+                                   "or train into another folder (a fresh run would overwrite its weights).")
     accelerator = make_accelerator(run, settings, out)
     main = accelerator.is_main_process
 
     # 1. The task's data and frozen modules
-    latest = checkpoints.latest_checkpoint(out) if resume else None
     task.setup(accelerator, out, checkpoints.checkpoint_step(latest) if latest is not None else 0)
 
     # 2. Optimizer, LR schedule and EMA

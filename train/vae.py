@@ -18,8 +18,10 @@ see what one uninterrupted process does. Measures: :mod:`imagpose.train.vae_meas
 
 Latent scale: the pipeline's latents should have unit std, the property SD's 0.18215 gives SD's VAE. After
 training, AutoencoderKL's latent space is rescaled exactly (quant_conv scaled by s, post_quant_conv by 1 / s:
-reconstructions are unchanged) because the official pipeline hard-codes 0.18215 when encoding; AutoencoderTiny's
-``scaling_factor`` is set to 1 / std (its encode and decode both read it).
+reconstructions are unchanged) because the official pipeline hard-codes 0.18215 when encoding. AutoencoderTiny is
+normalised per channel (``latents_mean`` / ``latents_std`` in its config, read by encode and decode): its
+channels' means differ by several of their stds (measured: means -0.81, 0.24, 1.61, -0.53 against stds 0.33-0.52
+under one global factor), so a global factor would leave each channel's content well under unit std.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .loop import RunSettings, TrainingResult, train
 from .training_log import read_log
 from .vae_data import AutoencoderItems, AutoencoderSteps, check_image_size, collate, held_out_sets, read_split_images
 from .vae_measures import (
+    calibrate_latent_channels,
     calibrate_latent_scale,
     colour_round_trip_errors,
     held_out_people,
@@ -69,20 +72,29 @@ class AutoencoderTrainingModel(nn.Module):
         return self.vae.decode(latents).sample, posterior.kl().sum()
 
 
-def design(preset, channels: int | None, encoder_channels: int | None = None) -> dict:
-    """The preset's autoencoder config, with every level ``channels`` wide when given, the encoder's
-    ``encoder_channels`` wide when given (AutoencoderTiny only)."""
+def design(preset, settings: AutoencoderConfig) -> dict:
+    """The preset's autoencoder config with the widths and encoder depth ``settings`` sets (AutoencoderTiny only):
+    every level ``channels`` wide, the encoder's ``encoder_channels`` wide, ``encoder_blocks`` residual blocks per
+    encoder level."""
     config = dict(preset.vae)
-    if channels is None and encoder_channels is None:
+    changes = {name: getattr(settings, name) for name in ("channels", "encoder_channels", "encoder_blocks")
+               if getattr(settings, name) is not None}
+    if not changes:
         return config
     if preset.vae_class != "AutoencoderTiny":
-        raise InvalidArgumentError(f"autoencoder.channels sets the width of an AutoencoderTiny; the {preset.name!r} "
-                                   f"preset's autoencoder is an {preset.vae_class} (leave channels unset).")
+        raise InvalidArgumentError(f"autoencoder.{next(iter(changes))} shapes an AutoencoderTiny; the {preset.name!r} "
+                                   f"preset's autoencoder is an {preset.vae_class} (leave it unset).")
     levels = len(config["encoder_block_out_channels"])
-    if channels is not None:
-        config |= {"encoder_block_out_channels": [channels] * levels, "decoder_block_out_channels": [channels] * levels}
-    if encoder_channels is not None:
-        config |= {"encoder_block_out_channels": [encoder_channels] * levels}
+    if "channels" in changes:
+        config |= {"encoder_block_out_channels": [settings.channels] * levels,
+                   "decoder_block_out_channels": [settings.channels] * levels}
+    if "encoder_channels" in changes:
+        config |= {"encoder_block_out_channels": [settings.encoder_channels] * levels}
+    if "encoder_blocks" in changes:
+        if len(settings.encoder_blocks) != levels:
+            raise InvalidArgumentError(f"autoencoder.encoder_blocks needs one block count per encoder level ({levels}), "
+                                       f"got {list(settings.encoder_blocks)}.")
+        config |= {"num_encoder_blocks": list(settings.encoder_blocks)}
     return config
 
 
@@ -130,7 +142,7 @@ class AutoencoderTask:
         else:
             with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
                 torch.manual_seed(seed)
-                config = design(self.preset, settings.channels, settings.encoder_channels)
+                config = design(self.preset, settings)
                 vae = autoencoders.build_autoencoder(self.preset.vae_class, config)
                 initialise_for_training(vae)
         autoencoders.check_colour_capacity(vae, f"The {preset!r} preset's {self.preset.vae_class}")
@@ -172,11 +184,13 @@ class AutoencoderTask:
     def finish(self, out: Path, trained) -> Path:
         vae = trained.vae
         training_images = torch.cat(self.train)
-        if self.decoder_only:  # the encoder and its scale are the trained autoencoder's: nothing to calibrate
-            std_before = factor = train_std = None
-        else:
+        std_before = factor = train_std = channels = None
+        if not self.decoder_only:  # (the decoder phase keeps the trained autoencoder's encoder and calibration)
             std_before = round(latent_std(vae, training_images), 4)
-            factor = round(calibrate_latent_scale(vae, training_images), 4)
+            if autoencoders.is_tiny(vae):
+                channels = dict(zip(("mean", "std"), calibrate_latent_channels(vae, training_images)))
+            else:
+                factor = round(calibrate_latent_scale(vae, training_images), 4)
             train_std = round(latent_std(vae, training_images), 4)
         rows = read_log(out / "log.csv", 10**12)
         report = {
@@ -189,6 +203,7 @@ class AutoencoderTask:
             "latent_std": {
                 "before_calibration": std_before,
                 "calibration_factor": factor,
+                "channels_before_calibration": channels,
                 "train": train_std,
                 "held_out": round(latent_std(vae, self.held_out["tiles"]), 4),
                 "held_out_canvas": round(latent_std(vae, self.held_out["canvas"]), 4),

@@ -123,6 +123,19 @@ def calibrate_latent_scale(vae, images: torch.Tensor) -> float:
     return factor
 
 
+@torch.no_grad()
+def calibrate_latent_channels(vae, images: torch.Tensor, batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """Set the config's ``latents_mean`` / ``latents_std`` so that each channel of the pipeline's latents has mean 0
+    and std 1 on ``images`` (any earlier normalisation replaced); (mean, std) per channel of the latents before."""
+    vae.register_to_config(latents_mean=None, latents_std=None)
+    latents = torch.cat([autoencoders.encode(vae, images[start:start + batch_size].to(vae.device)).cpu()
+                         for start in range(0, len(images), batch_size)])
+    mean = [round(float(v), 6) for v in latents.mean(dim=(0, 2, 3))]
+    std = [round(float(v), 6) for v in latents.std(dim=(0, 2, 3))]
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    return mean, std
+
+
 def recon_strip(vae, images: torch.Tensor) -> Image.Image:
     """Originals (top row) over their reconstructions (bottom row), for (N, 3, H, W) images in [-1, 1]."""
     originals, reconstructions = (images + 1) / 2, reconstruct(vae, images)

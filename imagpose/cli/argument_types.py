@@ -53,3 +53,14 @@ def seed(text: str) -> int:
         return check_seed(int(text))
     except (ValueError, InvalidArgumentError):
         raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}") from None
+
+
+def block_counts(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated block counts, each an integer >= 0 (``0,1,3,3``)."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0 such as 0,1,3,3, got {text!r}")
+    return counts

@@ -50,6 +50,9 @@ def run(args) -> int:
     out = Path(args.out)
     progress = not args.no_progress
     timing_path = out / "timing.json"
+    if timing_path.is_file() and not args.resume:
+        raise InvalidArgumentError(f"{out} already holds a run ({timing_path.name}); continue it with --resume, or "
+                                   "give another --out (a fresh run would train its phases again over the old ones).")
     timing = json.loads(timing_path.read_text()) if args.resume and timing_path.is_file() else {}
 
     def phase(name: str, done: bool, work) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .argument_types import integer, number, seed
+from .argument_types import block_counts, integer, number, seed
 
 NAME = "vae"
 HELP = "train the tiny autoencoder on generated people and report its held-out round trip"
@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--encoder-channels", type=integer(1), default=None,
                         help="AutoencoderTiny: channels of the encoder's levels, when narrower than --channels (the "
                              "stages encode every training canvas: the encoder's width sets their cost)")
+    parser.add_argument("--encoder-blocks", type=block_counts, default=None, metavar="N,N,N,N",
+                        help="AutoencoderTiny: residual blocks per encoder level (default 1,3,3,3; 0,1,3,3 drops "
+                             "the costly full- and half-resolution ones)")
     parser.add_argument("--decoder-of", metavar="DIR", default=None,
                         help="train only the decoder of this trained autoencoder folder for --steps steps (its "
                              "encoder and latent scale kept, so a model trained on its latents stays valid)")
@@ -71,7 +74,7 @@ def run(args) -> int:
                                loss=args.loss, kl_weight=args.kl_weight, canvas_fraction=args.canvas_fraction,
                                colour_permutation=args.colour_permutation, eval_every=args.eval_every,
                                checkpoint_every=args.checkpoint_every, channels=args.channels,
-                               encoder_channels=args.encoder_channels,
+                               encoder_channels=args.encoder_channels, encoder_blocks=args.encoder_blocks,
                                decoder_steps=args.steps if args.decoder_of else 0, colour_fields=args.colour_fields,
                                decoder_learning_rate=decoder_learning_rate)
     common = dict(seed=args.seed, preset=args.preset, resume=args.resume, stop_after=args.stop_after,
@@ -96,6 +99,11 @@ def run(args) -> int:
     print(f"  colour probes: worst channel error {colour['flat']:.3f} (flat), {colour['two_colour']:.3f} (two colours)")
     if report["decoder_only"]:
         print(f"  latent std: {latent['held_out']:.3f} held out (encoder and latent scale kept)")
+    elif latent["channels_before_calibration"]:
+        before = latent["channels_before_calibration"]
+        print(f"  latents normalised per channel (means {', '.join(f'{v:.2f}' for v in before['mean'])}; stds "
+              f"{', '.join(f'{v:.2f}' for v in before['std'])}): std {latent['train']:.3f} on the training images, "
+              f"{latent['held_out']:.3f} held out")
     else:
         print(f"  latent std: {latent['train']:.3f} on the training images (calibrated x "
               f"{latent['calibration_factor']:.4g}), {latent['held_out']:.3f} held out")

@@ -49,6 +49,21 @@ def test_tiny_latents_are_scaled_by_its_scaling_factor_both_ways():
 
 
 @torch.no_grad()
+def test_per_channel_normalisation_is_applied_after_the_factor_and_inverted_before_decoding(tmp_path):
+    vae = random(AutoencoderTiny(**TINY_TAESD, scaling_factor=0.5))
+    mean, std = [0.5, -1.0, 2.0, 0.0], [0.25, 2.0, 1.0, 4.0]
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    x, per_channel = pixels(), lambda v: torch.tensor(v).view(1, 4, 1, 1)
+    expected = (vae.encode(x).latents * 0.5 - per_channel(mean)) / per_channel(std)
+    torch.testing.assert_close(autoencoders.encode(vae, x), expected)
+    z = torch.randn(2, 4, 8, 6)
+    torch.testing.assert_close(autoencoders.decode(vae, z), vae.decode((z * per_channel(std) + per_channel(mean))
+                                                                       / 0.5).sample)
+    vae.save_pretrained(tmp_path)  # the keys travel in config.json
+    assert autoencoders.channel_normalization(autoencoders.load_autoencoder(tmp_path)) == (mean, std)
+
+
+@torch.no_grad()
 def test_training_latents_of_kl_are_mean_plus_std_times_the_draw():
     vae = random(AutoencoderKL(**TINY_KL, norm_num_groups=2))
     x, noise = pixels(), torch.randn(2, 4, 8, 6, generator=torch.Generator().manual_seed(3))

@@ -431,3 +431,10 @@ def test_the_seed_rule_holds_for_requests_and_training_configs(seed):
     request = PoseRequest(views=[View.source("a.png", "a.json"), View.target("b.json")], grid=(1, 2), seed=seed)
     with pytest.raises(InvalidArgumentError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
         validate_request(request)
+
+
+def test_train_all_refuses_a_run_folder_without_resume_before_touching_it(tmp_path, capsys):
+    (tmp_path / "timing.json").write_text('{"data": 31.0, "vae": 5104.0}')
+    assert main(["train", "all", "--out", str(tmp_path), "--no-progress"]) != 0
+    assert "already holds a run (timing.json); continue it with --resume" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timing.json"]

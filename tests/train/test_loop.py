@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from imagpose.errors import InvalidArgumentError
 from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.config import load_config
 from imagpose.train.stage_training import run_stage
@@ -33,6 +34,8 @@ def test_stopping_and_resuming_gives_the_uninterrupted_run(people_dataset, tmp_p
     stopped = run_stage(config, "stage1", people_dataset, part, stop_after=1, progress=False)
     assert stopped.steps == 1 and not (part / "pipeline").exists()
     assert [step for step, _ in list_checkpoints(part)] == [1]
+    with pytest.raises(InvalidArgumentError, match="--resume"):  # a fresh run would overwrite it
+        run_stage(config, "stage1", people_dataset, part, progress=False)
     run_stage(config, "stage1", people_dataset, part, resume=True, progress=False)
 
     assert losses(part) == losses(tmp_path / "whole")  # bit for bit: weights, AdamW state, LR, data, draws
