@@ -92,8 +92,8 @@ def design(preset, settings: AutoencoderConfig) -> dict:
         config |= {"encoder_block_out_channels": [settings.encoder_channels] * levels}
     if "encoder_blocks" in changes:
         if len(settings.encoder_blocks) != levels:
-            raise InvalidArgumentError(f"autoencoder.encoder_blocks needs one block count per encoder level ({levels}), "
-                                       f"got {list(settings.encoder_blocks)}.")
+            raise InvalidArgumentError(f"autoencoder.encoder_blocks needs one block count per encoder level "
+                                       f"({levels}), got {list(settings.encoder_blocks)}.")
         config |= {"num_encoder_blocks": list(settings.encoder_blocks)}
     return config
 
