@@ -128,6 +128,8 @@ def test_mask_covers_every_visible_keypoint(dataset):
     (dict(views_per_identity=1), "views_per_identity must be at least 2"),
     (dict(size=(16, 64)), r"16x64 \(HxW\) is too small"),
     (dict(test_fraction=1.0), r"test_fraction must be in \[0, 1\)"),
+    (dict(size=(10**6, 10**6)), r"needs about 120000.0 GB of memory to render one person"),  # 10**12 pixels
+    (dict(identities=10**10, size=(128, 96)), r"need about 737280.0 GB of files"),  # 737 TB: more than any test disk
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, arguments, match):
     with pytest.raises(InvalidArgumentError, match=match):
