@@ -15,11 +15,21 @@ from __future__ import annotations
 from typing import Protocol
 
 from imagpose.canvas import PoseRequest
-from imagpose.errors import InvalidArgumentError
+from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
 
 KINDS = ("triton", "ray")
+DEFAULT_TIMEOUT_S = 600.0  # one answer; a 20-step request of the tiny model takes seconds, SD-1.5's on a CPU minutes
+
+
+class ServerTimeoutError(IMAGPoseError, TimeoutError):
+    """A server accepted the connection and did not answer within the client's timeout."""
+
+    def __init__(self, url: str, timeout: float):
+        super().__init__(f"No answer from the server at {url} within {timeout:g} s; it may be overloaded or hung "
+                         "(its log says which), or the request may need longer: raise the timeout "
+                         "(--server-timeout).")
 
 
 class GenerationClient(Protocol):

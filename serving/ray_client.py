@@ -22,6 +22,7 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
 
+from .client import DEFAULT_TIMEOUT_S, ServerTimeoutError
 from .wire import request_to_json, result_from_json
 
 
@@ -41,7 +42,7 @@ class RayServeClient:
         max_workers: most requests in flight at once from one ``generate`` call.
     """
 
-    def __init__(self, url: str, timeout: float = 600.0, max_workers: int = 16):
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S, max_workers: int = 16):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidArgumentError(f"The Ray Serve client takes an http:// or https:// URL, got {url!r}.")
         self.url, self.timeout = url.rstrip("/"), timeout
@@ -103,6 +104,8 @@ class RayServeClient:
     def _request(self, method: str, path: str, **kwargs) -> http.Response:
         try:
             response = self._session().request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except http.ReadTimeout as exc:  # connected, no answer (a connect timeout is unreachable, below)
+            raise ServerTimeoutError(self.url, self.timeout) from exc
         except http.ConnectionError as exc:
             raise ServerUnreachableError(f"No answer from {self.url} ({exc}); check the URL and that the service "
                                          "runs (`imagpose serve`).") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .argument_types import number
 from .common import (
     add_backend_arguments,
     add_model_arguments,
@@ -50,6 +51,8 @@ def add_arguments(parser) -> None:
                         help="send the request to a running server (Triton: http://HOST:8000 or grpc://HOST:8001) "
                              "instead of running the model here; the model and backend flags are then unused")
     served.add_argument("--server-kind", choices=["triton", "ray"], default="triton", help="what serves --server")
+    served.add_argument("--server-timeout", type=number(0, low_inclusive=False), default=600.0, metavar="SECONDS",
+                        help="seconds to wait for the server's answer (default 600)")
 
 
 def build_request(args):
@@ -121,5 +124,5 @@ def _served_result(args, request, sampling):
     """The result of ``request`` from the server at ``--server``, with the same seed and sampling settings."""
     from ..serving.client import connect
 
-    with connect(args.server, kind=args.server_kind) as client:
+    with connect(args.server, kind=args.server_kind, timeout=args.server_timeout) as client:
         return client.generate([request], sampling)[0]

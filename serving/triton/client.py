@@ -20,10 +20,12 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError, MissingDependen
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
 
+from ..client import DEFAULT_TIMEOUT_S, ServerTimeoutError
 from ..wire import request_to_json, result_from_json
 from .model_configs import ORCHESTRATOR, REQUEST_INPUT, RESULT_OUTPUT
 
 REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC forms of INVALID_ARG
+TIMED_OUT = "StatusCode.DEADLINE_EXCEEDED"  # gRPC's client_timeout
 
 
 class ServerError(IMAGPoseError, RuntimeError):
@@ -38,7 +40,8 @@ class TritonClient:
         timeout: seconds one request may take.
     """
 
-    def __init__(self, url: str, model: str = ORCHESTRATOR, concurrency: int = 16, timeout: float = 600.0):
+    def __init__(self, url: str, model: str = ORCHESTRATOR, concurrency: int = 16,
+                 timeout: float = DEFAULT_TIMEOUT_S):
         scheme, _, address = url.partition("://")
         if scheme not in ("http", "grpc") or not address:
             raise InvalidArgumentError(f"A Triton URL is http://HOST:PORT or grpc://HOST:PORT, got {url!r}.")
@@ -56,6 +59,12 @@ class TritonClient:
         if scheme == "http":
             self._client = triton.InferenceServerClient(address, concurrency=concurrency, connection_timeout=timeout,
                                                         network_timeout=timeout)
+            # tritonclient.http waits in gevent greenlets, whose hub prints a traceback for every one that fails;
+            # a timeout is reported once, as ServerTimeoutError, instead
+            from gevent import get_hub
+
+            hub = get_hub()
+            hub.NOT_ERROR = (*hub.NOT_ERROR, TimeoutError)
         else:
             self._client = triton.InferenceServerClient(address)
 
@@ -103,6 +112,8 @@ class TritonClient:
         return result.as_numpy(RESULT_OUTPUT).reshape(-1)[0]
 
     def _error(self, exc) -> IMAGPoseError:
+        if isinstance(exc, TimeoutError) or (isinstance(exc, self._exception) and str(exc.status()) == TIMED_OUT):
+            return ServerTimeoutError(self.url, self.timeout)
         if isinstance(exc, self._exception):
             if str(exc.status()) in REFUSED:
                 return InvalidArgumentError(f"The server at {self.url} refused the request: {exc.message()}")
