@@ -53,7 +53,7 @@ def run(args) -> int:
     if timing_path.is_file() and not args.resume:
         raise InvalidArgumentError(f"{out} already holds a run ({timing_path.name}); continue it with --resume, or "
                                    "give another --out (a fresh run would train its phases again over the old ones).")
-    timing = json.loads(timing_path.read_text()) if args.resume and timing_path.is_file() else {}
+    timing = read_timing(timing_path) if args.resume and timing_path.is_file() else {}
 
     def phase(name: str, done: bool, work) -> None:
         if args.resume and done and name in timing:
@@ -102,6 +102,23 @@ def run(args) -> int:
     print(f"imagpose train all: {sum(v for k, v in timing.items() if k != 'total'):.0f} s in all; the trained "
           f"pipeline is {out / 'end2end' / 'pipeline'}")
     return 0
+
+
+def read_timing(path: Path) -> dict[str, float]:
+    """A run's ``timing.json`` ({phase: seconds}), or an error naming the file and the fix."""
+    from ..errors import InputFileError
+
+    try:
+        timing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        timing, reason = None, str(exc)
+    else:
+        reason = "expected {phase: seconds}"
+    if not isinstance(timing, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in timing.values()):
+        raise InputFileError(f"{path} is damaged ({reason}); delete it and run again with --resume (each phase "
+                             "then continues from its own last checkpoint; the data is generated again, identically).")
+    return timing
 
 
 def train_final_decoder(data: Path, vae: Path, out: Path, pipeline: Path, config, **options) -> None:

@@ -438,3 +438,11 @@ def test_train_all_refuses_a_run_folder_without_resume_before_touching_it(tmp_pa
     assert main(["train", "all", "--out", str(tmp_path), "--no-progress"]) != 0
     assert "already holds a run (timing.json); continue it with --resume" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["timing.json"]
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"vae": "long"}', "{not json", "\udcff"])
+def test_train_all_resume_names_a_damaged_timing_file(tmp_path, capsys, content):
+    (tmp_path / "timing.json").write_text(content, encoding="utf-8", errors="surrogateescape")
+    assert main(["train", "all", "--out", str(tmp_path), "--resume", "--no-progress"]) != 0
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'timing.json'} is damaged" in error and "delete it and run again with --resume" in error
