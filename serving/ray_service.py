@@ -42,11 +42,13 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import time
 import traceback
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,10 +253,18 @@ def _error_response(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
+def attachment_name(name: str | None) -> str:
+    """A file name made from a request's free-text ``name`` for Content-Disposition: every character outside
+    [A-Za-z0-9._-] (path separators, quotes, CR/LF, non-ASCII) becomes "_", at most 64 characters, no leading
+    dots; "targets" when nothing is left. (The name itself travels percent-encoded in X-Imagpose-Name.)"""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name or "")[:64].lstrip(".")
+    return safe if safe.strip("_") else "targets"
+
+
 def _png_response(result: dict) -> Response:
     import base64
 
-    headers = {"X-Imagpose-Seed": str(result["seed"]), "X-Imagpose-Name": result["name"] or ""}
+    headers = {"X-Imagpose-Seed": str(result["seed"]), "X-Imagpose-Name": quote(result["name"] or "", safe="")}
     tiles = [(index, base64.b64decode(text)) for index, text in zip(result["target_indices"], result["targets"])]
     if len(tiles) == 1:
         return Response(tiles[0][1], media_type="image/png", headers=headers)
@@ -262,7 +272,7 @@ def _png_response(result: dict) -> Response:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
         for index, data in tiles:
             archive.writestr(f"target_{index}.png", data)
-    headers["Content-Disposition"] = f'attachment; filename="{result["name"] or "targets"}.zip"'
+    headers["Content-Disposition"] = f'attachment; filename="{attachment_name(result["name"])}.zip"'
     return Response(buffer.getvalue(), media_type="application/zip", headers=headers)
 
 

@@ -263,3 +263,14 @@ def _cmdline(process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("star", "star"), (None, "targets"), ("", "targets"), ("../../etc/passwd", "_.._etc_passwd"),
+    ('a.zip"; filename="b', "a.zip___filename__b"), ("x\r\nSet-Cookie: 1", "x__Set-Cookie__1"),
+    ("visage é", "visage__"), ("n" * 10**6, "n" * 64), ("///", "targets"),
+])
+def test_the_zip_attachment_name_is_a_safe_file_name_whatever_the_request_name(name, expected):
+    from imagpose.serving.ray_service import attachment_name
+
+    assert attachment_name(name) == expected
