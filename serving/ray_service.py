@@ -48,9 +48,9 @@ import time
 import traceback
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
