@@ -93,11 +93,16 @@ def held_out_people(vae, data_root: Path) -> dict[str, float]:
 
 
 @torch.no_grad()
+def encode_all(vae, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """The pipeline's latents of (N, 3, H, W) images in [-1, 1], encoded ``batch_size`` at a time (on the CPU)."""
+    return torch.cat([autoencoders.encode(vae, images[start:start + batch_size].to(vae.device)).cpu()
+                      for start in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
 def latent_std(vae, images: torch.Tensor, batch_size: int = 16) -> float:
     """Std of the pipeline's scaled latents over all elements, for (N, 3, H, W) images in [-1, 1]."""
-    latents = [autoencoders.encode(vae, images[start:start + batch_size].to(vae.device)).cpu()
-               for start in range(0, len(images), batch_size)]
-    return float(torch.cat(latents).std())
+    return float(encode_all(vae, images, batch_size).std())
 
 
 @torch.no_grad()
@@ -128,8 +133,7 @@ def calibrate_latent_channels(vae, images: torch.Tensor, batch_size: int = 16) -
     """Set the config's ``latents_mean`` / ``latents_std`` so that each channel of the pipeline's latents has mean 0
     and std 1 on ``images`` (any earlier normalisation replaced); (mean, std) per channel of the latents before."""
     vae.register_to_config(latents_mean=None, latents_std=None)
-    latents = torch.cat([autoencoders.encode(vae, images[start:start + batch_size].to(vae.device)).cpu()
-                         for start in range(0, len(images), batch_size)])
+    latents = encode_all(vae, images, batch_size)
     mean = [round(float(v), 6) for v in latents.mean(dim=(0, 2, 3))]
     std = [round(float(v), 6) for v in latents.std(dim=(0, 2, 3))]
     vae.register_to_config(latents_mean=mean, latents_std=std)
