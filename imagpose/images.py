@@ -16,8 +16,10 @@ Colour-mode rule (stated once, applied everywhere):
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -60,20 +62,28 @@ def _open_file(path: Path, what: str) -> Image.Image:
         raise ImageInputError(f"{what}: {path} is a directory; pass an image file.")
     if not path.is_file():
         raise ImageInputError(f"{what}: {path} is not a regular file (a device, pipe or socket); pass an image file.")
+    return decode_image(path, f"{what}: {path}")
+
+
+def decode_image(source: str | os.PathLike | BinaryIO, label: str) -> Image.Image:
+    """The image in a file or a binary stream (a server's request bytes), EXIF orientation applied; ``label`` names
+    it in errors. A header declaring more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused before anything
+    is decoded (PIL itself only warns up to twice that), and so is anything PIL cannot decode."""
     try:
-        # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse there too, before anything is decoded
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as handle:
+            with Image.open(source) as handle:
                 handle.load()
                 return ImageOps.exif_transpose(handle)  # phone photos: pixels as shown, not as stored
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageInputError(
-            f"{what}: {path} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS) and "
+            f"{label} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS) and "
             "was not decoded: it could be a decompression bomb. Downscale it (it is resized to the tile size "
             "anyway), or raise PIL.Image.MAX_IMAGE_PIXELS for a file you trust.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageInputError(f"{what}: {path} is not a readable image ({exc}).") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        # PIL's decoders report corrupt data with any of these (SyntaxError from the PNG chunk reader, struct.error
+        # from truncated headers)
+        raise ImageInputError(f"{label} is not a readable image ({exc}).") from exc
 
 
 def refused_mode(mode: str) -> str | None:

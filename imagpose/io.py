@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from .errors import IMAGPoseError, InputFileError, OutputLocationError
+from .json_parsing import parse_json
 
 STAGING_PREFIX = ".imagpose-staging-"
 
@@ -98,7 +99,7 @@ def read_json(path: str | os.PathLike, fix: str):
     if not path.is_file():
         raise MissingInputFileError(f"{path} is missing; {fix}.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputFileError(f"{path} is not valid JSON ({exc}); {fix}.") from exc
     except OSError as exc:

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputFileError
+from .json_parsing import parse_json
 
 KEYPOINT_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
@@ -184,7 +185,7 @@ def _read_json(path: Path):
         raise PoseError(f"Pose JSON {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
                         "save it as UTF-8 JSON.") from exc
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as exc:
         raise PoseError(f"Pose JSON {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") \
             from exc

@@ -23,6 +23,16 @@ KINDS = ("triton", "ray")
 DEFAULT_TIMEOUT_S = 600.0  # one answer; a 20-step request of the tiny model takes seconds, SD-1.5's on a CPU minutes
 
 
+MAX_SERVER_MESSAGE_CHARS = 2000  # a server's error text shown to the user; the rest is in the server's log
+
+
+def clipped_server_message(text: str) -> str:
+    """A server's error message as a client shows it: at most :data:`MAX_SERVER_MESSAGE_CHARS` characters."""
+    if len(text) <= MAX_SERVER_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_SERVER_MESSAGE_CHARS]}... [{len(text) - MAX_SERVER_MESSAGE_CHARS} more characters]"
+
+
 class ServerTimeoutError(IMAGPoseError, TimeoutError):
     """A server accepted the connection and did not answer within the client's timeout."""
 

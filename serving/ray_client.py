@@ -19,11 +19,12 @@ import requests as http
 
 from imagpose.canvas import PoseRequest
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
+from imagpose.json_parsing import parse_json
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
 
-from .client import DEFAULT_TIMEOUT_S, ServerTimeoutError
-from .wire import request_to_json, result_from_json
+from .client import DEFAULT_TIMEOUT_S, ServerTimeoutError, clipped_server_message
+from .wire import WireFormatError, request_to_json, result_from_json
 
 
 class ServerUnreachableError(IMAGPoseError, ConnectionError):
@@ -63,7 +64,10 @@ class RayServeClient:
     def post_generate(self, body: dict) -> dict:
         """POST one wire-format request; its wire-format result (errors as in the module docstring)."""
         response = self._request("post", "/generate", json=body)
-        return response.json()
+        try:
+            return parse_json(response.content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise WireFormatError(f"{self.url}/generate answered with something that is not JSON ({exc}).") from exc
 
     def ready(self) -> bool:
         try:
@@ -119,7 +123,8 @@ class RayServeClient:
 
 def _message(response: http.Response) -> str:
     try:
-        data = response.json()
-    except ValueError:
-        return response.text[:500]
-    return (data.get("message") or str(data)) if isinstance(data, dict) else str(data)
+        data = parse_json(response.content)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return clipped_server_message(response.text)
+    message = data.get("message") if isinstance(data, dict) else None
+    return clipped_server_message(message if isinstance(message, str) and message else str(data))

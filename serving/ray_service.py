@@ -58,6 +58,9 @@ from ray import serve
 from ray.serve import metrics
 
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
+from imagpose.json_parsing import parse_json
+
+from .request_limits import MAX_REQUEST_BYTES, RequestTooLargeError
 
 APP_NAME = "imagpose"
 RUNTIMES = ("torch", "onnxruntime")
@@ -296,8 +299,14 @@ class HTTPIngress:
         if format not in FORMATS:
             return self._count(_error_response(422, "InvalidArgumentError",
                                                f"format {format!r} is unknown; choose from {', '.join(FORMATS)}."))
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:  # refused before the body is read
+            return self._count(_error_response(413, "RequestTooLargeError", str(RequestTooLargeError(int(declared)))))
+        raw = await request.body()
+        if len(raw) > MAX_REQUEST_BYTES:  # a chunked body declares no length
+            return self._count(_error_response(413, "RequestTooLargeError", str(RequestTooLargeError(len(raw)))))
         try:
-            body = json.loads(await request.body())
+            body = parse_json(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return self._count(_error_response(400, "WireFormatError", f"The request body is not JSON ({exc}); send "
                                                "a wire-format request (imagpose.serving.wire.request_to_json)."))

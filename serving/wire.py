@@ -36,10 +36,13 @@ from PIL import Image
 
 from imagpose.canvas import PoseRequest, View, validate_request
 from imagpose.errors import InvalidArgumentError
-from imagpose.images import load_image
+from imagpose.images import ImageInputError, decode_image, load_image
+from imagpose.json_parsing import parse_json
 from imagpose.pipeline import GenerationResult
 from imagpose.pose import Keypoints, keypoints_from_json
 from imagpose.sampling_config import SamplingConfig
+
+from .request_limits import MAX_REQUEST_BYTES, RequestTooLargeError
 
 
 class WireFormatError(InvalidArgumentError):
@@ -60,17 +63,18 @@ def encode_png(image: Image.Image) -> str:
 
 
 def decode_png(text, field: str) -> Image.Image:
+    """The image in a base64 field, decoded by the rules of image files (:func:`imagpose.images.decode_image`:
+    the same pixel limit, checked on the header before decoding)."""
     if not isinstance(text, str):
         raise WireFormatError(f"{field} must be a base64 PNG string, got {type(text).__name__}.")
     try:
         data = base64.b64decode(text, validate=True)
-        image = Image.open(io.BytesIO(data))
-        image.load()
     except (binascii.Error, ValueError) as exc:
         raise WireFormatError(f"{field} is not valid base64 ({exc}); send base64.b64encode(png_bytes).") from exc
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise WireFormatError(f"{field} is not a readable image ({exc}); send a PNG or JPEG file's bytes.") from exc
-    return image
+    try:
+        return decode_image(io.BytesIO(data), field)
+    except ImageInputError as exc:
+        raise WireFormatError(f"{exc} Send a PNG or JPEG file's bytes.") from exc
 
 
 def _image_field(source, field: str) -> str:
@@ -130,8 +134,10 @@ def _sampling_from_json(data) -> SamplingConfig:
 def request_from_json(data) -> WireRequest:
     """Parse and check one wire request; every problem is a :class:`WireFormatError` (a 4xx for servers)."""
     if isinstance(data, (bytes, str)):
+        if len(data) > MAX_REQUEST_BYTES:
+            raise RequestTooLargeError(len(data))
         try:
-            data = json.loads(data)
+            data = parse_json(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise WireFormatError(f"The request is not JSON ({exc}).") from exc
     if not isinstance(data, dict):
@@ -173,9 +179,9 @@ def result_to_json(result: GenerationResult) -> dict:
 
 def result_from_json(data) -> GenerationResult:
     """A :class:`~imagpose.pipeline.GenerationResult` (PIL images) from its wire form."""
-    if isinstance(data, (bytes, str)):
-        data = json.loads(data)
     try:
+        if isinstance(data, (bytes, str)):
+            data = parse_json(data)
         latents = data["latents"]
         array = np.frombuffer(base64.b64decode(latents["float32"]), dtype="<f4").reshape(latents["shape"])
         targets = [decode_png(text, f"targets[{i}]").convert("RGB") for i, text in enumerate(data["targets"])]

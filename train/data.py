@@ -43,6 +43,7 @@ from imagpose.canvas import PoseRequest, View, build_canvas
 from imagpose.conditions import dino_pixels, reference_canvas_pixels
 from imagpose.errors import InputFileError
 from imagpose.images import ImageInputError, refused_mode
+from imagpose.json_parsing import parse_json
 from imagpose.pose import PoseError, keypoints_from_json, render_pose
 
 from .masking import check_target_range, draw_reference, draw_targets
@@ -101,7 +102,7 @@ def read_annotations(root: str | Path, split: str) -> list[list[str]]:
         raise InputFileError(f"{path} does not exist: a dataset needs {split}.json (a JSON list of identities, each a "
                              f"list of image paths); {DATA_FIX}.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputFileError(f"{path} is not valid JSON ({exc}); it must be a list of lists of image paths.") from None
     if not isinstance(data, list) or not all(isinstance(i, list) and all(isinstance(p, str) for p in i)

@@ -20,7 +20,7 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError, MissingDependen
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
 
-from ..client import DEFAULT_TIMEOUT_S, ServerTimeoutError
+from ..client import DEFAULT_TIMEOUT_S, ServerTimeoutError, clipped_server_message
 from ..wire import request_to_json, result_from_json
 from .model_configs import ORCHESTRATOR, REQUEST_INPUT, RESULT_OUTPUT
 
@@ -116,8 +116,10 @@ class TritonClient:
             return ServerTimeoutError(self.url, self.timeout)
         if isinstance(exc, self._exception):
             if str(exc.status()) in REFUSED:
-                return InvalidArgumentError(f"The server at {self.url} refused the request: {exc.message()}")
-            return ServerError(f"The server at {self.url} failed the request ({exc.status()}): {exc.message()}. "
+                return InvalidArgumentError(f"The server at {self.url} refused the request: "
+                                            f"{clipped_server_message(exc.message())}")
+            return ServerError(f"The server at {self.url} failed the request ({exc.status()}): "
+                               f"{clipped_server_message(exc.message())}. "
                                "Its log has the details.")
         return ServerError(f"Cannot reach a Triton server at {self.url} ({exc}); start one "
                            "(docs/serving.md) or check the URL.")

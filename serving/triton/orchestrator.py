@@ -7,7 +7,8 @@ canvas geometry into shared UNet calls). A request the user can fix (any :class:
 malformed JSON, a grid or tile size this repository does not serve, bad settings, DeepCache (the repository has no
 DeepCache graphs), the memory limit) gets an
 INVALID_ARG error (HTTP 400) naming the problem, and the other requests of the batch are answered; any other
-exception is a bug: its traceback goes to the server log and the requests of that pipeline call get an error.
+exception is a bug: its traceback goes to the server log, the request that raised it gets an INTERNAL error that
+says so (never the traceback or a server path), and the other requests of the batch are answered.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .model_configs import REQUEST_INPUT, RESULT_OUTPUT
 from .pipeline_configs import load_config_only_pipeline
 from .runtime import TritonModelRuntime
 
+INTERNAL_MESSAGE = "The server failed on this request (a bug, not the request's fault); its log has the details."
 SERVING_RECORD = "serving.json"  # in the orchestrator's version folder: what the repository serves
 
 
@@ -51,6 +53,8 @@ class Orchestrator:
                 parsed[index] = [self.parse(row) for row in rows]
             except IMAGPoseError as exc:
                 errors[index] = exc
+            except Exception as exc:  # a bug: logged, and only this request fails
+                errors[index] = self._log_bug("parsing a request", exc)
         groups: dict[SamplingConfig, list[tuple[int, int]]] = {}
         for index, items in parsed.items():
             for row, item in enumerate(items):
@@ -68,9 +72,10 @@ class Orchestrator:
 
     def response(self, index: int, rows: int, answers: dict, error: BaseException | None):
         pb = self.pb_utils
+        if isinstance(error, IMAGPoseError):
+            return pb.InferenceResponse(error=pb.TritonError(str(error), pb.TritonError.INVALID_ARG))
         if error is not None:
-            code = pb.TritonError.INVALID_ARG if isinstance(error, IMAGPoseError) else pb.TritonError.INTERNAL
-            return pb.InferenceResponse(error=pb.TritonError(str(error), code))
+            return pb.InferenceResponse(error=pb.TritonError(INTERNAL_MESSAGE, pb.TritonError.INTERNAL))
         data = np.array([[answers[index, row]] for row in range(rows)], dtype=np.object_)
         return pb.InferenceResponse(output_tensors=[pb.Tensor(RESULT_OUTPUT, data)])
 
@@ -124,10 +129,16 @@ class Orchestrator:
             if len(items) == 1:
                 return [exc]
             return [outcome for item in items for outcome in self._call([item], sampling, per_request)]
-        except Exception as exc:  # a bug: its traceback in the server log, an error for these requests only
-            self.pb_utils.Logger.log_error(f"imagpose: a pipeline call failed:\n{traceback.format_exc()}")
-            return [exc] * len(items)
+        except Exception as exc:  # a bug: its traceback in the server log; retried alone, so only its request fails
+            if len(items) == 1:
+                return [self._log_bug("a pipeline call", exc)]
+            return [outcome for item in items for outcome in self._call([item], sampling, per_request)]
         return [json.dumps(result_to_json(result)).encode() for result in output.results]
+
+    def _log_bug(self, during: str, exc: Exception) -> Exception:
+        self.pb_utils.Logger.log_error(f"imagpose: {during} failed:\n"
+                                       + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return exc
 
     def _rows_message(self, sampling: SamplingConfig, per_request: int) -> str:
         low, high = self.unet_rows

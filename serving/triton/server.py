@@ -64,6 +64,8 @@ class TritonServer:
     Args:
         repo: the model repository.
         http_port, grpc_port, metrics_port: None picks free ports.
+        host: the address all three listen on: loopback by default, so only this machine reaches the server;
+            "0.0.0.0" for every interface (put it behind your own authentication: the server has none).
         wait_ready: on entering, wait until every model is ready; a model that fails to load raises
             :class:`ServerNotReadyError` with the server's reason (the server is stopped first). False: only until
             the server answers (``model_states()`` then shows the models loading, ready or failed).
@@ -74,8 +76,10 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, wait_ready: bool = True, timeout: float = 180.0,
-                 log_path: str | Path | None = None, exit_timeout: int = 5, verbose: bool = False):
+                 log_path: str | Path | None = None, exit_timeout: int = 5, verbose: bool = False,
+                 host: str = "127.0.0.1"):
         self.repo = Path(repo).resolve()
+        self.host = host
         self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.wait_ready, self.timeout, self.exit_timeout, self.verbose = wait_ready, timeout, exit_timeout, verbose
@@ -86,12 +90,16 @@ class TritonServer:
         self.log_file: Path | None = None
 
     @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # a wildcard bind is reached on loopback
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self._client_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
+        return f"grpc://{self._client_host}:{self.grpc_port}"
 
     # ------------------------------------------------------------------ start
     def command(self, env: Path, backends: Path) -> list[str]:
@@ -100,6 +108,7 @@ class TritonServer:
                 "--backend-directory", str(backends), "--exit-on-error=false",
                 "--exit-timeout-secs", str(self.exit_timeout), "--http-port", str(self.http_port),
                 "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+                "--http-address", self.host, "--grpc-address", self.host, "--metrics-address", self.host,
                 "--log-verbose", "1" if self.verbose else "0"]
 
     def start(self) -> TritonServer:

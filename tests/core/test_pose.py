@@ -67,6 +67,13 @@ def test_json_formats_roundtrip(tmp_path):
         keypoints_from_json({"people": []}, 176, 256)
 
 
+def test_a_deeply_nested_pose_file_is_a_pose_error_not_a_recursion_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(PoseError, match="not valid JSON .*nested too deeply"):
+        keypoints_from_json(path)
+
+
 def test_hands_are_drawn_in_rainbow_with_blue_joints():
     hand = np.array([[80 + 2 * (j % 5), 120 + 3 * (j // 5)] for j in range(21)], dtype=float)
     hands = np.stack([hand, np.full((21, 2), -1.0)])

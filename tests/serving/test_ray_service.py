@@ -5,6 +5,7 @@ for the whole folder (ray_fixture.py): `imagpose serve` in a child process."""
 
 import base64
 import io
+import socket
 import threading
 import time
 import zipfile
@@ -21,6 +22,7 @@ from imagpose.serving.client import connect
 from imagpose.serving.ray_client import RayServeClient
 from imagpose.serving.wire import WireFormatError, request_to_json
 
+from .hostile_bodies import DEEP_JSON, png_that_pil_reads_as_a_syntax_error
 from .ray_fixture import MAX_BATCH, SETTINGS, free_port, shared_service, t2_request
 
 PEOPLE = ("person_red", "person_blue")
@@ -136,10 +138,27 @@ def test_a_bad_request_is_a_4xx_naming_the_problem_and_the_next_is_answered(ray_
     not_json = requests.post(url, data=b"{nope", timeout=60)
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["message"]
     assert requests.post(f"{url}?format=gif", json=bad, timeout=60).status_code == 422
+    deep = requests.post(url, data=DEEP_JSON.encode(), timeout=60)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["message"]
+    corrupt, huge_seed = request_to_json(t2_request(1), SETTINGS), request_to_json(t2_request(1), SETTINGS)
+    corrupt["views"][0]["image"] = png_that_pil_reads_as_a_syntax_error()
+    huge_seed["seed"] = 2**80
+    for body, words in ((corrupt, "is not a readable image (broken PNG file"), (huge_seed, "seed must be an integer")):
+        answer = requests.post(url, json=body, timeout=60)
+        assert answer.status_code == 422 and words in answer.json()["message"], answer.text
     with RayServeClient(ray_service.url) as client:
         with pytest.raises(InvalidArgumentError, match="grid must be two positive integers"):
             client.post_generate(bad)
         assert client.generate(t2_request(2), SETTINGS)[0].seed == 2
+
+
+def test_a_body_over_the_size_limit_is_a_413_before_it_is_read(ray_service):
+    host, port = ray_service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # declares 1 GB, sends nothing
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n")
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413") and "over the 64 MiB a request can be" in answer, answer[:300]
 
 
 def test_a_request_that_fails_inside_a_batch_fails_alone(ray_service):

@@ -86,6 +86,13 @@ def test_http_and_grpc_answers_equal_the_in_process_pipeline(tiny_pipe, reposito
             assert torch.allclose(ours.latents, onnx.latents, atol=1e-4)
 
 
+def test_the_server_listens_on_loopback_only_by_default(server):
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(server.process.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert {port for _, port in listening} >= {server.http_port, server.grpc_port, server.metrics_port}, listening
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+
+
 def test_64_requests_from_8_concurrent_clients_all_get_their_own_result_in_batches(tiny_pipe, repository, server):
     ort = OnnxRuntimeBackend.for_pipeline(tiny_pipe, repository / "onnx")
     requests = [request(100 + i, POSES[i % len(POSES)]) for i in range(64)]
@@ -133,6 +140,38 @@ def test_a_bad_request_is_a_400_naming_the_problem_and_the_server_goes_on(server
         with pytest.raises(InvalidArgumentError, match="bakes in the 2x2 grid; the request uses 1x2"):
             grpc.generate(wrong_grid, SETTINGS)
         assert http.generate(request(5), SETTINGS)[0].seed == 5
+
+
+def test_hostile_requests_inside_a_batch_fail_alone_and_no_server_internals_reach_the_client(server):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imagpose.serving.wire import request_to_json
+
+    from .hostile_bodies import DEEP_JSON, png_that_pil_reads_as_a_syntax_error
+
+    bodies = [json.dumps(request_to_json(request(20 + i), SETTINGS)).encode() for i in range(7)]
+    corrupt, huge_seed = json.loads(bodies[3]), json.loads(bodies[5])
+    corrupt["views"][0]["image"] = png_that_pil_reads_as_a_syntax_error()
+    huge_seed["seed"] = 2**80
+    bodies[3], bodies[4], bodies[5] = json.dumps(corrupt).encode(), DEEP_JSON.encode(), json.dumps(huge_seed).encode()
+
+    def send(body):
+        try:
+            with TritonClient(server.http_url, timeout=120) as client:
+                return json.loads(client.infer_json(body))
+        except InvalidArgumentError as exc:
+            return exc
+
+    with ThreadPoolExecutor(7) as pool:  # seven at once: the dynamic batcher puts them in shared batches
+        answers = list(pool.map(send, bodies))
+    for i in (0, 1, 2, 6):
+        assert isinstance(answers[i], dict) and answers[i]["seed"] == 20 + i, answers[i]
+    assert "views[0].image is not a readable image (broken PNG file" in str(answers[3])
+    assert "nested too deeply" in str(answers[4])
+    assert "seed must be an integer in [0, 2**63 - 1]" in str(answers[5])
+    for error in answers[3:6]:
+        assert isinstance(error, InvalidArgumentError) and ".py" not in str(error) and "At:" not in str(error)
 
 
 def test_a_client_that_disconnects_mid_request_does_not_wedge_the_server(server):

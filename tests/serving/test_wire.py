@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from imagpose import scenarios
 from imagpose.pose import keypoints_from_json
 from imagpose.samples import sample
 from imagpose.sampling_config import DeepCacheConfig, SamplingConfig
+from imagpose.serving.request_limits import MAX_REQUEST_BYTES, RequestTooLargeError
 from imagpose.serving.wire import (
     WireFormatError,
     request_from_json,
@@ -18,6 +20,8 @@ from imagpose.serving.wire import (
     result_from_json,
     result_to_json,
 )
+
+from .hostile_bodies import png_of_size, png_that_pil_reads_as_a_syntax_error
 
 
 def t2_request(seed=3):
@@ -75,6 +79,29 @@ def test_malformed_requests_name_the_field(edit, words):
 def test_not_json_is_a_wire_error():
     with pytest.raises(WireFormatError, match="not JSON"):
         request_from_json(b"{nope")
+
+
+def test_an_image_pil_fails_on_or_over_the_pixel_limit_is_a_wire_error(monkeypatch):
+    data = request_to_json(t2_request())
+    data["views"][0]["image"] = png_that_pil_reads_as_a_syntax_error()
+    with pytest.raises(WireFormatError, match=r"views\[0\].image is not a readable image \(broken PNG file"):
+        request_from_json(json.dumps(data))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40x40 lies where PIL itself only warns (1x to 2x)
+    data["views"][0]["image"] = png_of_size(40, 40)
+    with pytest.raises(WireFormatError, match="declares more than 1,000 pixels"):
+        request_from_json(json.dumps(data))
+
+
+def test_a_request_over_the_size_limit_is_refused_before_parsing():
+    with pytest.raises(RequestTooLargeError, match="over the 64 MiB a request can be"):
+        request_from_json(b" " * (MAX_REQUEST_BYTES + 1))
+
+
+@pytest.mark.parametrize("parse", [request_from_json, result_from_json])
+def test_deeply_nested_json_is_a_wire_error(parse):
+    for body in ("[" * 100_000, '{"views": ' * 100_000):
+        with pytest.raises(WireFormatError, match="nested too deeply"):
+            parse(body.encode())
 
 
 def test_a_request_carries_eta_and_deepcache():

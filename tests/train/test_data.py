@@ -67,6 +67,13 @@ def test_every_broken_entry_is_counted_with_its_reason(copy):
         dataset[n]
 
 
+def test_a_deeply_nested_keypoint_file_is_skipped_with_its_reason(copy):
+    entry = entries(copy)[0][0]
+    (copy / companion(entry, "dwpose", ".png")).unlink()
+    (copy / companion(entry, "keypoints", ".json")).write_text("[" * 100_000)
+    assert "nested too deeply" in dict(check_dataset(copy).skipped)[entry]
+
+
 def test_a_person_of_several_sizes_and_16_bit_images_are_skipped_with_their_reasons(copy):
     groups = entries(copy)
     for path in (groups[0][0], companion(groups[0][0], "dwpose", ".png")):  # image and pose resized alike
@@ -82,7 +89,8 @@ def test_a_person_of_several_sizes_and_16_bit_images_are_skipped_with_their_reas
     assert len(report.identities) == len(groups) - 1  # identity 1 keeps its three 8-bit views
 
 
-@pytest.mark.parametrize("text, match", [("{", "not valid JSON"), ('{"a": 1}', "list of identities"),
+@pytest.mark.parametrize("text, match", [("{", "not valid JSON"), ("[" * 100_000, "nested too deeply"),
+                                         ('{"a": 1}', "list of identities"),
                                          ("[[1, 2]]", "list of identities")])
 def test_a_malformed_annotation_file_is_an_error_naming_it(copy, text, match):
     (copy / "train.json").write_text(text)
