@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from imagpose.errors import InputFileError
 from imagpose.io import OutputFolder
+from imagpose.json_parsing import parse_json
 
 CHECKPOINTS = "checkpoints"
 STEP_FOLDER = re.compile(r"^step-(\d{6,})$")
@@ -100,17 +101,65 @@ def save_checkpoint(out: str | Path, step: int, model_state: dict[str, torch.Ten
     return folder
 
 
+class DamagedCheckpointError(InputFileError):
+    """A checkpoint file that cannot be read back (truncated weights, a broken optimizer file, a state.json that is
+    not what this trainer wrote); the message names the file."""
+
+
 def load_checkpoint(folder: str | Path) -> dict:
-    """Everything :func:`save_checkpoint` wrote: model, ema (or None), optimizer, rng tensors and the JSON state."""
+    """Everything :func:`save_checkpoint` wrote: model, ema (or None), optimizer, rng tensors and the JSON state.
+    A missing or unreadable file raises :class:`DamagedCheckpointError` naming it."""
     folder = Path(folder)
     for name in ("model.safetensors", "optimizer.pt", "rng.safetensors", "state.json"):
         if not (folder / name).is_file():
-            raise InputFileError(f"Checkpoint {folder} lacks {name}; it is not a complete imagpose training "
-                                 "checkpoint. Resume from another step-NNNNNN folder or start afresh.")
+            raise DamagedCheckpointError(f"Checkpoint {folder} lacks {name}; it is not a complete imagpose training "
+                                         "checkpoint.")
+    ema = folder / "ema.safetensors"
     return {
-        "model": load_file(str(folder / "model.safetensors")),
-        "ema": load_file(str(folder / "ema.safetensors")) if (folder / "ema.safetensors").is_file() else None,
-        "optimizer": torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
-        "rng": load_file(str(folder / "rng.safetensors")),
-        "state": json.loads((folder / "state.json").read_text()),
+        "model": _read(folder / "model.safetensors", load_file),
+        "ema": _read(ema, load_file) if ema.is_file() else None,
+        "optimizer": _read(folder / "optimizer.pt",
+                           lambda path: torch.load(path, map_location="cpu", weights_only=True)),
+        "rng": _read(folder / "rng.safetensors", load_file),
+        "state": _read_state(folder),
     }
+
+
+def _read(path: Path, reader):
+    try:
+        return reader(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch.load report a damaged file with many types
+        raise DamagedCheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}).") from exc
+
+
+def _read_state(folder: Path) -> dict:
+    path = folder / "state.json"
+    try:
+        state = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedCheckpointError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(state, dict):
+        raise DamagedCheckpointError(f"{path} does not hold a JSON object (it holds a {type(state).__name__}).")
+    expected = {"step": int, "lr_schedule": dict, "numpy_rng": dict}
+    wrong = [key for key, kind in expected.items() if type(state.get(key)) is not kind]
+    if wrong:
+        raise DamagedCheckpointError(f"{path} is not a training state of this trainer ({', '.join(wrong)} missing or "
+                                     "of the wrong type).")
+    if state["step"] != checkpoint_step(folder):
+        raise DamagedCheckpointError(f"{path} says step {state['step']}, but its folder is {folder.name}.")
+    return state
+
+
+def load_latest_usable(out: str | Path) -> tuple[Path | None, dict | None, list[str]]:
+    """(folder, contents) of the newest checkpoint under ``out`` that reads back whole, or (None, None) when there
+    is none, and a line for each newer one that was damaged and passed over (left on disk as it is)."""
+    passed_over = []
+    for _, folder in reversed(list_checkpoints(out)):
+        try:
+            return folder, load_checkpoint(folder), passed_over
+        except DamagedCheckpointError as exc:
+            passed_over.append(f"{exc} Passing over {folder.name}.")
+    if passed_over:
+        raise DamagedCheckpointError("No checkpoint of this run reads back whole:\n  " + "\n  ".join(passed_over)
+                                     + f"\nStart afresh in another folder, or remove {Path(out) / CHECKPOINTS}.")
+    return None, None, passed_over

@@ -159,8 +159,11 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     if latest is not None and not resume:
         raise InvalidArgumentError(f"{out} already holds a run of its own ({latest.name}); continue it with --resume, "
                                    "or train into another folder (a fresh run would overwrite its weights).")
+    latest, saved, passed_over = checkpoints.load_latest_usable(out) if resume else (None, None, [])
     accelerator = make_accelerator(run, settings, out)
     main = accelerator.is_main_process
+    for line in passed_over:
+        accelerator.print(f"imagpose train: {line}")
 
     # 1. The task's data and frozen modules
     task.setup(accelerator, out, checkpoints.checkpoint_step(latest) if latest is not None else 0)
@@ -169,7 +172,7 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     state = prepare_training(task, run, settings, accelerator, out)
 
     # 3. Resume: weights, optimizer, LR schedule, step and every RNG; data and draws follow from the step
-    position = resume_from(state, latest) if latest is not None else Position()
+    position = resume_from(state, latest, saved) if latest is not None else Position()
     batches = task.batches(position.step, settings, accelerator.process_index, accelerator.num_processes)
     if main:
         accelerator.init_trackers(f"imagpose-{task.name}", config={"task": task.name, "steps": settings.steps,
@@ -257,11 +260,10 @@ def prepare_training(task: TrainingTask, run: RunSettings, settings: StageConfig
     return TrainingState(task, run, settings, out, accelerator, model, optimizer, lr_schedule, ema)
 
 
-def resume_from(state: TrainingState, latest: Path) -> Position:
-    """Load the checkpoint ``latest`` into ``state`` (weights, optimizer, LR schedule, EMA, every RNG); the position
-    it was saved at, with log.csv's rows up to it."""
+def resume_from(state: TrainingState, latest: Path, saved: dict) -> Position:
+    """Load ``saved``, the contents of the checkpoint ``latest``, into ``state`` (weights, optimizer, LR schedule,
+    EMA, every RNG); the position it was saved at, with log.csv's rows up to it."""
     accelerator = state.accelerator
-    saved = checkpoints.load_checkpoint(latest)
     load_trainable_state(accelerator.unwrap_model(state.model), saved["model"], latest)
     state.optimizer.load_state_dict(saved["optimizer"])
     state.lr_schedule.load_state_dict(saved["state"]["lr_schedule"])

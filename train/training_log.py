@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+from imagpose.errors import InputFileError
 from imagpose.io import OutputFolder
 
 LOG_FIELDS = ("step", "loss", "lr", "samples_per_second", "seconds")
@@ -29,8 +30,16 @@ def read_log(path: Path, up_to_step: int) -> list[dict]:
     """The rows of log.csv up to ``up_to_step`` (a resumed run rewrites what came after its checkpoint)."""
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        rows = [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+    fix = "move it aside to resume (the loss curve then starts at the checkpoint)"
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and "step" not in reader.fieldnames:
+            raise InputFileError(f"{path} has no step column, so it is not the loss log this trainer writes; {fix}.")
+        try:
+            rows = [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in reader]
+        except (TypeError, ValueError, csv.Error) as exc:  # a non-number, a short row (None), a broken quote
+            raise InputFileError(f"{path} line {reader.line_num} is not a row of the loss log this trainer writes "
+                                 f"({exc}); {fix}.") from None
     return [row for row in rows if row["step"] <= up_to_step]
 
 

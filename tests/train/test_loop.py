@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from imagpose.errors import InvalidArgumentError
+from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.config import load_config
 from imagpose.train.stage_training import run_stage
@@ -82,3 +82,27 @@ def test_a_diverging_run_stops_with_the_step_and_saves_no_product(people_dataset
     with pytest.raises(TrainingDivergedError, match=r"at step \d.*lower the learning rate"):
         run_stage(config, "stage1", people_dataset, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "pipeline").exists() and not list_checkpoints(tmp_path / "run")
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_and_the_previous_one_resumes_exactly(people_dataset, tmp_path,
+                                                                                         capsys):
+    config = load_config("tiny", [*QUICK, "stages.stage1.checkpoint_every=1", "stages.stage1.keep_checkpoints=2"])
+    out = tmp_path / "run"
+    run_stage(config, "stage1", people_dataset, out, stop_after=2, progress=False)
+    first_two = losses(out)
+    damaged = out / "checkpoints" / "step-000002" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # truncated, as a full disk or a kill mid-copy leaves it
+    run_stage(config, "stage1", people_dataset, out, resume=True, progress=False)
+    printed = capsys.readouterr().out
+    assert f"{damaged} cannot be read" in printed and "Passing over step-000002" in printed
+    assert "from " in printed and "(step 1)" in printed
+    assert losses(out)[:2] == first_two and [step for step, _ in losses(out)] == [1, 2, 3, 4]
+
+
+def test_damaged_log_csv_is_an_error_naming_it_before_training(people_dataset, tmp_path):
+    config = load_config("tiny", QUICK)
+    out = tmp_path / "run"
+    run_stage(config, "stage1", people_dataset, out, stop_after=1, progress=False)
+    (out / "log.csv").write_text("step,loss,lr,samples_per_second,seconds\n1,lots,0.1,1,1\n")
+    with pytest.raises(InputFileError, match=r"log.csv line 2 is not a row of the loss log"):
+        run_stage(config, "stage1", people_dataset, out, resume=True, progress=False)
