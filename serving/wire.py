@@ -186,7 +186,11 @@ def result_from_json(data) -> GenerationResult:
         array = np.frombuffer(base64.b64decode(latents["float32"]), dtype="<f4").reshape(latents["shape"])
         targets = [decode_png(text, f"targets[{i}]").convert("RGB") for i, text in enumerate(data["targets"])]
         canvas = None if data.get("canvas") is None else decode_png(data["canvas"], "canvas").convert("RGB")
-        return GenerationResult(targets=targets, target_indices=list(data["target_indices"]), canvas=canvas,
+        indices = data["target_indices"]
+        if (not isinstance(indices, list) or len(indices) != len(targets)
+                or not all(type(i) is int and i >= 0 for i in indices)):
+            raise ValueError(f"target_indices must be one tile index per target image, got {indices!r}")
+        return GenerationResult(targets=targets, target_indices=indices, canvas=canvas,
                                 latents=torch.from_numpy(array.copy()), seed=data["seed"], name=data.get("name"))
     except (KeyError, TypeError, ValueError) as exc:
         raise WireFormatError(f"The server's answer is not a wire-format result ({exc!r}).") from exc

@@ -101,7 +101,7 @@ def run(args) -> int:
         sampling = sampling_from_args(args)
         result = (_served_result(args, request, sampling) if args.server
                   else _local_result(args, request, sampling))
-        files = [f"target_tile{index}.png" for index in result.target_indices]
+        files = [f"target_tile{index}.png" for index in request.target_indices]  # named here, never by a server
         for name, image in zip(files, result.targets):
             out.save_image(name, image)
         out.save_image("canvas.png", result.canvas)
@@ -123,6 +123,13 @@ def _local_result(args, request, sampling):
 def _served_result(args, request, sampling):
     """The result of ``request`` from the server at ``--server``, with the same seed and sampling settings."""
     from ..serving.client import connect
+    from ..serving.wire import WireFormatError
 
     with connect(args.server, kind=args.server_kind, timeout=args.server_timeout) as client:
-        return client.generate([request], sampling)[0]
+        result = client.generate([request], sampling)[0]
+    if list(result.target_indices) != list(request.target_indices) or len(result.targets) != len(
+            request.target_indices):
+        raise WireFormatError(f"The server at {args.server} answered tiles {result.target_indices!r} "
+                              f"({len(result.targets)} images) for a request whose targets are tiles "
+                              f"{request.target_indices}; it is not serving this request correctly.")
+    return result
