@@ -62,9 +62,9 @@ def run(args) -> int:
         started = time.perf_counter()
         work()
         timing[name] = round(time.perf_counter() - started, 1)
+        timing["total"] = round(sum(v for k, v in timing.items() if k != "total"), 1)
         with OutputFolder(out) as folder:
-            folder.write_json("timing.json", {**timing, "total": round(sum(v for k, v in timing.items()
-                                                                             if k != "total"), 1)})
+            folder.write_json("timing.json", timing)
         print(f"imagpose train all: {name}: {timing[name]:.0f} s")
 
     data, vae, vae_decoder, heldout = out / "data", out / "vae", out / "vae_decoder", out / "heldout"
