@@ -16,7 +16,8 @@ Writing a run's outputs::
 - The run writes into the staging folder. When the block ends, every staged file is flushed to disk and moved
   into place with ``os.replace`` (atomic per file); if a move fails, the files moved so far are put back. After
   an error or Ctrl-C in the block, the staging folder and the folders the run created are removed: the target
-  is exactly as it was.
+  is exactly as it was. A staging folder left by a process that was killed outright (SIGKILL, power loss) is
+  removed by the next run that writes into the same folder on the same host.
 - Files get the permissions of any new file (``0o666 & ~umask``), folders ``0o777 & ~umask``.
 - A problem of the location (a file where a folder is needed, permission denied, read-only file system, disk
   full, quota exceeded) raises :class:`~imagpose.errors.OutputLocationError` naming the path.
@@ -32,8 +33,10 @@ import errno
 import json
 import os
 import pickle
+import re
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +48,37 @@ from .errors import IMAGPoseError, InputFileError, OutputLocationError
 from .json_parsing import parse_json
 
 STAGING_PREFIX = ".imagpose-staging-"
+# ".imagpose-staging-<host>-<pid>-<random>": a later run on the same host removes the staging folder of a process
+# that no longer exists (one killed with SIGKILL had no chance to)
+_STAGING_OWNER = re.compile(rf"^{re.escape(STAGING_PREFIX)}(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-")
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_orphaned_staging(folder: Path) -> None:
+    """Remove the staging folders in ``folder`` left by processes of this host that no longer exist."""
+    host = _host_tag()
+    try:
+        children = list(os.scandir(folder))
+    except OSError:
+        return
+    for child in children:
+        owner = _STAGING_OWNER.match(child.name)
+        if (owner and owner["host"] == host and int(owner["pid"]) != os.getpid()
+                and not _process_exists(int(owner["pid"])) and child.is_dir(follow_symlinks=False)):
+            shutil.rmtree(child.path, ignore_errors=True)
 
 
 class WeightsFileError(InputFileError):
@@ -263,7 +297,9 @@ class OutputFolder:
             for folder in reversed(missing):
                 os.mkdir(folder)
                 self._created.append(folder)
-            self._staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self._root))
+            remove_orphaned_staging(self._root)
+            self._staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host_tag()}-{os.getpid()}-",
+                                                  dir=self._root))
             self._file_mode = self._new_file_mode()
         except BaseException as exc:
             self._discard()

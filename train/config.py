@@ -65,6 +65,15 @@ class OptimizerConfig:
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _at_least("warmup_steps", self.warmup_steps, 0)
         _positive("max_grad_norm", self.max_grad_norm)
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):  # torch.optim.AdamW's ranges
+            raise InvalidArgumentError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got "
+                                       f"{list(self.betas)!r}.")
+        if not 0 < self.eps < 1:
+            raise InvalidArgumentError(f"eps must be a small positive number (AdamW's default 1e-8), got "
+                                       f"{self.eps!r}.")
+        if not 0 <= self.weight_decay < 1:
+            raise InvalidArgumentError(f"weight_decay must be in [0, 1) (decoupled decay, as AdamW's 0.01), "
+                                       f"got {self.weight_decay!r}.")
 
 
 @dataclass

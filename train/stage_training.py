@@ -115,9 +115,9 @@ class StageTask:
             write_validation_grid(out, step, self._pipeline(trained), self.requests, self.config)
 
     def finish(self, out: Path, trained) -> Path:
-        pipeline_dir = out / "pipeline"
-        self._pipeline(trained).save_pretrained(pipeline_dir)
-        return pipeline_dir
+        with OutputFolder(out) as folder:  # staged, then moved into place: a kill mid-write leaves no pipeline/
+            self._pipeline(trained).save_pretrained(folder.path("pipeline"))
+        return out / "pipeline"
 
 
 def run_stage(config: TrainConfig, stage: str, data: str | Path, out: str | Path, *,

@@ -116,6 +116,28 @@ def test_an_error_while_writing_leaves_the_folder_as_it_was(user_folder, tree, e
     assert tree(user_folder) == before  # the folders it created are gone too
 
 
+def test_the_staging_folder_of_a_killed_run_is_removed_by_the_next_run(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from imagpose.io import STAGING_PREFIX
+
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # a process that has exited (its pid is not reused this soon)
+    orphaned = tmp_path / f"{STAGING_PREFIX}{host}-{dead_pid}-abc123"
+    live = tmp_path / f"{STAGING_PREFIX}{host}-{os.getppid()}-def456"  # a running process's: left alone
+    other_host = tmp_path / f"{STAGING_PREFIX}elsewhere-{dead_pid}-ghi789"  # cannot be checked from here
+    for folder in (orphaned, live, other_host):
+        (folder / "unet").mkdir(parents=True)
+        (folder / "unet" / "half.safetensors").write_bytes(b"x")
+    with OutputFolder(tmp_path) as out:
+        out.write_json("result.json", {"ok": True})
+    assert not orphaned.exists() and live.is_dir() and other_host.is_dir()
+    assert (tmp_path / "result.json").is_file()
+
+
 def test_a_folder_where_a_file_goes_is_refused_before_anything_moves(user_folder, tree):
     before = tree(user_folder)
     with pytest.raises(OutputLocationError, match="photos.*folder"), OutputFolder(user_folder) as out:

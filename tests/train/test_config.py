@@ -121,6 +121,11 @@ def test_a_wrong_type_or_value_is_an_error_that_names_the_key(tmp_path, data, me
     ("stages.stage1.steps=[1", "is not a YAML value"),
     ("stages.stage1.steps=many", "stages.stage1.steps must be an integer, got 'many'"),
     ("stages.stage1.stepz=3", "unknown key 'stages.stage1.stepz'"),
+    ("optimizer.betas=[0.9, 1.5]", r"optimizer.betas must be two numbers in \[0, 1\)"),
+    ("optimizer.betas=[0.9]", r"optimizer.betas must be a list of 2 values"),
+    ("optimizer.eps=0", "optimizer.eps must be a small positive number"),
+    ("optimizer.eps=.inf", "optimizer.eps must be a small positive number"),
+    ("optimizer.weight_decay=-0.1", r"optimizer.weight_decay must be in \[0, 1\)"),
 ])
 def test_a_bad_override_is_an_error_that_names_it(override, message):
     with pytest.raises(InvalidArgumentError, match=message):
