@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .errors import InvalidArgumentError
-from .images import POSE_BACKGROUND, load_image, pil_to_tensor
+from .images import POSE_BACKGROUND, ImageInputError, load_image, pil_to_tensor
 from .pose import Keypoints, keypoints_from_json, render_pose
 from .seeds import check_seed
 
@@ -178,6 +178,10 @@ def _load_pose(pose: PoseInput, what: str, size: tuple[int, int] | None) -> Imag
         return pose
     if isinstance(pose, (str, os.PathLike)) and Path(pose).suffix.lower() == ".json":
         return keypoints_from_json(pose, *(size or (None, None)))
+    if isinstance(pose, np.ndarray) and pose.shape in ((18, 2), (18, 3)) and pose.dtype != np.uint8:
+        raise ImageInputError(f"{what}: a {pose.shape} {pose.dtype} array is OpenPose-18 keypoints, which need the "
+                              "size of the image they were measured on: pass Keypoints.from_array(points, width, "
+                              "height) (imagpose.pose).")
     return load_image(pose, what, background=POSE_BACKGROUND)
 
 
@@ -218,6 +222,11 @@ def validate_request(request: PoseRequest) -> None:
         raise CanvasError(f"reference={request.reference} is not a source view (sources: {request.source_indices}).")
     if request.seed is not None:
         check_seed(request.seed, "seed")
+    if request.tile_size is not None and (
+            not isinstance(request.tile_size, (tuple, list)) or len(request.tile_size) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in request.tile_size)):
+        raise CanvasError(f"tile_size must be two integers (height, width) in pixels, e.g. (128, 96), got "
+                          f"{request.tile_size!r}.")
     if request.tile_size is not None and (request.tile_size[0] < MIN_TILE or request.tile_size[1] < MIN_TILE):
         raise CanvasError(f"tile_size must be at least {MIN_TILE}x{MIN_TILE} pixels, got {request.tile_size}.")
 

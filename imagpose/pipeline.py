@@ -27,7 +27,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .autoencoders import downscale_factor
-from .canvas import GridLayout, JointCanvas, PoseRequest, build_canvas, check_layout, pad_multiple_for
+from .canvas import (
+    GridLayout,
+    JointCanvas,
+    PoseRequest,
+    build_canvas,
+    check_layout,
+    pad_multiple_for,
+    validate_request,
+)
 from .conditions import Conditions, encode_conditions
 from .deepcache import DeepCache, check_deepcache_runtime
 from .errors import InvalidArgumentError
@@ -265,6 +273,7 @@ class IMAGPosePipeline(DiffusionPipeline):
             raise InvalidArgumentError(f"Got {len(canvases)} canvases for {len(requests)} requests; pass one per "
                                        "request (pipe.build_canvas).")
         for r in requests:
+            validate_request(r)  # seeds and tile sizes before they are used
             if r.grid[0] * r.grid[1] > self.unet.config.cva_max_views:
                 raise InvalidArgumentError(f"A {r.grid[0]}x{r.grid[1]} grid exceeds the CVA's "
                                            f"{self.unet.config.cva_max_views} view positions; use a smaller grid.")

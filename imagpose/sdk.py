@@ -137,6 +137,11 @@ class IMAGPoseGenerator:
         """Run the requests in this thread, ``max_batch`` at a time and grouped by canvas geometry, and return their
         results in order (the first failure is raised). Calls alternate with the worker's (see the module docstring).
         """
+        if isinstance(requests, PoseRequest):
+            requests = [requests]
+        if not isinstance(requests, (list, tuple)) or not requests:
+            raise InvalidArgumentError("generate takes a non-empty list of PoseRequests (see imagpose.scenarios), got "
+                                       f"{type(requests).__name__}.")
         jobs = [self._job(request) for request in requests]
         with self._cond:
             if self._closed:

@@ -222,6 +222,24 @@ def test_tiles_too_small_for_the_flc_patch_are_refused_with_the_minimum(tiny_pip
         assert result.results[0].targets[0].size == tile[::-1]
 
 
+def test_api_arguments_of_the_wrong_type_are_named_errors(tiny_pipe, samples):
+    from imagpose.sdk import IMAGPoseGenerator
+
+    image, pose = samples("person_red_front")
+    _, target = samples("person_red_walking")
+    with pytest.raises(CanvasError, match=r"tile_size must be two integers \(height, width\)"):
+        tiny_pipe(scenarios.t2(image, pose, target, tile_size=(64.0, 64.0)), num_inference_steps=1, progress=False)
+    with pytest.raises(InvalidArgumentError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\], got '3'"):
+        tiny_pipe(scenarios.t2(image, pose, target, tile_size=(64, 64), seed="3"), num_inference_steps=1,
+                  progress=False)
+    keypoints = np.full((18, 2), 30.0, dtype=np.float32)
+    with pytest.raises(ImageInputError, match=r"OpenPose-18 keypoints.*Keypoints.from_array\(points, width, height\)"):
+        tiny_pipe(scenarios.t2(image, pose, keypoints, tile_size=(64, 64)), num_inference_steps=1, progress=False)
+    with IMAGPoseGenerator(tiny_pipe) as generator:
+        with pytest.raises(InvalidArgumentError, match="generate takes a non-empty list of PoseRequests"):
+            generator.generate(None)
+
+
 def test_small_tiles_that_pad_to_a_valid_canvas_are_accepted():
     """SD1.5 geometry (pad_multiple 64): an 8x8 tile pads to 64x64, whose 2x2 canvas latent fits the FLC patch."""
     canvas = build_canvas(_t2((8, 8)), pad_multiple=64, vae_scale=8)
