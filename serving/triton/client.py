@@ -26,6 +26,7 @@ from .model_configs import ORCHESTRATOR, REQUEST_INPUT, RESULT_OUTPUT
 
 REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC forms of INVALID_ARG
 TIMED_OUT = "StatusCode.DEADLINE_EXCEEDED"  # gRPC's client_timeout
+NOT_FOUND = ("404", "StatusCode.NOT_FOUND", "StatusCode.UNIMPLEMENTED")  # no such model, or not a Triton server
 
 
 class ServerError(IMAGPoseError, RuntimeError):
@@ -115,6 +116,11 @@ class TritonClient:
         if isinstance(exc, TimeoutError) or (isinstance(exc, self._exception) and str(exc.status()) == TIMED_OUT):
             return ServerTimeoutError(self.url, self.timeout)
         if isinstance(exc, self._exception):
+            if str(exc.status()) in NOT_FOUND:
+                return InvalidArgumentError(
+                    f"{self.url} has no Triton model {self.model!r} ({exc.status()}). If it is imagpose's Ray Serve "
+                    "service, use --server-kind ray (connect(url, kind='ray')); a Triton server lists its models at "
+                    "/v2/repository/index.")
             if str(exc.status()) in REFUSED:
                 return InvalidArgumentError(f"The server at {self.url} refused the request: "
                                             f"{clipped_server_message(exc.message())}")

@@ -70,3 +70,14 @@ def test_a_huge_server_error_message_is_clipped(hostile_server):
         with pytest.raises(InvalidArgumentError) as error:
             client.post_generate({})
     assert len(str(error.value)) < MAX_SERVER_MESSAGE_CHARS + 200 and "4998000 more characters" in str(error.value)
+
+
+def test_a_triton_client_pointed_at_another_service_says_which_kind_to_use(hostile_server):
+    pytest.importorskip("tritonclient.http")
+    from imagpose import scenarios
+
+    hostile_server.answer = 404, {"detail": "Not Found"}  # what the Ray service (FastAPI) answers on Triton's path
+    person, pose = Image.new("RGB", (64, 64), (200, 60, 60)), Image.new("RGB", (64, 64))
+    with connect(f"http://127.0.0.1:{hostile_server.server_port}", kind="triton", timeout=30) as client:
+        with pytest.raises(InvalidArgumentError, match="has no Triton model 'imagpose'.*--server-kind ray"):
+            client.generate([scenarios.t2(person, pose, pose, tile_size=(64, 64), seed=0)])
