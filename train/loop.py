@@ -160,6 +160,8 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
         raise InvalidArgumentError(f"{out} already holds a run of its own ({latest.name}); continue it with --resume, "
                                    "or train into another folder (a fresh run would overwrite its weights).")
     latest, saved, passed_over = checkpoints.load_latest_usable(out) if resume else (None, None, [])
+    if saved is not None:
+        check_resumable(saved["state"].get("config"), run.record, latest)
     accelerator = make_accelerator(run, settings, out)
     main = accelerator.is_main_process
     for line in passed_over:
@@ -258,6 +260,39 @@ def prepare_training(task: TrainingTask, run: RunSettings, settings: StageConfig
     if ema is not None:
         ema.to(accelerator.device)
     return TrainingState(task, run, settings, out, accelerator, model, optimizer, lr_schedule, ema)
+
+
+# settings a resumed run must share with its checkpoint: they decide the data, the draws and the schedule the saved
+# weights and optimizer state belong to (logging, checkpoint and validation settings may change)
+RESUME_INVARIANTS = frozenset({"model", "seed", "tile_size", "grid", "min_targets", "max_targets", "max_scale", "flip",
+                               "batch_size", "gradient_accumulation_steps", "steps", "learning_rate", "lr_scheduler",
+                               "warmup_steps", "betas", "eps", "weight_decay", "prediction_type", "snr_gamma",
+                               "noise_offset", "ema_decay", "mixed_precision"})
+
+
+def check_resumable(saved: dict | None, current: dict | None, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` (whose run recorded ``saved``) with settings of ``RESUME_INVARIANTS`` that
+    differ in ``current``, naming each."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return
+    before, now = _leaves(saved), _leaves(current)
+    changed = [f"{key}: {before[key]!r} -> {now[key]!r}" for key in sorted(before.keys() & now.keys())
+               if key.rsplit(".", 1)[-1] in RESUME_INVARIANTS and before[key] != now[key]]
+    if changed:
+        raise InvalidArgumentError(f"{checkpoint} was trained with other settings than this run's ("
+                                   + "; ".join(changed) + "). Resume with the settings it was saved with, or train "
+                                   "into another folder.")
+
+
+def _leaves(data: dict, prefix: str = "") -> dict:
+    leaves = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            leaves.update(_leaves(value, f"{name}."))
+        else:
+            leaves[name] = list(value) if isinstance(value, tuple) else value
+    return leaves
 
 
 def resume_from(state: TrainingState, latest: Path, saved: dict) -> Position:

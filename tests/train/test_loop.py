@@ -106,3 +106,14 @@ def test_damaged_log_csv_is_an_error_naming_it_before_training(people_dataset, t
     (out / "log.csv").write_text("step,loss,lr,samples_per_second,seconds\n1,lots,0.1,1,1\n")
     with pytest.raises(InputFileError, match=r"log.csv line 2 is not a row of the loss log"):
         run_stage(config, "stage1", people_dataset, out, resume=True, progress=False)
+
+
+def test_resuming_with_other_data_or_schedule_settings_is_refused_naming_them(people_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_stage(load_config("tiny", QUICK), "stage1", people_dataset, out, stop_after=1, progress=False)
+    changed = load_config("tiny", [*QUICK, "stages.stage1.batch_size=1", "seed=7"])
+    with pytest.raises(InvalidArgumentError, match=r"step-000001 was trained with other settings than this run's "
+                                                   r"\(seed: \d+ -> 7; stages.stage1.batch_size: 2 -> 1\)"):
+        run_stage(changed, "stage1", people_dataset, out, resume=True, progress=False)
+    logging_only = load_config("tiny", [*QUICK, "stages.stage1.log_every=2"])  # may change
+    assert run_stage(logging_only, "stage1", people_dataset, out, resume=True, progress=False).steps == 4
