@@ -52,6 +52,9 @@ def autoencoder_class(name: str) -> type:
 
 def folder_class_name(folder: str | Path) -> str:
     """The ``_class_name`` of an autoencoder folder's config.json (a pipeline's ``vae/`` or a standalone one)."""
+    if Path(folder).is_file():
+        raise InputFileError(f"{folder} is a file, not an autoencoder folder; {FOLDER_FIX}. A single weights file "
+                             "(e.g. a .safetensors of SD's VAE) goes into such a folder beside its config.json.")
     path = Path(folder) / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))

@@ -167,6 +167,9 @@ def check_model_folder(folder: str | os.PathLike, config_name: str, weights_name
     neither the file nor the fix): the config is a JSON object, and the safetensors weights (one file, or the
     shards of ``<weights_name>.index.json``) are present and complete."""
     folder = Path(folder)
+    if folder.is_file():
+        raise InputFileError(f"{folder} is a file; a model folder (save_pretrained output: {config_name} and the "
+                             f"weights) is needed here; {fix}.")
     if not folder.is_dir():
         raise MissingInputFileError(f"{folder} is missing; {fix}.")
     read_json_file(folder / config_name, fix)

@@ -107,6 +107,9 @@ def test_folder_class_names_are_read_and_unknown_ones_refused(tmp_path):
         autoencoders.load_autoencoder(tmp_path / "other")
     with pytest.raises(InputFileError, match="config.json is missing"):
         autoencoders.load_autoencoder(tmp_path / "missing")
+    (tmp_path / "vae.safetensors").write_bytes(b"weights")
+    with pytest.raises(InputFileError, match="vae.safetensors is a file, not an autoencoder folder"):
+        autoencoders.load_autoencoder(tmp_path / "vae.safetensors")
 
 
 def test_one_channel_groups_are_refused_and_wider_groups_pass():

@@ -281,3 +281,12 @@ def test_a_vae_folder_that_cannot_reproduce_colour_is_warned_about(tmp_path, gro
         vae, _ = load_frozen_encoders(get_preset("tiny"), tmp_path / "vae", None)
     messages = [str(w.message) for w in caught if "may not reproduce colour" in str(w.message)]
     assert type(vae) is AutoencoderKL and len(messages) == int(warns), messages
+
+
+def test_an_autoencoder_path_that_is_a_file_says_so(tmp_path):
+    from imagpose.errors import InputFileError
+    from imagpose.train.stages import load_frozen_encoders
+
+    (tmp_path / "vae.safetensors").write_bytes(b"weights")
+    with pytest.raises(InputFileError, match=r"vae.safetensors is a file; a model folder \(save_pretrained output"):
+        load_frozen_encoders(get_preset("tiny"), tmp_path / "vae.safetensors", None)
