@@ -30,7 +30,10 @@ any number of processes, each taking its rows of the global batch) therefore giv
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePath
@@ -133,11 +136,32 @@ def _image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read (None when it is): missing, a broken or looping symbolic link, a
+    directory, or a device, pipe or socket (reading /dev/zero would never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"a broken symbolic link to {os.readlink(path)}" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a directory, not an image file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a device, pipe or socket)"
+    return None
+
+
 def _check_view(root: Path, entry: str) -> ViewFiles | str:
     """The usable files of one annotation entry, or the reason it is skipped."""
     image = root / entry
-    if not image.is_file():
+    problem = _not_a_file(image)
+    if problem == "no such file":
         return "missing image: no such file"
+    if problem is not None:
+        return f"unreadable image: {problem}"
     try:
         size = _image_size(image)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ImageInputError) as exc:

@@ -178,3 +178,19 @@ def test_step_batches_split_the_global_batch_and_resume_where_they_stopped():
     accumulated = list(StepBatches(0, 2, batch_size=2, accumulation=2))
     assert [i for micro in accumulated for i in micro] == list(range(8)) and len(accumulated) == 4
     assert np.array_equal(sum(one, []), np.arange(12))
+
+
+def test_images_that_are_not_regular_files_are_skipped_with_what_they_are(copy):
+    groups = entries(copy)
+    device, loop, folder, broken = (copy / path for path in groups[0][:4])
+    for path in (device, loop, folder, broken):
+        path.unlink()
+    device.symlink_to("/dev/zero")  # reading it would never end
+    loop.symlink_to(loop.name)  # points at itself
+    folder.symlink_to(copy / "image")  # a directory
+    broken.symlink_to(copy / "nowhere.png")
+    reasons = dict(check_dataset(copy).skipped)
+    assert reasons[groups[0][0]] == "unreadable image: not a regular file (a device, pipe or socket)"
+    assert reasons[groups[0][1]] == "unreadable image: a symbolic link loop"
+    assert reasons[groups[0][2]] == "unreadable image: a directory, not an image file"
+    assert reasons[groups[0][3]] == f"unreadable image: a broken symbolic link to {copy / 'nowhere.png'}"
