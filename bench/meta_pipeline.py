@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from imagpose.pipeline import IMAGPosePipeline
-from imagpose.runtime import Runtime
+from imagpose.runtime import Runtime, RuntimeWrapper
 from imagpose.sampling_config import SamplingConfig
 
 
@@ -34,41 +34,14 @@ class MetaNetworksPipeline(IMAGPosePipeline):
         """Nothing to refuse: the networks allocate nothing on the meta device, whatever the model's size."""
 
 
-class MetaRuntime:
+class MetaRuntime(RuntimeWrapper):
     """Runs ``runtime`` (whose networks are on the meta device) on meta copies of the inputs; returns CPU zeros."""
 
     def __init__(self, runtime: Runtime):
-        self.inner = runtime
-        self.name = f"{runtime.name}-meta"
+        super().__init__(runtime, f"{runtime.name}-meta")
 
-    def _call(self, network: str, *args):
-        args = [arg.to("meta") if torch.is_tensor(arg) else arg for arg in args]
-        output = getattr(self.inner, network)(*args)
+    def call(self, method: str, *args):
+        output = super().call(method, *[arg.to("meta") if torch.is_tensor(arg) else arg for arg in args])
         if isinstance(output, tuple):  # DeepCache's full step: (prediction, deep feature)
             return tuple(torch.zeros(o.shape, dtype=o.dtype, device="cpu") for o in output)
         return torch.zeros(output.shape, dtype=output.dtype, device="cpu")
-
-    def image_encoder(self, pixels):
-        return self._call("image_encoder", pixels)
-
-    def vae_encode(self, pixels):
-        return self._call("vae_encode", pixels)
-
-    def flc(self, latents):
-        return self._call("flc", latents)
-
-    def pose_guider(self, pose):
-        return self._call("pose_guider", pose)
-
-    def unet(self, sample, timestep, context, pose_features, grid):
-        return self._call("unet", sample, timestep, context, pose_features, grid)
-
-    def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
-        return self._call("unet_deepcache_full", sample, timestep, context, pose_features, grid, branch)
-
-    def unet_deepcache_shallow(self, sample, timestep, context, pose_features, deep_feature, grid, branch):
-        return self._call("unet_deepcache_shallow", sample, timestep, context, pose_features, deep_feature, grid,
-                          branch)
-
-    def vae_decode(self, latents):
-        return self._call("vae_decode", latents)

@@ -15,12 +15,17 @@ no stage.
 
 from __future__ import annotations
 
-from imagpose.runtime import Runtime
+from imagpose.runtime import Runtime, RuntimeWrapper
 
 from .meter import Meter
 
+# network method -> the meter stage its calls belong to; the UNet's forms run once per denoising step
+STAGES = {"image_encoder": "encoders", "vae_encode": "encoders", "flc": "encoders", "pose_guider": "encoders",
+          "unet": "denoiser", "unet_deepcache_full": "denoiser", "unet_deepcache_shallow": "denoiser",
+          "vae_decode": "vae_decode"}
 
-class MeteredRuntime:
+
+class MeteredRuntime(RuntimeWrapper):
     """Runs ``runtime``'s networks, each call inside its stage of ``meter`` (see the module docstring).
 
     Args:
@@ -31,38 +36,10 @@ class MeteredRuntime:
     """
 
     def __init__(self, runtime: Runtime, meter: Meter, steps: int):
-        self.inner, self.meter, self.steps = runtime, meter, steps
-        self.name = runtime.name
+        super().__init__(runtime)
+        self.meter, self.steps = meter, steps
 
-    def image_encoder(self, pixels):
-        with self.meter.stage("encoders"):
-            return self.inner.image_encoder(pixels)
-
-    def vae_encode(self, pixels):
-        with self.meter.stage("encoders"):
-            return self.inner.vae_encode(pixels)
-
-    def flc(self, latents):
-        with self.meter.stage("encoders"):
-            return self.inner.flc(latents)
-
-    def pose_guider(self, pose):
-        with self.meter.stage("encoders"):
-            return self.inner.pose_guider(pose)
-
-    def unet(self, sample, timestep, context, pose_features, grid):
-        with self.meter.stage("denoiser", repeat=self.steps):
-            return self.inner.unet(sample, timestep, context, pose_features, grid)
-
-    def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
-        with self.meter.stage("denoiser", repeat=self.steps):
-            return self.inner.unet_deepcache_full(sample, timestep, context, pose_features, grid, branch)
-
-    def unet_deepcache_shallow(self, sample, timestep, context, pose_features, deep_feature, grid, branch):
-        with self.meter.stage("denoiser", repeat=self.steps):
-            return self.inner.unet_deepcache_shallow(sample, timestep, context, pose_features, deep_feature, grid,
-                                                     branch)
-
-    def vae_decode(self, latents):
-        with self.meter.stage("vae_decode"):
-            return self.inner.vae_decode(latents)
+    def call(self, method: str, *args):
+        stage = STAGES[method]
+        with self.meter.stage(stage, repeat=self.steps if stage == "denoiser" else None):
+            return super().call(method, *args)

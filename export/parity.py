@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
+from imagpose.runtime import RuntimeWrapper
 
 from .components import COMPONENTS, CONTRACTS, ShapeBucket, axis_values, call_runtime, model_config
 
@@ -184,28 +185,22 @@ def run_parity(pipe, backends: dict, bucket: ShapeBucket, requests, steps: int =
     return report
 
 
-class CastRuntime:
+class CastRuntime(RuntimeWrapper):
     """Runs a runtime in another precision: floating inputs cast to ``dtype``, outputs back to float32.
 
     ``CastRuntime(pipe_fp16.torch_runtime(), torch.float16)`` is PyTorch's own fp16 error yardstick.
     """
 
     def __init__(self, runtime, dtype: torch.dtype, name: str = "torch-fp16"):
-        self.inner, self.dtype, self.name = runtime, dtype, name
+        super().__init__(runtime, name)
+        self.dtype = dtype
 
-    def _cast(self, t):
-        return t.to(self.dtype) if t.is_floating_point() else t
-
-    def __getattr__(self, method):
-        fn = getattr(self.inner, method)
-
-        def call(*args):
-            args = [self._cast(a) if torch.is_tensor(a) else a for a in args]
-            if method == "unet":
-                args[1] = args[1].float()  # timesteps stay fp32, as in the exported graphs
-            return fn(*args).float()
-
-        return call
+    def call(self, method: str, *args):
+        args = [a.to(self.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        if method.startswith("unet"):
+            args[1] = args[1].float()  # timesteps stay fp32, as in the exported graphs
+        output = super().call(method, *args)
+        return tuple(o.float() for o in output) if isinstance(output, tuple) else output.float()
 
 
 @torch.no_grad()
@@ -229,20 +224,19 @@ def trajectory_parity(pipe, name: str, backend, request, steps: int = 10) -> dic
             "final_psnr_db": psnr(ref.canvas[None], test.canvas[None])}
 
 
-class CVABackendRuntime:
+class CVABackendRuntime(RuntimeWrapper):
     """The pipeline's torch runtime with its CVA modules switched to another attention backend per UNet call."""
 
     def __init__(self, pipe, cva_backend: str):
-        self.pipe, self.cva_backend, self.name = pipe, cva_backend, f"torch+{cva_backend}-cva"
-        self.inner = pipe.torch_runtime()
+        super().__init__(pipe.torch_runtime(), f"torch+{cva_backend}-cva")
+        self.pipe, self.cva_backend = pipe, cva_backend
 
-    def __getattr__(self, method):
-        return getattr(self.inner, method)
-
-    def unet(self, *args):
+    def call(self, method: str, *args):
+        if not method.startswith("unet"):
+            return super().call(method, *args)
         self.pipe.unet.set_cva_backend(self.cva_backend)
         try:
-            return self.inner.unet(*args)
+            return super().call(method, *args)
         finally:
             self.pipe.unet.set_cva_backend("eager")
 

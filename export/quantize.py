@@ -45,6 +45,7 @@ import torch
 
 from imagpose.errors import InvalidArgumentError, MissingDependencyError
 from imagpose.io import make_output_folder, refuse_non_folder, write_json
+from imagpose.runtime import RuntimeWrapper
 from imagpose.sampling_config import SamplingConfig
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, model_config
@@ -143,24 +144,23 @@ class UNetCall:
         return self.sample, self.timestep, self.context, self.pose_features
 
 
-class RecordingRuntime:
+class RecordingRuntime(RuntimeWrapper):
     """A runtime that passes every call to ``inner`` and keeps a copy of each UNet call's inputs (and outputs)."""
 
     def __init__(self, inner):
-        self.inner, self.name = inner, f"recording {inner.name}"
+        super().__init__(inner, f"recording {inner.name}")
         self.calls: list[UNetCall] = []
         self.outputs: list[torch.Tensor] = []
 
-    def __getattr__(self, method):
-        return getattr(self.inner, method)
-
-    def unet(self, sample, timestep, context, pose_features, grid):
-        rows = timestep.float().reshape(-1).expand(sample.shape[0])
-        self.calls.append(UNetCall(sample.detach().clone(), rows.clone(), context.detach().clone(),
-                                   pose_features.detach().clone(), tuple(grid)))
-        out = self.inner.unet(sample, timestep, context, pose_features, grid)
-        self.outputs.append(out.detach().clone())
-        return out
+    def call(self, method: str, *args):
+        output = super().call(method, *args)
+        if method == "unet":
+            sample, timestep, context, pose_features, grid = args
+            rows = timestep.float().reshape(-1).expand(sample.shape[0])
+            self.calls.append(UNetCall(sample.detach().clone(), rows.clone(), context.detach().clone(),
+                                       pose_features.detach().clone(), tuple(grid)))
+            self.outputs.append(output.detach().clone())
+        return output
 
 
 @torch.no_grad()

@@ -35,12 +35,20 @@ from .sampling_config import DeepCacheConfig
 HALVES = {True: ("uncond", "cond"), False: ("cond",)}  # guided step -> its rows, in the CFG batch order
 
 
-def check_deepcache_runtime(runtime) -> None:
+def check_deepcache_runtime(runtime, branch: int) -> None:
+    """Refuse, before any network runs, a runtime that cannot run DeepCache steps of skip branch ``branch``."""
     missing = [method for method in DEEPCACHE_METHODS.values() if not callable(getattr(runtime, method, None))]
-    if missing:
+    if missing or not callable(getattr(runtime, "deepcache_branches", None)):
         raise InvalidArgumentError(f"The {runtime.name} runtime cannot run DeepCache steps (it has no "
-                                   f"{', '.join(missing)}); run without deepcache_interval or on the torch, "
-                                   "onnxruntime or tensorrt runtime.")
+                                   f"{', '.join(missing) or 'deepcache_branches'}); run without DeepCache, or on "
+                                   "the torch, onnxruntime or tensorrt runtime.")
+    available = runtime.deepcache_branches()
+    if branch not in available:
+        held = f"branches {sorted(available)}" if available else "no DeepCache graphs"
+        raise InvalidArgumentError(
+            f"The {runtime.name} runtime holds {held}, not branch {branch}. Export the graphs of branch {branch} "
+            f"(`imagpose export onnx --deepcache-branch {branch}`, or prepare_runtime(..., deepcache_branches="
+            f"({branch},))), or use a branch it holds, or run without DeepCache.")
 
 
 class DeepCache:

@@ -405,7 +405,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         generators, seeds = self.resolve_generators(requests, generator)
         runtime = self.runtime(backend)
         if sampling.deepcache is not None:
-            check_deepcache_runtime(runtime)
+            check_deepcache_runtime(runtime, sampling.deepcache.branch)
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. refuse a call that would not fit in memory, before any image is loaded

@@ -23,6 +23,7 @@ DeepCache skip branch, and the deep feature is (B, C_k, h / 2**l, w / 2**l) (``I
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -54,11 +55,17 @@ class Runtime(Protocol):
 
 # DeepCache's UNet forms -> the Runtime methods that run them (exported per branch as ``<form>_b<branch>``)
 DEEPCACHE_METHODS = {"unet_deepcache_full": "unet_deepcache_full", "unet_deepcache_shallow": "unet_deepcache_shallow"}
+# every method that runs a network
+NETWORK_METHODS = (*RUNTIME_METHODS.values(), *DEEPCACHE_METHODS.values())
 
 
 class DeepCacheRuntime(Runtime, Protocol):
     """A runtime that can also run DeepCache steps (the PyTorch, ONNX Runtime and TensorRT runtimes can). Kept
-    apart from :class:`Runtime` so a runtime without it still runs every other setting."""
+    apart from :class:`Runtime` so a runtime without it still runs every other setting. ``deepcache_branches``
+    is the one place a runtime says which skip branches it can run (an exported runtime: those whose graphs it
+    holds); the pipeline checks a call's branch against it before any network runs."""
+
+    def deepcache_branches(self) -> set[int]: ...
 
     def unet_deepcache_full(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                             pose_features: torch.Tensor, grid: tuple[int, int],
@@ -93,6 +100,9 @@ class TorchRuntime:
     def unet(self, sample, timestep, context, pose_features, grid):
         return self.unet_model(sample, timestep, context, pose_features, grid=grid, return_dict=False)[0]
 
+    def deepcache_branches(self) -> set[int]:
+        return set(range(self.unet_model.num_skip_branches))
+
     def unet_deepcache_full(self, sample, timestep, context, pose_features, grid, branch):
         return self.unet_model.forward_deepcache_full(sample, timestep, context, pose_features, grid, branch)
 
@@ -102,3 +112,25 @@ class TorchRuntime:
 
     def vae_decode(self, latents):
         return (autoencoders.decode(self.vae, latents) / 2 + 0.5).clamp(0, 1)
+
+
+class RuntimeWrapper:
+    """A runtime that runs another one (``inner``) with something around each network call: a subclass overrides
+    :meth:`call` alone, and every network method, present and future, goes through it (timing, moving tensors,
+    recording, casting). The wrapper has exactly the network methods the inner runtime has (so it can run
+    DeepCache steps only when the inner runtime can), and every other attribute is the inner runtime's.
+    """
+
+    def __init__(self, inner, name: str | None = None):
+        self.inner = inner
+        self.name = name or inner.name
+
+    def call(self, method: str, *args):
+        """Run network ``method`` of the inner runtime (override to wrap it)."""
+        return getattr(self.inner, method)(*args)
+
+    def __getattr__(self, attribute: str):  # only reached for what the wrapper itself does not define
+        value = getattr(self.inner, attribute)
+        if attribute in NETWORK_METHODS:
+            return functools.partial(self.call, attribute)
+        return value

@@ -6,10 +6,11 @@
         results = gen.generate([r1, r2, r3])      # blocking; runs in this thread (see below)
 
 One worker thread drains a bounded queue: it takes the oldest request, waits up to ``max_wait`` seconds for
-more, builds the canvas of each request on its own (image loading and pose parsing, where bad files show up: a
-bad request fails alone, with its own error) and runs up to ``max_batch`` good requests in one pipeline call
-(requests with the same canvas geometry share every UNet call). Should a batched call fail anyway, its requests
-are run again one by one, so only the culprit fails. Every request carries its own seed (drawn at submit time
+more, and runs the batch through :func:`imagpose.batch_runner.run_isolated`, the batching core the servers share:
+it builds the canvas of each request on its own (image loading and pose parsing, where bad files show up: a bad
+request fails alone, with its own error) and runs up to ``max_batch`` good requests of one canvas geometry in one
+pipeline call (they share every UNet call). Should a batched call fail anyway, its requests are run again one by
+one, so only the culprit fails. Every request carries its own seed (drawn at submit time
 when it has none), so its result does not depend on what it was batched with. ``submit`` applies back-pressure:
 it blocks while the queue is full, or raises :class:`QueueFullError` (``block=False`` or after ``timeout``).
 ``close()`` finishes every queued request (or, with ``cancel_pending=True``, fails them with
@@ -38,7 +39,9 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .canvas import JointCanvas, PoseRequest, validate_request
+from .batch_runner import run_isolated
+from .canvas import PoseRequest, validate_request
+from .deepcache import check_deepcache_runtime
 from .errors import IMAGPoseError, InvalidArgumentError
 from .pipeline import OUTPUT_TYPES, GenerationResult
 from .sampling_config import SamplingConfig
@@ -97,6 +100,8 @@ class IMAGPoseGenerator:
         if not isinstance(max_wait, (int, float)) or not 0 <= max_wait < float("inf"):
             raise InvalidArgumentError(f"max_wait must be a finite number of seconds >= 0, got {max_wait!r}.")
         self.sampling = pipe.sampling_config(sampling, **sampling_arguments)
+        if self.sampling.deepcache is not None:
+            check_deepcache_runtime(pipe.runtime(backend), self.sampling.deepcache.branch)
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         self.pipe, self.backend = pipe, backend
@@ -149,9 +154,7 @@ class IMAGPoseGenerator:
             self.stats.submitted += len(jobs)
         for job in jobs:
             job.future.set_running_or_notify_cancel()
-        for batch in _batches_by_geometry(self.pipe, jobs, self.max_batch):
-            with self._running:
-                self._run_batch(batch)
+        self._run_batch(jobs)
         return [job.future.result() for job in jobs]
 
     @staticmethod
@@ -214,47 +217,24 @@ class IMAGPoseGenerator:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            with self._running:
-                self._run_batch(jobs)
+            self._run_batch([job for job in batch if job.future.set_running_or_notify_cancel()])
 
     def _run_batch(self, jobs: list[_Job]) -> None:
-        device = self.pipe._execution_device  # once per batch: diffusers finds it by walking every module
-        prepared = [(job, canvas) for job in jobs if (canvas := self._prepare(job, device)) is not None]
-        if prepared:
-            self._generate(prepared)
-
-    def _prepare(self, job: _Job, device) -> JointCanvas | None:
-        """Check one request and build its canvas on its own; a request that fails here fails alone."""
-        try:
-            self.pipe.check_inputs(job.request, self.output_type, generator=None)
-            self.pipe.check_memory([self.pipe.request_layout(job.request)], self.sampling.guidance_scale,
-                                   self.output_type, device)
-            return self.pipe.build_canvas(job.request)
-        except Exception as exc:  # noqa: BLE001 - the request's own error (or our bug) goes to its future only
-            self._fail(job, exc)
-            return None
-
-    def _generate(self, prepared: list[tuple[_Job, JointCanvas]]) -> None:
-        """One pipeline call; when a batched call fails, its requests run again one by one."""
-        jobs = [job for job, _ in prepared]
-        try:
-            results = self.pipe([job.request for job in jobs], canvases=[canvas for _, canvas in prepared],
-                                backend=self.backend, progress=False, callback_on_step_end=self._stop_if_aborted,
-                                sampling=self.sampling, output_type=self.output_type).results
-        except Exception as exc:  # noqa: BLE001 - handed to the futures, never raised in the worker
-            if len(prepared) > 1 and not self._aborted:
-                for item in prepared:
-                    self._generate([item])
-                return
-            for job in jobs:
-                self._fail(job, exc)
-            return
+        """One batch through the shared batching core: each request's result or error goes to its own future."""
+        call_sizes: list[int] = []
+        outcomes = run_isolated(self.pipe, [job.request for job in jobs], self.sampling, max_batch=self.max_batch,
+                                backend=self.backend, output_type=self.output_type,
+                                callback_on_step_end=self._stop_if_aborted, retry=lambda exc: not self._aborted,
+                                call_sizes=call_sizes, call_lock=self._running)
         with self._cond:
-            for job, result in zip(jobs, results):
-                job.future.set_result(result)
-            self.stats.completed += len(jobs)
-            self.stats.batches.append(len(jobs))
+            for job, outcome in zip(jobs, outcomes):
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                    self.stats.failed += 1
+                else:
+                    job.future.set_result(outcome)
+                    self.stats.completed += 1
+            self.stats.batches += call_sizes
 
     def _stop_if_aborted(self, pipe, step, timestep, tensors) -> None:
         """Step callback: end the running call between two denoising steps once the caller has left on an error."""
@@ -265,19 +245,6 @@ class IMAGPoseGenerator:
         with self._cond:
             job.future.set_exception(exc)
             self.stats.failed += 1
-
-
-def _batches_by_geometry(pipe, jobs: list[_Job], max_batch: int) -> list[list[_Job]]:
-    """``jobs`` in batches of at most ``max_batch``, requests of one canvas geometry together (they share UNet
-    calls); a request whose geometry cannot be read goes alone (its canvas build reports why)."""
-    groups: dict = {}
-    for index, job in enumerate(jobs):
-        try:
-            key = pipe.request_layout(job.request)
-        except Exception:  # noqa: BLE001 - reported by the request's own canvas build
-            key = index
-        groups.setdefault(key, []).append(job)
-    return [group[i:i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
 
 
 # ---------------------------------------------------------------------- throughput

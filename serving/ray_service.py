@@ -153,7 +153,6 @@ class PipelineReplica:
 
         self.config = config
         self.pipe, self.backend = _load_pipeline(config)
-        self.device = self.pipe._execution_device
         # Every pipeline call runs on this one thread: the event loop stays free to answer and to gather the next
         # batch, and PyTorch keeps one OpenMP pool (see imagpose.sdk on pools per thread).
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="imagpose-pipeline")
@@ -183,55 +182,33 @@ class PipelineReplica:
         return [{**outcome, "batches": totals} for outcome in outcomes]
 
     def _run_batch(self, bodies: list[dict]) -> list[dict]:
-        """Parse and check each request on its own, then one pipeline call per group of equal sampling settings."""
+        """Parse each request on its own, then each group of equal sampling settings through the batching core."""
+        from imagpose.batch_runner import run_isolated
+        from imagpose.serving.wire import request_from_json, result_to_json
+
         outcomes: list[dict | None] = [None] * len(bodies)
         groups: dict = {}
         for index, body in enumerate(bodies):
             try:
-                prepared = self._prepare(body)
+                wire = request_from_json(body)
+                sampling = wire.sampling.check_pipeline(self.pipe)
             except Exception as exc:  # noqa: BLE001 - this request's own error (or our bug) answers it alone
                 outcomes[index] = _error(exc)
                 continue
-            groups.setdefault(prepared[0], []).append((index, *prepared[1:]))
+            groups.setdefault(sampling, []).append((index, wire.request))
         for sampling, members in groups.items():
-            self._call(sampling, members, outcomes)
+            results = run_isolated(self.pipe, [request for _, request in members], sampling,
+                                   max_batch=self.config.max_batch, backend=self.backend)
+            for (index, _), outcome in zip(members, results):
+                outcomes[index] = (_error(outcome) if isinstance(outcome, BaseException)
+                                   else {"status": 200, "result": result_to_json(outcome)})
         return outcomes
-
-    def _prepare(self, body: dict):
-        from imagpose.serving.wire import request_from_json
-
-        wire = request_from_json(body)
-        sampling = wire.sampling.check_pipeline(self.pipe)
-        self.pipe.check_inputs(wire.request, "pil", generator=None)
-        self.pipe.check_memory([self.pipe.request_layout(wire.request)], sampling.guidance_scale, "pil", self.device)
-        return sampling, wire.request, self.pipe.build_canvas(wire.request)
-
-    def _call(self, sampling, members: list, outcomes: list) -> None:
-        from imagpose.serving.wire import result_to_json
-
-        try:
-            results = self.pipe([request for _, request, _ in members], canvases=[canvas for _, _, canvas in members],
-                                backend=self.backend, progress=False, sampling=sampling).results
-        except Exception as exc:  # noqa: BLE001 - one by one, so only the culprit fails
-            if len(members) > 1:
-                for member in members:
-                    self._call(sampling, [member], outcomes)
-                return
-            outcomes[members[0][0]] = _error(exc)
-            return
-        for (index, _, _), result in zip(members, results):
-            outcomes[index] = {"status": 200, "result": result_to_json(result)}
 
 
 def _load_pipeline(config: ServiceConfig):
-    from imagpose.pipeline import IMAGPosePipeline
-    from imagpose.presets import build_pipeline
-    from imagpose.pretrained import shipped_model_dir
+    from imagpose.loading import load_pipeline
 
-    if config.preset is not None and config.model_dir is None:
-        pipe = build_pipeline(config.preset, seed=config.weights_seed)
-    else:
-        pipe = IMAGPosePipeline.from_pretrained(config.model_dir or shipped_model_dir())
+    pipe = load_pipeline(config.model_dir, preset=config.preset, weights_seed=config.weights_seed)
     if config.runtime == "torch":
         return pipe, None
     from imagpose.export import ShapeBucket

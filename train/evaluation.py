@@ -49,7 +49,7 @@ from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.images import POSE_BACKGROUND, load_image, pil_to_tensor, tensor_to_pil
 from imagpose.io import MissingInputFileError, OutputFolder, read_json
 from imagpose.pose import keypoints_from_json, render_pose
-from imagpose.runtime import TorchRuntime
+from imagpose.runtime import RuntimeWrapper
 from imagpose.sampling_config import SamplingConfig
 
 from .data import companion as data_companion
@@ -238,13 +238,15 @@ def _read_image(path: Path, what: str) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------- generators
-class ZeroDinoRuntime(TorchRuntime):
-    """The reference runtime with the DINO tokens zeroed: the context holds the FLC tokens alone."""
+class ZeroDinoRuntime(RuntimeWrapper):
+    """A runtime with the DINO tokens zeroed: the context holds the FLC tokens alone."""
 
-    name = "torch-zero-dino"
+    def __init__(self, inner):
+        super().__init__(inner, f"{inner.name}-zero-dino")
 
-    def image_encoder(self, pixels):
-        return torch.zeros_like(super().image_encoder(pixels))
+    def call(self, method: str, *args):
+        output = super().call(method, *args)
+        return torch.zeros_like(output) if method == "image_encoder" else output
 
 
 def random_pipeline_like(pipe, seed: int = 0):
@@ -407,8 +409,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
         pipe = IMAGPosePipeline.from_pretrained(model_dir).to(device)
         pipes = {"model": (pipe, None), "untrained": (random_pipeline_like(pipe), None)}
         if zero_dino:
-            pipes[ZERO_DINO] = (pipe, ZeroDinoRuntime(pipe.unet, pipe.vae, pipe.image_encoder, pipe.flc_tokenizer,
-                                                      pipe.pose_guider))
+            pipes[ZERO_DINO] = (pipe, ZeroDinoRuntime(pipe.torch_runtime()))
         for name, (generator_pipe, backend) in pipes.items():
             tiles = generate(generator_pipe, items, data_root, sampling, seed, backend, batch_size, progress)
             for item, tile in zip(items, tiles):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from imagpose.runtime import RUNTIME_METHODS
+from imagpose.runtime import DEEPCACHE_METHODS, RUNTIME_METHODS
 
 from ..components import deepcache_component, deepcache_form
 from ..onnx_export import ExportError
@@ -35,6 +35,17 @@ class ExportedRuntime:
     def supported_grids(self) -> set[tuple[int, int]]:
         """Grids the exported UNet(s) bake in; empty when unknown."""
         raise NotImplementedError
+
+    def components(self) -> set[str]:
+        """The exported components this runtime can run."""
+        raise NotImplementedError
+
+    def deepcache_branches(self) -> set[int]:
+        """The DeepCache skip branches whose two graphs (full and shallow step) this runtime holds."""
+        forms: dict[int, set[str]] = {}
+        for form in filter(None, map(deepcache_form, self.components())):
+            forms.setdefault(form[1], set()).add(form[0])
+        return {branch for branch, held in forms.items() if held == set(DEEPCACHE_METHODS)}
 
     def _unet_timestep(self, sample, timestep, grid) -> torch.Tensor:
         """The UNet graphs' timestep input (one per row), once the grid is known to be one they bake in."""

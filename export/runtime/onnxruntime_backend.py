@@ -82,6 +82,9 @@ class OnnxRuntimeBackend(ExportedRuntime):
             self.input_types[component] = {i.name: _NP_TO_TORCH.get(i.type, torch.float32)
                                            for i in session.get_inputs()}
 
+    def components(self) -> set[str]:
+        return set(self.sessions)
+
     @classmethod
     def for_pipeline(cls, pipe, onnx_dir: str | Path, **kwargs) -> OnnxRuntimeBackend:
         """Open ``onnx_dir`` and check that every file was exported from this pipeline's weights and config."""

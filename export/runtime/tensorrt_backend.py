@@ -112,6 +112,9 @@ class TensorRTBackend(ExportedRuntime):
         grids = {tuple((e["bucket"] or {}).get(k) for k in ("rows", "cols")) for e in self.entries.get("unet", [])}
         self.grids = {g for g in grids if None not in g}
 
+    def components(self) -> set[str]:
+        return set(self.entries)
+
     @classmethod
     def for_pipeline(cls, pipe, engine_dir, **kwargs) -> TensorRTBackend:
         """Open ``engine_dir`` and check that every engine was built from this pipeline's weights and config."""

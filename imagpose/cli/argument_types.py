@@ -7,6 +7,7 @@ import argparse
 import math
 
 from ..errors import InvalidArgumentError
+from ..loading import resolve_model
 from ..seeds import check_seed
 
 
@@ -64,3 +65,8 @@ def block_counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0 such as 0,1,3,3, got {text!r}")
     return counts
+
+
+def model_folder(text: str) -> str:
+    """argparse type of ``--model``: a pipeline folder, or the name of a shipped model (its folder is returned)."""
+    return str(resolve_model(text))

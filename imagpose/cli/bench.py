@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .argument_types import model_folder
 from .common import parse_size
 
 NAME = "bench"
@@ -31,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backends", default=None,
                         help="IMAGPose runtimes to time besides eager: onnxruntime, tensorrt, triton (default: "
                              "onnxruntime on CPU; onnxruntime,tensorrt,triton on CUDA)")
-    parser.add_argument("--model", metavar="DIR", default=None,
+    parser.add_argument("--model", metavar="DIR", default=None, type=model_folder,
                         help="pipeline folder (IMAGPosePipeline.save_pretrained, `imagpose convert`, a trained model) "
                              "that the IMAGPose rows, the parity and SDK sections run, at its training tile size when "
                              "the folder records one (default: the random-weight presets; baselines stay random)")
@@ -55,7 +56,7 @@ def add_arguments(parser) -> None:
                     "held-out people beside the default (DDIM 20, CFG every step): seconds per image, exact "
                     "full-size FLOPs, SSIM/PSNR against the default's output and the trainer's measures against "
                     "the ground truth. Writes report.md, results.json, results.csv and speed_quality.png.")
-    quality.add_argument("--model", default=None, metavar="DIR",
+    quality.add_argument("--model", default=None, metavar="DIR", type=model_folder,
                          help="a trained pipeline folder (default: the shipped trained model)")
     quality.add_argument("--data", default=None, metavar="DIR",
                          help="dataset folder with test.json (default: the model's held-out people, generated "

@@ -8,9 +8,10 @@ import math
 import torch
 
 from ..errors import DeviceError, InvalidArgumentError
+from ..pretrained import SHIPPED_MODEL
 from ..samplers import SAMPLERS
 from ..sampling_config import DeepCacheConfig, SamplingConfig
-from .argument_types import seed
+from .argument_types import model_folder, seed
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -25,9 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
     """``default_preset=None``: the command has its own default model (demo: the shipped trained one); a preset
     is used only when named."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="DIR", default=None,
-                       help="pipeline folder (IMAGPosePipeline.save_pretrained / `imagpose convert` output); "
-                            "overrides --preset")
+    group.add_argument("--model", metavar="DIR", default=None, type=model_folder,
+                       help="pipeline folder (IMAGPosePipeline.save_pretrained / `imagpose convert` output) or the "
+                            f"name of a shipped model ({SHIPPED_MODEL}); overrides --preset")
     group.add_argument("--preset", default=default_preset, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given"
                             + ("" if default_preset else " (default: the shipped trained model)"))
@@ -127,17 +128,13 @@ def positive_gib(text: str) -> float:
 
 
 def load_pipeline(args):
+    from ..loading import load_pipeline as load
     from ..models.attention import get_cva_backend
-    from ..pipeline import IMAGPosePipeline
-    from ..presets import build_pipeline
 
     check_device(args.device)
     get_cva_backend(args.attention_backend)  # an unknown or uninstalled backend fails before the model is built
-    dtype = DTYPES[args.dtype]
-    if args.model:
-        pipe = IMAGPosePipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
-    else:
-        pipe = build_pipeline(args.preset, seed=args.weights_seed, device=args.device, dtype=dtype)
+    pipe = load(args.model, preset=args.preset, weights_seed=args.weights_seed, device=args.device,
+                dtype=DTYPES[args.dtype])
     pipe.unet.set_cva_backend(args.attention_backend)
     if args.max_memory_gib is not None:
         pipe.set_memory_limit(int(args.max_memory_gib * 2**30))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..samplers import SAMPLERS
 from ..sampling_config import SamplingConfig
-from .argument_types import integer, seed
+from .argument_types import integer, model_folder, seed
 from .common import add_output_argument, parse_size, sampling_setting
 
 NAME = "loadtest"
@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kind", required=True, choices=["triton", "ray"], help="which server --server is")
     parser.add_argument("--clients", type=integer(1), default=8, help="concurrent clients")
     parser.add_argument("--requests", type=integer(1), default=64, help="requests in total (distinct seeds)")
-    parser.add_argument("--model", metavar="DIR", default=None,
+    parser.add_argument("--model", metavar="DIR", default=None, type=model_folder,
                         help="pipeline folder whose training record sets the request tile size (default: the shipped "
                              "model's, 128x96); the model itself is the server's")
     parser.add_argument("--tile-size", type=parse_size, default=None, metavar="HxW",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidArgumentError
-from .argument_types import seed
+from .argument_types import model_folder, seed
 
 NAME = "serve"
 HELP = "serve the pipeline over HTTP on Ray Serve (batched; local Ray or a cluster)"
@@ -15,7 +15,7 @@ HELP = "serve the pipeline over HTTP on Ray Serve (batched; local Ray or a clust
 
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="DIR", default=None,
+    group.add_argument("--model", metavar="DIR", default=None, type=model_folder,
                        help="pipeline folder; default: the shipped trained model (tiny-people)")
     group.add_argument("--preset", default=None, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sampling_config import SamplingConfig
-from .argument_types import integer, number, seed
+from .argument_types import integer, model_folder, number, seed
 from .common import sampling_setting
 
 NAME = "eval"
@@ -22,7 +22,7 @@ DEFAULT_THRESHOLD, DEFAULT_KERNEL = 0.12, 3
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR",
+    parser.add_argument("--model", required=True, metavar="DIR", type=model_folder,
                         help="pipeline folder (the pipeline/ folder of `imagpose train run`, or "
                              "IMAGPosePipeline.save_pretrained())")
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with test.json")

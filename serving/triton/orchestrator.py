@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imagpose.batch_runner import run_isolated
+from imagpose.deepcache import check_deepcache_runtime
 from imagpose.errors import IMAGPoseError, InvalidArgumentError
-from imagpose.export.components import deepcache_components
 from imagpose.io import read_json_file
 from imagpose.sampling_config import SamplingConfig
 
@@ -40,9 +41,9 @@ class Orchestrator:
         self.record = read_json_file(folder / SERVING_RECORD, "rebuild the repository with `imagpose export triton`")
         self.pipe = load_config_only_pipeline(folder / "pipeline")
         self.grid = tuple(self.record["grid"])
-        self.runtime = TritonModelRuntime(pb_utils, self.record["input_types"], self.grid, self.record["models"])
+        self.runtime = TritonModelRuntime(pb_utils, self.record["input_types"], self.grid, self.record["models"],
+                                          self.record["unet_rows"])
         self.latent_sizes = [tuple(size) for size in self.record["latent_sizes"] or []]  # static shapes only
-        self.unet_rows = self.record["unet_rows"]  # [min, max] rows per UNet call, or None (any)
 
     # ------------------------------------------------------------------ one execute() of the dynamic batcher
     def execute(self, requests) -> list:
@@ -84,12 +85,8 @@ class Orchestrator:
         """A wire request, checked against what this repository serves before anything runs."""
         wire = request_from_json(data)
         wire.sampling.check_pipeline(self.pipe)
-        deepcache = wire.sampling.deepcache
-        if deepcache is not None:
-            missing = [c for c in deepcache_components((deepcache.branch,)) if c not in self.runtime.models]
-            if missing:
-                raise InvalidArgumentError(f"This server has no DeepCache graphs of branch {deepcache.branch} (no "
-                                           f"{', '.join(missing)} model); send settings.deepcache null.")
+        if wire.sampling.deepcache is not None:
+            check_deepcache_runtime(self.runtime, wire.sampling.deepcache.branch)
         request = wire.request
         if tuple(request.grid) != self.grid:
             raise InvalidArgumentError(f"This server's UNet bakes in the {self.grid[0]}x{self.grid[1]} grid; the "
@@ -107,41 +104,25 @@ class Orchestrator:
         return wire
 
     def generate(self, items: list, sampling: SamplingConfig) -> list:
-        """Results (wire JSON bytes) or exceptions, one per item: the items run as few pipeline calls as the served
-        UNet's batch allows; a call that fails on a user error is retried per request, so only the bad ones fail."""
+        """Results (wire JSON bytes) or exceptions, one per item, through the batching core: calls as large as the
+        served UNet's batch allows, and a failed call retried per request, so only the bad ones fail."""
+        rows = self.runtime.unet_rows  # (least, most) rows per UNet call, or None (any)
         per_request = 2 if sampling.guidance_scale > 1.0 else 1  # UNet rows: [uncond, cond] under CFG
-        size = len(items) if self.unet_rows is None else self.unet_rows[1] // per_request
+        size = len(items) if rows is None else rows[1] // per_request
         if size < 1:
-            error = InvalidArgumentError(self._rows_message(sampling, per_request))
-            return [error] * len(items)
-        outcomes = []
-        for start in range(0, len(items), size):
-            outcomes += self._call(items[start:start + size], sampling, per_request)
-        return outcomes
+            return [InvalidArgumentError(self.runtime.rows_message(per_request))] * len(items)
+        outcomes = run_isolated(self.pipe, [item.request for item in items], sampling, max_batch=size,
+                                backend=self.runtime)
+        return [self._outcome(outcome) for outcome in outcomes]
 
-    def _call(self, items: list, sampling: SamplingConfig, per_request: int) -> list:
-        if self.unet_rows is not None and per_request * len(items) < self.unet_rows[0]:
-            return [InvalidArgumentError(self._rows_message(sampling, per_request))] * len(items)
-        try:
-            output = self.pipe([item.request for item in items], output_type="pil", progress=False,
-                               backend=self.runtime, sampling=sampling)
-        except IMAGPoseError as exc:
-            if len(items) == 1:
-                return [exc]
-            return [outcome for item in items for outcome in self._call([item], sampling, per_request)]
-        except Exception as exc:  # a bug: its traceback in the server log; retried alone, so only its request fails
-            if len(items) == 1:
-                return [self._log_bug("a pipeline call", exc)]
-            return [outcome for item in items for outcome in self._call([item], sampling, per_request)]
-        return [json.dumps(result_to_json(result)).encode() for result in output.results]
+    def _outcome(self, outcome):
+        if isinstance(outcome, IMAGPoseError):
+            return outcome
+        if isinstance(outcome, BaseException):  # a bug: its traceback in the server log, only its request fails
+            return self._log_bug("a request", outcome)
+        return json.dumps(result_to_json(outcome)).encode()
 
     def _log_bug(self, during: str, exc: Exception) -> Exception:
         self.pb_utils.Logger.log_error(f"imagpose: {during} failed:\n"
                                        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         return exc
-
-    def _rows_message(self, sampling: SamplingConfig, per_request: int) -> str:
-        low, high = self.unet_rows
-        return (f"The served UNet takes {low} to {high} rows per call; guidance_scale {sampling.guidance_scale} runs "
-                f"{per_request} row(s) per request. Use guidance_scale {'> 1' if per_request == 1 else '<= 1'}, or "
-                "serve engines whose UNet profile covers it (imagpose export trt --bucket).")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imagpose.errors import InvalidArgumentError
 from imagpose.export.components import COMPONENTS, CONTRACTS
 from imagpose.export.runtime.base import ExportedRuntime
 
@@ -25,13 +26,16 @@ class TritonModelRuntime(ExportedRuntime):
     """Runs each component on the Triton model of that name (``models`` maps component -> model name).
 
     ``input_types``: {component: {input: "TYPE_FP32" | "TYPE_FP16"}}, the tensors' types in the models' configs;
-    ``grid``: the view grid the served UNet bakes in.
+    ``grid``: the view grid the served UNet bakes in; ``unet_rows``: (least, most) rows per UNet call the served
+    UNet takes (None: any), checked before each UNet call.
     """
 
     name = "triton"
 
-    def __init__(self, pb_utils, input_types: dict, grid: tuple[int, int], models: dict | None = None):
+    def __init__(self, pb_utils, input_types: dict, grid: tuple[int, int], models: dict | None = None,
+                 unet_rows: tuple[int, int] | None = None):
         self.pb_utils = pb_utils
+        self.unet_rows = None if unet_rows is None else tuple(unet_rows)
         self.input_types = input_types
         self.grid = tuple(grid)
         self.models = models or {component: component for component in COMPONENTS}
@@ -53,3 +57,18 @@ class TritonModelRuntime(ExportedRuntime):
 
     def supported_grids(self) -> set[tuple[int, int]]:
         return {self.grid}
+
+    def components(self) -> set[str]:
+        return set(self.models)
+
+    def _unet_timestep(self, sample, timestep, grid) -> torch.Tensor:
+        rows = sample.shape[0]
+        if self.unet_rows is not None and not self.unet_rows[0] <= rows <= self.unet_rows[1]:
+            raise InvalidArgumentError(self.rows_message(rows))
+        return super()._unet_timestep(sample, timestep, grid)
+
+    def rows_message(self, rows: int) -> str:
+        low, high = self.unet_rows
+        return (f"The served UNet takes {low} to {high} rows per call; this call needs {rows} (each request is two "
+                "rows under classifier-free guidance, one without). Send as many requests, or a guidance_scale that "
+                "fits, or serve engines whose UNet profile covers it (imagpose export trt --bucket).")

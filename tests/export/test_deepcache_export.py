@@ -16,6 +16,7 @@ from imagpose.export.components import call_runtime, model_config
 from imagpose.export.parity import FP32_MIN_SQNR_DB, FP32_MIN_SSIM, sqnr_db, ssim
 from imagpose.export.runtime import prepare_runtime, runtime_folders
 from imagpose.export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from imagpose.sdk import IMAGPoseGenerator
 from tests.export.conftest import BUCKET
 
 BRANCH = 1
@@ -83,9 +84,15 @@ def test_a_branch_that_was_not_exported_names_the_fix(tiny_pipe, deepcache_onnx,
                               deepcache_branches=(BRANCH,))
     image, pose = samples("person_red_front")
     request = scenarios.t2(image, pose, samples("person_red_walking")[1], tile_size=(64, 64), seed=0)
-    with pytest.raises(ExportError, match=r"no unet_deepcache_full_b3.*ExportOptions\(deepcache_branches=\(3,\)\)"):
+    assert backend.deepcache_branches() == {BRANCH}
+    fix = r"holds branches \[1\], not branch 3.*--deepcache-branch 3.*deepcache_branches=\(3,\)"
+    with pytest.raises(InvalidArgumentError, match=fix):  # before any network runs
         tiny_pipe(request, num_inference_steps=2, deepcache_interval=2, deepcache_branch=3, backend=backend,
                   progress=False)
+    with pytest.raises(InvalidArgumentError, match=fix):  # the SDK refuses it when made, not per request
+        IMAGPoseGenerator(tiny_pipe, backend=backend, num_inference_steps=2, deepcache_interval=2, deepcache_branch=3)
+    with pytest.raises(ExportError, match=r"no unet_deepcache_full_b3.*ExportOptions\(deepcache_branches=\(3,\)\)"):
+        backend.unet_deepcache_full(torch.zeros(1, 9, 16, 16), torch.zeros(1), None, None, (2, 2), 3)  # called directly
     with pytest.raises(InvalidArgumentError, match="deepcache_branch 6 is beyond this UNet's skip branches 0..5"):
         export_component(tiny_pipe, "unet_deepcache_full_b6", tmp_path, ExportOptions(bucket=BUCKET))
     with pytest.raises(InvalidArgumentError, match="deepcache_branches must be integers"):
