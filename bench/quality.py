@@ -32,10 +32,11 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from tqdm.auto import tqdm
 
 from imagpose.errors import InvalidArgumentError
+from imagpose.measures import MEASURES, image_scores
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.samplers import SAMPLERS
 from imagpose.sampling_config import DeepCacheConfig, SamplingConfig
-from imagpose.train.evaluation import MEASURES, EvalItem, generate, image_scores, load_items, score
+from imagpose.train.evaluation import EvalItem, generate, load_items, score
 
 SPEEDUP_TARGETS = (2.0, 3.0, 5.0)
 QUALITY_BUDGET = {"ssim": 0.01, "pose_iou": 0.02}  # largest drop against the default still called "same quality"

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from imagpose.io import OutputFolder
-from imagpose.train.evaluation import MEASURES
+from imagpose.measures import MEASURES
 
 from .quality import QUALITY_BUDGET
 

@@ -47,6 +47,7 @@ from imagpose.errors import InvalidArgumentError, MissingDependencyError
 from imagpose.io import make_output_folder, refuse_non_folder, write_json
 from imagpose.runtime import RuntimeWrapper
 from imagpose.sampling_config import SamplingConfig
+from imagpose.seeds import CALIBRATION_PEOPLE_SEED
 
 from .components import COMPONENTS, CONTRACTS, ComponentModule, ShapeBucket, model_config
 from .digests import file_record
@@ -63,7 +64,6 @@ ALGORITHMS = ("max", "smoothquant")
 FLOAT_LAYERS = ("conv_in", "conv_out", "time_embedding", "time_emb_proj", "conv_shortcut")
 OPSETS = {"int8": 17, "fp8": 19}  # FP8 QuantizeLinear is an opset-19 op; INT8 keeps TensorRT's GroupNorm form
 SMOOTHQUANT_ALPHA = 0.8  # the TensorRT diffusion demo's --int8 setting
-CALIBRATION_SEED = 3000  # generated people that neither training (seed 0) nor the held-out evaluation (1000) uses
 QUANT_INSTALL_HINT = ("Quantization needs NVIDIA Model Optimizer: pip install -c constraints.txt 'imagpose[quant]' "
                       "(nvidia-modelopt; CPU is enough to quantize and export).")
 
@@ -104,18 +104,18 @@ class QuantizeOptions:
 
 # ----------------------------------------------------------------------------- calibration data
 def generated_requests(count: int, tile_size: tuple[int, int], grid: tuple[int, int] = (2, 2),
-                       seed: int = CALIBRATION_SEED) -> list:
+                       seed: int = CALIBRATION_PEOPLE_SEED) -> list:
     """``count`` T2 requests (one source repeated, one target pose) of generated people: identity ``i`` of
-    ``seed`` in two poses, drawn by :mod:`imagpose.train.synthetic` (the generator the shipped model was trained
+    ``seed`` in two poses, drawn by :mod:`imagpose.synthetic` (the generator the shipped model was trained
     with; ``seed`` keeps them apart from its training and held-out people)."""
     if not isinstance(count, int) or count < 1:
         raise InvalidArgumentError(f"Calibration needs at least one request, got {count!r}; pass 1 or more "
                                    "(Model Optimizer's diffusers example calibrates on 32 prompts at full size).")
     from imagpose import scenarios
-    from imagpose.train.synthetic.dataset import identity_rng
-    from imagpose.train.synthetic.looks import sample_look, sample_scene
-    from imagpose.train.synthetic.poses import sample_pose
-    from imagpose.train.synthetic.rasterizer import draw_view
+    from imagpose.synthetic.dataset import identity_rng
+    from imagpose.synthetic.looks import sample_look, sample_scene
+    from imagpose.synthetic.poses import sample_pose
+    from imagpose.synthetic.rasterizer import draw_view
 
     requests = []
     for index in range(count):

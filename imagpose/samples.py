@@ -1,6 +1,6 @@
 """Sample inputs shipped with the package (synthetic people with exact OpenPose-18 keypoints).
 
-``scripts/make_samples.py`` regenerates them with the synthetic people generator (``imagpose.train.synthetic``).
+``scripts/make_samples.py`` regenerates them with the synthetic people generator (``imagpose.synthetic``).
 Names: ``person_{red,blue}_{front,arms_up,walking,hands_on_hips,side}``; each has a 176x256 ``.png`` and a keypoint
 ``.json``.
 """

@@ -1,4 +1,4 @@
-"""Regenerate the shipped sample inputs with the synthetic people generator (imagpose.train.synthetic).
+"""Regenerate the shipped sample inputs with the synthetic people generator (imagpose.synthetic).
 
     python scripts/make_samples.py            # writes imagpose/assets/samples/{person_*.png, *.json, index.json}
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagpose.train.synthetic.demo_samples import write_demo_samples
+from imagpose.synthetic.demo_samples import write_demo_samples
 
 OUT = Path(__file__).resolve().parents[1] / "imagpose" / "assets" / "samples"
 

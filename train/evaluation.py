@@ -14,15 +14,8 @@ source view and a different target view, drawn with ``random.Random(seed)``. Eac
     copy_source      the source tile itself (what a model that ignores the pose would score)
     model_zero_dino  with ``zero_dino=True``: the model with its DINO tokens zeroed, i.e. conditioned on the FLC
                      tokens alone (measures what the frozen random image encoder contributes)
-Measures against the ground-truth target tile (all in [0, 1] RGB):
-    ssim         torchmetrics SSIM (11x11 Gaussian window, sigma 1.5, data range 1), averaged over the windows
-                 inside the tile (the 5-pixel border of the map cropped, as imagpose's parity SSIM)
-    psnr         torchmetrics PSNR (data range 1), capped at MAX_PSNR_DB (identical images would be infinite)
-    pose_iou     IoU of the person's foreground against the exact ground-truth mask (``mask/``); the foreground of
-                 an image is where it differs from the identity's background (``background/``) by more than
-                 ``threshold`` in some channel, opened then closed with a ``kernel`` x ``kernel`` ellipse
-    color_error  mean CIE76 colour difference (Lab, OpenCV's sRGB conversion) inside the ground-truth person mask
-                 (lower is better; about 2.3 is a just-noticeable difference)
+Measures against the ground-truth target tile: SSIM, PSNR, pose IoU and colour error (:mod:`imagpose.measures`),
+with the dataset's exact person mask (``mask/``) and the identity's background (``background/``).
 The segmentation is validated on the ground-truth images themselves (their derived mask against the exact one)
 and on their round trip through the model's VAE (the best a generated image can score): both in the summary.
 """
@@ -37,31 +30,31 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torchmetrics.functional.classification import binary_jaccard_index
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from imagpose import scenarios
 from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.images import POSE_BACKGROUND, load_image, pil_to_tensor, tensor_to_pil
 from imagpose.io import MissingInputFileError, OutputFolder, read_json
+from imagpose.measures import (
+    DEFAULT_KERNEL,
+    DEFAULT_THRESHOLD,
+    LOWER_IS_BETTER,
+    MEASURES,
+    foreground_mask,
+    mask_iou,
+    scores,
+)
 from imagpose.pose import keypoints_from_json, render_pose
 from imagpose.runtime import RuntimeWrapper
 from imagpose.sampling_config import SamplingConfig
 
 from .data import companion as data_companion
 
-MEASURES = ("ssim", "psnr", "pose_iou", "color_error")
-LOWER_IS_BETTER = frozenset({"color_error"})
 GENERATORS = ("model", "untrained", "copy_source")
 ZERO_DINO = "model_zero_dino"
-MAX_PSNR_DB = 100.0
-DEFAULT_THRESHOLD = 0.12  # 31 levels of 255
-DEFAULT_KERNEL = 3
-SSIM_BORDER = 5  # half the 11x11 window
 DATA_FIX = "create a dataset with `imagpose train make-data --out DIR`, or pass its folder"
 
 
@@ -92,52 +85,10 @@ class Evaluation:
 
 
 # ----------------------------------------------------------------------------- measures
-def image_scores(generated: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """SSIM and PSNR of one (3, H, W) image in [0, 1] against the target."""
-    x, y = generated[None].double(), target[None].double()
-    _, ssim_map = structural_similarity_index_measure(x, y, gaussian_kernel=True, sigma=1.5, kernel_size=11,
-                                                      data_range=1.0, return_full_image=True)
-    # torchmetrics averages over every pixel of its reflect-padded map; windows inside the tile only (Wang et al.)
-    border = SSIM_BORDER if min(target.shape[-2:]) > 2 * SSIM_BORDER else 0
-    ssim = ssim_map[..., border:ssim_map.shape[-2] - border, border:ssim_map.shape[-1] - border].mean()
-    psnr = peak_signal_noise_ratio(x, y, data_range=1.0)
-    return {"ssim": float(ssim), "psnr": min(float(psnr), MAX_PSNR_DB)}
-
-
-def foreground_mask(image: torch.Tensor, background: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
-                    kernel: int = DEFAULT_KERNEL) -> torch.Tensor:
-    """(H, W) bool: where the (3, H, W) image differs from the background by more than ``threshold`` in some
-    channel, then a morphological opening (drops specks) and closing (fills pinholes) with a small ellipse."""
-    raw = ((image - background).abs().amax(dim=0) > threshold).numpy().astype(np.uint8)
-    if kernel > 1:
-        element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
-        raw = cv2.morphologyEx(raw, cv2.MORPH_OPEN, element)
-        raw = cv2.morphologyEx(raw, cv2.MORPH_CLOSE, element)
-    return torch.from_numpy(raw.astype(bool))
-
-
-def mask_iou(predicted: torch.Tensor, target: torch.Tensor) -> float:
-    """Intersection over union of two (H, W) bool masks (1.0 when both are empty)."""
-    return float(binary_jaccard_index(predicted.long().flatten(), target.long().flatten(), zero_division=1.0))
-
-
-def to_lab(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) sRGB in [0, 1] -> (H, W, 3) CIE Lab (L in [0, 100])."""
-    rgb = image.clamp(0, 1).permute(1, 2, 0).contiguous().numpy().astype(np.float32)
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
-
-
-def color_error(generated: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean CIE76 colour difference (Euclidean distance in Lab) over the pixels of ``mask``."""
-    distance = np.linalg.norm(to_lab(generated) - to_lab(target), axis=-1)
-    return float(distance[mask.numpy()].mean())
-
-
-def score(generated: torch.Tensor, item: EvalItem, threshold: float, kernel: int) -> dict[str, float]:
-    scores = image_scores(generated, item.target)
-    scores["pose_iou"] = mask_iou(foreground_mask(generated, item.background, threshold, kernel), item.mask)
-    scores["color_error"] = color_error(generated, item.target, item.mask)
-    return scores
+def score(generated: torch.Tensor, item: EvalItem, threshold: float = DEFAULT_THRESHOLD,
+          kernel: int = DEFAULT_KERNEL) -> dict[str, float]:
+    """Every measure (:mod:`imagpose.measures`) of ``generated`` against the item's ground-truth target."""
+    return scores(generated, item.target, item.mask, item.background, threshold, kernel)
 
 
 # ----------------------------------------------------------------------------- items

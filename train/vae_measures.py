@@ -80,15 +80,10 @@ def colour_round_trip_errors(vae, size: tuple[int, int] = (128, 96)) -> dict[str
 def held_out_people(vae, data_root: Path) -> dict[str, float]:
     """Round trip of the test split's people (one target view per identity, as ``imagpose train eval`` picks
     them): PSNR, SSIM, person-mask IoU of the segmentation the evaluation uses, colour error inside the person."""
-    from .evaluation import color_error, foreground_mask, image_scores, load_items, mask_iou
+    from .evaluation import load_items, score
 
     items = load_items(data_root, pairs_per_identity=1, seed=0, max_items=None)
-    rows = []
-    for item in items:
-        output = reconstruct(vae, item.target[None] * 2 - 1)[0]
-        scores = image_scores(output, item.target)
-        rows.append({**scores, "pose_iou": mask_iou(foreground_mask(output, item.background), item.mask),
-                     "color_error": color_error(output, item.target, item.mask)})
+    rows = [score(reconstruct(vae, item.target[None] * 2 - 1)[0], item) for item in items]
     return {key: round(sum(row[key] for row in rows) / len(rows), 4) for key in rows[0]} | {"items": len(rows)}
 
 

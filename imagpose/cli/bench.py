@@ -180,7 +180,7 @@ def run_quality(args) -> int:
 def held_out_people(model: Path, folder: Path, training_record) -> Path:
     """The model's held-out people (training.json: seed and count never used in training), made once."""
     from ..errors import InvalidArgumentError
-    from ..train.synthetic.dataset import make_dataset
+    from ..synthetic.dataset import make_dataset
 
     record = training_record(model)
     if record is None or "held_out" not in record:

@@ -15,11 +15,11 @@ import json
 import logging
 from pathlib import Path
 
+from ..seeds import HELD_OUT_PEOPLE_SEED
 from .argument_types import integer
 from .common import add_model_arguments, parse_grid, parse_size
 
 HELP = "quantize the UNet to INT8/FP8 (Model Optimizer) into an export folder"
-HELD_OUT_SEED = 1000  # the shipped model's held-out people (training.json), never used for calibration
 
 
 def add_parser(subparsers, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
@@ -87,7 +87,7 @@ def measure(pipe, out: Path, tile, args) -> dict:
     from ..export.runtime import prepare_runtime
     from ..export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    requests = generated_requests(args.measure, tile, args.grid, seed=HELD_OUT_SEED)
+    requests = generated_requests(args.measure, tile, args.grid, seed=HELD_OUT_PEOPLE_SEED)
     try:
         quantized = OnnxRuntimeBackend.for_pipeline(pipe, out)
     except IMAGPoseError as exc:
@@ -95,7 +95,7 @@ def measure(pipe, out: Path, tile, args) -> dict:
     bucket = ShapeBucket(1, *pipe.request_layout(requests[0]).padded_tile, *args.grid)
     fp32 = prepare_runtime("onnxruntime", pipe, Path(out) / "fp32-reference", bucket)
     results = {"precision": args.precision, "algorithm": args.algorithm, "tile_size": list(tile),
-               "held_out_seed": HELD_OUT_SEED, **quantization_parity(pipe, quantized, requests, args.steps)}
+               "held_out_seed": HELD_OUT_PEOPLE_SEED, **quantization_parity(pipe, quantized, requests, args.steps)}
     speed = unet_speed(pipe, {"onnxruntime fp32": fp32, f"onnxruntime {args.precision}": quantized}, requests[0])
     results["unet_call_median_s"] = speed
     results["speedup_vs_fp32_onnxruntime"] = round(speed["onnxruntime fp32"] / speed[f"onnxruntime {args.precision}"],

@@ -5,6 +5,7 @@ larger dataset are the same people."""
 
 from __future__ import annotations
 
+from ..seeds import TRAINING_PEOPLE_SEED
 from .argument_types import integer, number, seed
 from .common import parse_size
 
@@ -17,7 +18,7 @@ def add_arguments(parser) -> None:
                         help="dataset folder, created if missing; files are added beside its contents once the whole "
                              "dataset is generated")
     parser.add_argument("--identities", type=integer(1), required=True, metavar="N", help="number of people")
-    parser.add_argument("--seed", type=seed, default=0, help="generator seed")
+    parser.add_argument("--seed", type=seed, default=TRAINING_PEOPLE_SEED, help="generator seed")
     parser.add_argument("--size", type=parse_size, default=(64, 64), metavar="HxW",
                         help="image size in pixels, height x width (at least 32x32)")
     parser.add_argument("--views", type=integer(2), default=6, metavar="V", help="images (poses) per person")
@@ -26,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..train.synthetic.dataset import make_dataset
+    from ..synthetic.dataset import make_dataset
 
     summary = make_dataset(args.out, args.identities, seed=args.seed, size=args.size, views_per_identity=args.views,
                            test_fraction=args.test_fraction)

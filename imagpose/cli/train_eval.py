@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..measures import DEFAULT_KERNEL, DEFAULT_THRESHOLD
 from ..sampling_config import SamplingConfig
 from .argument_types import integer, model_folder, number, seed
 from .common import sampling_setting
 
 NAME = "eval"
 HELP = "score a trained pipeline on held-out people against untrained and copy-source baselines"
-
-
-# imagpose.train.evaluation's defaults, repeated so that parsing does not import it (tests keep them equal)
-DEFAULT_THRESHOLD, DEFAULT_KERNEL = 0.12, 3
 
 
 def add_arguments(parser) -> None:

@@ -20,7 +20,7 @@ from imagpose.errors import InvalidArgumentError
 from imagpose.io import OutputFolder
 from imagpose.pretrained import shipped_model_dir
 from imagpose.sampling_config import SamplingConfig
-from imagpose.train.synthetic.dataset import make_dataset
+from imagpose.synthetic.dataset import make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -96,8 +96,8 @@ def sample_dataset():
 
 @pytest.fixture(scope="session")
 def people_dataset(tmp_path_factory):
-    """A generated dataset of 6 people x 4 views at 64x64 (imagpose.train.synthetic), shared read-only."""
-    from imagpose.train.synthetic.dataset import make_dataset
+    """A generated dataset of 6 people x 4 views at 64x64 (imagpose.synthetic), shared read-only."""
+    from imagpose.synthetic.dataset import make_dataset
 
     root = tmp_path_factory.mktemp("people")
     make_dataset(root, 6, seed=3, views_per_identity=4, test_fraction=0.34)

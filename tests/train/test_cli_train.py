@@ -10,9 +10,8 @@ import pytest
 
 from imagpose import build_pipeline
 from imagpose.autoencoders import load_autoencoder
-from imagpose.cli import main, train_eval
+from imagpose.cli import main
 from imagpose.presets import get_preset
-from imagpose.train import evaluation
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +81,6 @@ def test_eval_prints_the_table_and_writes_its_outputs(dataset, model_dir, capsys
     for name in ("model", "untrained", "copy_source", "model beats copy"):
         assert f"\n{name} " in out
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["figure.png", "scores.csv", "strips", "summary.json"]
-
-
-def test_eval_flag_defaults_are_the_library_defaults():
-    assert (train_eval.DEFAULT_THRESHOLD, train_eval.DEFAULT_KERNEL) == (evaluation.DEFAULT_THRESHOLD,
-                                                                         evaluation.DEFAULT_KERNEL)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -5,16 +5,15 @@ import torch
 
 from imagpose.autoencoders import colour_capacity_problem, load_autoencoder
 from imagpose.pretrained import shipped_model_dir, trained_tile_size
+from imagpose.seeds import HELD_OUT_PEOPLE_SEED
+from imagpose.synthetic.dataset import make_dataset
 from imagpose.train.evaluation import evaluate
-from imagpose.train.synthetic.dataset import make_dataset
 from imagpose.train.vae_measures import colour_round_trip_errors
-
-HELD_OUT_SEED = 4242  # never used for training data
 
 
 def test_the_shipped_model_beats_its_untrained_self_on_unseen_people(tmp_path):
     folder = shipped_model_dir()
-    make_dataset(tmp_path / "people", 6, seed=HELD_OUT_SEED, size=trained_tile_size(folder), test_fraction=0.99)
+    make_dataset(tmp_path / "people", 6, seed=HELD_OUT_PEOPLE_SEED, size=trained_tile_size(folder), test_fraction=0.99)
     torch.manual_seed(0)
     result = evaluate(folder, tmp_path / "people", steps=8, max_items=4)
     assert result.summary["model"]["ssim"] > result.summary["untrained"]["ssim"] + 0.2

@@ -13,9 +13,9 @@ from PIL import Image
 from imagpose import autoencoders, presets
 from imagpose.errors import InputFileError, InvalidArgumentError
 from imagpose.presets import get_preset, randomize_weights
+from imagpose.synthetic.dataset import make_dataset
 from imagpose.train.checkpoints import list_checkpoints
 from imagpose.train.config import StageConfig, load_config
-from imagpose.train.synthetic.dataset import make_dataset
 from imagpose.train.vae import initialise_for_training, train_decoder, train_vae
 from imagpose.train.vae_data import (
     AutoencoderItems,

@@ -1,4 +1,4 @@
-"""imagpose.train.synthetic: deterministic by seed, exact keypoints and masks, the trainer's dataset layout."""
+"""imagpose.synthetic: deterministic by seed, exact keypoints and masks, the trainer's dataset layout."""
 
 import json
 from pathlib import Path
@@ -9,11 +9,11 @@ from PIL import Image
 
 from imagpose.errors import InvalidArgumentError
 from imagpose.pose import keypoints_from_json, render_pose
-from imagpose.train.synthetic.dataset import identity_rng, make_dataset
-from imagpose.train.synthetic.figure import JOINTS
-from imagpose.train.synthetic.looks import sample_look, sample_scene
-from imagpose.train.synthetic.poses import sample_pose
-from imagpose.train.synthetic.rasterizer import draw_view
+from imagpose.synthetic.dataset import identity_rng, make_dataset
+from imagpose.synthetic.figure import JOINTS
+from imagpose.synthetic.looks import sample_look, sample_scene
+from imagpose.synthetic.poses import sample_pose
+from imagpose.synthetic.rasterizer import draw_view
 
 SIZE = (64, 48)  # (height, width): not square, so a swapped axis shows
 VIEWS = 4
@@ -52,7 +52,7 @@ def test_same_seed_same_bytes_and_first_identities_are_the_same_people(dataset, 
 def test_layout_and_annotation_format(dataset):
     meta = json.loads((dataset / "dataset.json").read_text())
     assert {k: meta[k] for k in ("generator", "seed", "identities", "views_per_identity", "image_size")} == {
-        "generator": "imagpose.train.synthetic", "seed": 1, "identities": 8, "views_per_identity": VIEWS,
+        "generator": "imagpose.synthetic", "seed": 1, "identities": 8, "views_per_identity": VIEWS,
         "image_size": list(SIZE)}
     for split in ("train", "test"):
         annotation = json.loads((dataset / f"{split}.json").read_text())

@@ -142,7 +142,7 @@ def make_dataset(out: str | os.PathLike, identities: int, seed: int = 0, size: t
             folder.write_json(f"{split}.json", [[f"image/{n}/{k}.png" for k in range(views_per_identity)]
                                                 for n in members])
         folder.write_json("dataset.json", {
-            "generator": "imagpose.train.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+            "generator": "imagpose.synthetic", "version": GENERATOR_VERSION, "seed": seed,
             "identities": identities, "views_per_identity": views_per_identity, "image_size": list(size),
             "test_fraction": test_fraction, "train": train, "test": test, "people": people,
         })
