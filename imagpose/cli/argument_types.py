@@ -8,6 +8,7 @@ import math
 
 from ..errors import InvalidArgumentError
 from ..loading import resolve_model
+from ..sampling_config import DeepCacheConfig, SamplingConfig
 from ..seeds import check_seed
 
 
@@ -70,3 +71,89 @@ def block_counts(text: str) -> tuple[int, ...]:
 def model_folder(text: str) -> str:
     """argparse type of ``--model``: a pipeline folder, or the name of a shipped model (its folder is returned)."""
     return str(resolve_model(text))
+
+
+def sampling_setting(name: str, parse):
+    """argparse type for one sampling setting, checked by :class:`~imagpose.sampling_config.SamplingConfig` (where
+    the valid values live; the other settings at its defaults), so a bad value stops the command while it is
+    parsed."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
+        try:
+            SamplingConfig(**{name: value})
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        return value
+
+    return convert
+
+
+def parse_guidance_interval(text: str) -> tuple[float, float]:
+    """'0.2:0.8' -> (0.2, 0.8), checked as :func:`imagpose.guidance.check_guidance_interval` checks it."""
+    from ..guidance import check_guidance_interval
+
+    try:
+        return check_guidance_interval(tuple(float(v) for v in text.split(":")))
+    except (ValueError, InvalidArgumentError) as exc:
+        raise argparse.ArgumentTypeError(f"expected START:STOP, two fractions of the steps with 0 <= START < STOP "
+                                         f"<= 1, e.g. 0.2:0.8, got {text!r}") from exc
+
+
+def parse_deepcache(text: str) -> DeepCacheConfig:
+    """'3' -> DeepCacheConfig(3, 0), '3:1' -> DeepCacheConfig(3, 1): DeepCache's interval (>= 2; 1 would cache
+    nothing) and skip branch."""
+    try:
+        parts = [int(v) for v in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or parts[0] < 2 or (len(parts) == 2 and parts[1] < 0):
+        raise argparse.ArgumentTypeError(f"expected INTERVAL[:BRANCH], an interval >= 2 and a branch >= 0, e.g. 3 or "
+                                         f"3:1, got {text!r}")
+    return DeepCacheConfig(*parts)
+
+
+def positive_gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, e.g. 24 or 7.5, got {text!r}")
+    return value
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x176' -> (256, 176): height x width."""
+    return parse_positive_pair(text, "HEIGHTxWIDTH", "256x176")
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """'2x3' -> (2, 3): rows x cols."""
+    return parse_positive_pair(text, "ROWSxCOLS", "2x2")
+
+
+def parse_positive_pair(text: str, form: str, example: str) -> tuple[int, int]:
+    """'AxB' -> (A, B), two positive integers, for argparse; ``form`` and ``example`` name the expected form."""
+    try:
+        first, second = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        first = second = 0
+    if first < 1 or second < 1:
+        raise argparse.ArgumentTypeError(f"expected {form} as two positive integers, e.g. {example}, got {text!r}")
+    return first, second
+
+
+def from_check(check):
+    """argparse type from a check that raises :class:`~imagpose.errors.InvalidArgumentError` (where the valid values
+    live), so a bad value stops the command while it is parsed."""
+    def convert(text: str):
+        try:
+            return check(text)
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return convert

@@ -14,8 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .argument_types import model_folder
-from .common import parse_size
+from .argument_types import model_folder, parse_size
 
 NAME = "bench"
 HELP = "speed benchmark vs PIDM / CFLD / PoCoLD / PCDMs, with a report and claim verdicts"

@@ -15,8 +15,8 @@ import argparse
 import logging
 
 from . import export_quantize
-from .argument_types import integer, number
-from .common import add_model_arguments, parse_grid, parse_size
+from .argument_types import integer, number, parse_grid, parse_size
+from .common import add_model_arguments
 
 NAME = "export"
 HELP = "ONNX export, TensorRT compatibility check, TensorRT engine builds, Triton model repositories"

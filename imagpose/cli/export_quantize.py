@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 
 from ..seeds import HELD_OUT_PEOPLE_SEED
-from .argument_types import integer
-from .common import add_model_arguments, parse_grid, parse_size
+from .argument_types import integer, parse_grid, parse_size
+from .common import add_model_arguments
 
 HELP = "quantize the UNet to INT8/FP8 (Model Optimizer) into an export folder"
 

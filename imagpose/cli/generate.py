@@ -9,16 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .argument_types import number
+from .argument_types import number, parse_grid, parse_positive_pair, parse_size
 from .common import (
     add_backend_arguments,
     add_model_arguments,
     add_output_argument,
     add_sampling_arguments,
     load_pipeline,
-    parse_grid,
-    parse_positive_pair,
-    parse_size,
     resolve_backend,
     sampling_from_args,
 )

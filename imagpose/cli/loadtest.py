@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..samplers import SAMPLERS
 from ..sampling_config import SamplingConfig
-from .argument_types import integer, model_folder, seed
-from .common import add_output_argument, parse_size, sampling_setting
+from .argument_types import integer, model_folder, parse_size, sampling_setting, seed
+from .common import add_output_argument
 
 NAME = "loadtest"
 HELP = "measure a running Triton or Ray Serve server: throughput, latency percentiles, batch sizes"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, parse_grid, parse_size
+from .argument_types import parse_grid, parse_size
+from .common import add_model_arguments
 
 NAME = "parity"
 HELP = "compare backends (torch, onnxruntime, tensorrt) against the fp32 torch reference"

@@ -4,10 +4,8 @@ Runs until Ctrl-C (or SIGTERM), then stops the service and the Ray it started. S
 
 from __future__ import annotations
 
-import argparse
-
 from ..errors import InvalidArgumentError
-from .argument_types import model_folder, seed
+from .argument_types import from_check, model_folder, seed
 
 NAME = "serve"
 HELP = "serve the pipeline over HTTP on Ray Serve (batched; local Ray or a cluster)"
@@ -42,17 +40,6 @@ def add_arguments(parser) -> None:
     group.add_argument("--port", type=int, default=8000, help="HTTP port")
 
 
-def _checked(check):
-    """argparse type from one of ray_service's checks, so a bad value stops the command while it is parsed."""
-    def convert(text: str):
-        try:
-            return check(text)
-        except InvalidArgumentError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-
-    return convert
-
-
 def _number(parse, text: str, name: str):
     try:
         return parse(text)
@@ -60,28 +47,28 @@ def _number(parse, text: str, name: str):
         raise InvalidArgumentError(f"{name} must be a number, got {text!r}.") from None
 
 
-@_checked
+@from_check
 def _positive_int(text: str) -> int:
     from ..serving.ray_service import check_positive_int
 
     return check_positive_int("the value", _number(int, text, "the value"))
 
 
-@_checked
+@from_check
 def _autoscale(text: str) -> tuple[int, int]:
     from ..serving.ray_service import parse_autoscale
 
     return parse_autoscale(text)
 
 
-@_checked
+@from_check
 def _num_cpus(text: str) -> float:
     from ..serving.ray_service import check_num_cpus
 
     return check_num_cpus(_number(float, text, "num_cpus"))
 
 
-@_checked
+@from_check
 def _seconds(text: str) -> float:
     value = _number(float, text, "batch_wait")
     if not 0 <= value < 60:

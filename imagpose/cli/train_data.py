@@ -6,8 +6,7 @@ larger dataset are the same people."""
 from __future__ import annotations
 
 from ..seeds import TRAINING_PEOPLE_SEED
-from .argument_types import integer, number, seed
-from .common import parse_size
+from .argument_types import integer, number, parse_size, seed
 
 NAME = "make-data"
 HELP = "generate a synthetic dataset of people with exact keypoints and masks"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from ..measures import DEFAULT_KERNEL, DEFAULT_THRESHOLD
 from ..sampling_config import SamplingConfig
-from .argument_types import integer, model_folder, number, seed
-from .common import sampling_setting
+from .argument_types import integer, model_folder, number, sampling_setting, seed
 
 NAME = "eval"
 HELP = "score a trained pipeline on held-out people against untrained and copy-source baselines"
