@@ -32,7 +32,7 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError
 
 from . import checkpoints
 from .config import OptimizerConfig, StageConfig
-from .training_log import read_log, require_matplotlib, write_log
+from .training_log import require_matplotlib, write_log
 
 
 @dataclass(frozen=True)
@@ -117,24 +117,9 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The parameters this task trains, by name (what a checkpoint's model file holds)."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, state: dict[str, torch.Tensor], where) -> None:
-    """Copy a checkpoint's tensors into the parameters this task trains: exactly those names, same shapes."""
-    from imagpose.errors import InputFileError
-
-    ours = trainable_state(model)
-    if set(state) != set(ours) or any(state[k].shape != ours[k].shape for k in ours):
-        missing, extra = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
-        raise InputFileError(f"Checkpoint {where} does not hold this run's trainable parameters (missing "
-                             f"{missing[:3]}, unexpected {extra[:3]}, or shapes differ); resume it with the config "
-                             "and stage that wrote it, or start afresh without --resume.")
-    with torch.no_grad():
-        for name, parameter in ours.items():
-            parameter.copy_(state[name])
+def trainable_names(model) -> list[str]:
+    """The names of the parameters this task trains, in :func:`trainable_parameters` order."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
 class TrainingDivergedError(IMAGPoseError):
@@ -159,9 +144,10 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     if latest is not None and not resume:
         raise InvalidArgumentError(f"{out} already holds a run of its own ({latest.name}); continue it with --resume, "
                                    "or train into another folder (a fresh run would overwrite its weights).")
-    latest, saved, passed_over = checkpoints.load_latest_usable(out) if resume else (None, None, [])
+    latest, saved, passed_over = (checkpoints.load_latest_usable(out, ema=run.ema_decay is not None) if resume
+                                  else (None, None, []))
     if saved is not None:
-        check_resumable(saved["state"].get("config"), run.record, latest)
+        check_resumable(saved.get("config"), run.record, latest)
     accelerator = make_accelerator(run, settings, out)
     main = accelerator.is_main_process
     for line in passed_over:
@@ -173,7 +159,7 @@ def train(task: TrainingTask, run: RunSettings, settings: StageConfig, out: str 
     # 2. Optimizer, LR schedule and EMA
     state = prepare_training(task, run, settings, accelerator, out)
 
-    # 3. Resume: weights, optimizer, LR schedule, step and every RNG; data and draws follow from the step
+    # 3. Resume: weights, optimizer, LR schedule, EMA, every process's RNG, the step; data and draws follow from it
     position = resume_from(state, latest, saved) if latest is not None else Position()
     batches = task.batches(position.step, settings, accelerator.process_index, accelerator.num_processes)
     if main:
@@ -259,6 +245,7 @@ def prepare_training(task: TrainingTask, run: RunSettings, settings: StageConfig
     model, optimizer, lr_schedule = accelerator.prepare(task.model, optimizer, lr_schedule)
     if ema is not None:
         ema.to(accelerator.device)
+        checkpoints.register_ema(accelerator, ema, trainable_names(task.model))
     return TrainingState(task, run, settings, out, accelerator, model, optimizer, lr_schedule, ema)
 
 
@@ -296,19 +283,11 @@ def _leaves(data: dict, prefix: str = "") -> dict:
 
 
 def resume_from(state: TrainingState, latest: Path, saved: dict) -> Position:
-    """Load ``saved``, the contents of the checkpoint ``latest``, into ``state`` (weights, optimizer, LR schedule,
-    EMA, every RNG); the position it was saved at, with log.csv's rows up to it."""
-    accelerator = state.accelerator
-    load_trainable_state(accelerator.unwrap_model(state.model), saved["model"], latest)
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.lr_schedule.load_state_dict(saved["state"]["lr_schedule"])
-    if state.ema is not None and saved["ema"] is not None:
-        state.ema.load_state_dict(saved["state"]["ema"] | {"shadow_params": list(saved["ema"].values())})
-    checkpoints.set_rng_state(saved["rng"], saved["state"]["numpy_rng"])
-    step = saved["state"]["step"]
-    position = Position(step=step, samples_seen=saved["state"].get("samples_seen") or 0,
-                        log_rows=read_log(state.out / "log.csv", step))
-    accelerator.print(f"Resumed {state.task.name} from {latest} (step {step}).")
+    """Load the checkpoint ``latest`` (whose ``state.json`` is ``saved``) into ``state`` through accelerate; the
+    position it was saved at, with the loss log up to it."""
+    checkpoints.load_checkpoint(state.accelerator, latest)
+    position = Position(step=saved["step"], samples_seen=saved["samples_seen"], log_rows=saved["log"])
+    state.accelerator.print(f"Resumed {state.task.name} from {latest} (step {position.step}).")
     return position
 
 
@@ -379,19 +358,19 @@ def log_step(state: TrainingState, position: Position, step_loss: float, bar) ->
 
 
 def save_and_validate(state: TrainingState, position: Position, stopping: bool) -> None:
-    """On the main process: log.csv and a checkpoint every ``checkpoint_every`` steps, at the last and when
-    ``stopping``; validation outputs every ``validate_every`` steps and at the last. Then every process waits."""
+    """A checkpoint (every process writes its part) and log.csv every ``checkpoint_every`` steps, at the last and
+    when ``stopping``; validation outputs (main process) every ``validate_every`` steps and at the last. Then every
+    process waits."""
     accelerator, settings, step, out = state.accelerator, state.settings, position.step, state.out
     main = accelerator.is_main_process
-    if main and (step % settings.checkpoint_every == 0 or step == settings.steps or stopping):
-        check_weights(state, step)
-        write_log(out, position.log_rows)
-        model = accelerator.unwrap_model(state.model)
+    if step % settings.checkpoint_every == 0 or step == settings.steps or stopping:
+        check_weights(state, step)  # every process: a diverged run stops on all of them
+        if main:
+            write_log(out, position.log_rows)
         checkpoints.save_checkpoint(
-            out, step, trainable_state(model), state.optimizer.state_dict(),
-            {"stage": state.task.name, "lr_schedule": state.lr_schedule.state_dict(),
-             "samples_seen": position.samples_seen, "ema": _ema_config(state.ema), "config": state.run.record},
-            ema_state=_ema_tensors(state.ema, model), keep=settings.keep_checkpoints)
+            accelerator, out, step, {"stage": state.task.name, "samples_seen": position.samples_seen,
+                                     "log": position.log_rows, "config": state.run.record},
+            keep=settings.keep_checkpoints)
     if main and (step % settings.validate_every == 0 or step == settings.steps):
         state.task.validate(out, step, inference_copy(accelerator, state.model, state.ema))
     accelerator.wait_for_everyone()
@@ -407,16 +386,3 @@ def inference_copy(accelerator, model, ema) -> torch.nn.Module:
         if getattr(module, "gradient_checkpointing", False) and hasattr(module, "disable_gradient_checkpointing"):
             module.disable_gradient_checkpointing()
     return trained
-
-
-def _ema_config(ema) -> dict | None:
-    if ema is None:
-        return None
-    return {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-
-
-def _ema_tensors(ema, model) -> dict[str, torch.Tensor] | None:
-    if ema is None:
-        return None
-    names = list(trainable_state(model))
-    return dict(zip(names, ema.shadow_params))
