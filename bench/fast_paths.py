@@ -38,7 +38,7 @@ def backend_factories(backends, work_dir) -> dict:
         method.unet.set_cva_backend("triton")
         return None
 
-    factories = {"onnxruntime": exported("onnxruntime"), "tensorrt": exported("tensorrt"), "triton": triton_cva}
+    factories = {"onnxruntime": exported("onnxruntime"), "tensorrt": exported("tensorrt"), "triton-cva": triton_cva}
     return {name: factories[name] for name in backends if name in factories}
 
 

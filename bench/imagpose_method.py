@@ -1,7 +1,7 @@
 """IMAGPose as a benchmarked :class:`~imagpose.bench.baselines.base.Method`: the pipeline users run, metered.
 
 ``generate`` calls ``IMAGPosePipeline.__call__`` on real requests (the shipped sample people at the setting's
-tile size) with ``backend=MeteredRuntime(runtime, meter)``, so every timed network call is the pipeline's own,
+tile size) with ``runtime=MeteredRuntime(runtime, meter)``, so every timed network call is the pipeline's own,
 on whichever runtime is under test (PyTorch, ONNX Runtime, TensorRT, the Triton CVA). Per request: DINOv2
 once, the VAE encoder twice (the reference at canvas size and the masked canvas), the FLC tokenizer and the
 PoseGuider once ("encoders"); the UNet once per DDIM step on the CFG batch of every request ("denoiser"); the
@@ -140,7 +140,7 @@ class IMAGPoseMethod(Method):
         come with the requests (``generator`` is not used)."""
         runtime = MeteredRuntime(self.runtime(), meter, steps=setting.steps)
         results = self.pipe(inputs["requests"], num_inference_steps=meter.runs(setting.steps), output_type="pt",
-                            progress=False, backend=runtime).results
+                            progress=False, runtime=runtime).results
         return torch.stack([target for result in results for target in result.targets])
 
     def flop_checks(self, device="meta"):

@@ -23,7 +23,7 @@ from imagpose.sampling_config import SamplingConfig
 
 class MetaNetworksPipeline(IMAGPosePipeline):
     """An :class:`~imagpose.pipeline.IMAGPosePipeline` built from meta-device modules whose tensors live on the
-    CPU; run it with ``backend=MetaRuntime(...)``."""
+    CPU; run it with ``runtime=MetaRuntime(...)``."""
 
     @property
     def device(self) -> torch.device:  # also the pipeline's _execution_device (no offload hooks here)

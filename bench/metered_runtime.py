@@ -1,6 +1,6 @@
 """A :class:`~imagpose.runtime.Runtime` that meters another one, so the benchmark times the pipeline users run.
 
-    pipe(requests, backend=MeteredRuntime(runtime, meter, steps=20))
+    pipe(requests, runtime=MeteredRuntime(runtime, meter, steps=20))
 
 Every network call of ``IMAGPosePipeline.__call__`` goes through the runtime; this wrapper runs each call
 inside the meter stage it belongs to:

@@ -131,7 +131,7 @@ def full_size_flops(setting: QualitySetting, preset: str = "sd15") -> float:
     image, pose = sample("person_red_front")
     request = scenarios.t2(image, pose, sample("person_red_walking")[1], tile_size=FULL_SIZE_TILE, seed=0)
     return float(count_flops(pipe, request, sampling=setting.sampling, output_type="pt", progress=False,
-                             backend=MetaRuntime(pipe.torch_runtime())))
+                             runtime=MetaRuntime(pipe.torch_runtime())))
 
 
 @dataclass
@@ -155,7 +155,7 @@ class SettingResult:
 def _generate(pipe, items: list[EvalItem], data_root: Path, setting: QualitySetting, runtimes: dict,
               batch_size: int) -> tuple[list[torch.Tensor], float]:
     start = time.perf_counter()
-    tiles = generate(pipe, items, data_root, setting.sampling, seed=0, backend=runtimes.get(setting.unet),
+    tiles = generate(pipe, items, data_root, setting.sampling, seed=0, runtime=runtimes.get(setting.unet),
                      batch_size=batch_size)
     return tiles, time.perf_counter() - start
 

@@ -20,7 +20,9 @@ from .baselines.base import Setting
 
 METHODS = ("imagpose", "imagpose_star", "pidm", "cfld", "pocold", "pcdms")
 SETTINGS = ("as_released", "common_policy")
-BACKENDS = ("eager", "onnxruntime", "tensorrt", "triton")  # IMAGPose's runtimes: eager PyTorch and the fast paths
+# IMAGPose's fast paths: eager PyTorch (the reference), the exported runtimes, and PyTorch with the fused Triton CVA
+# kernels ("triton-cva": "triton" alone names the Triton Inference Server)
+FAST_PATHS = ("eager", "onnxruntime", "tensorrt", "triton-cva")
 COMMON_OUTPUT = (256, 192)
 COMMON_STEPS = 20
 

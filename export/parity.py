@@ -143,8 +143,8 @@ def component_parity(pipe, name: str, backend, bucket: ShapeBucket, min_sqnr_db:
 def end_to_end_parity(pipe, name: str, backend, requests, steps: int = 3, min_ssim: float = FP32_MIN_SSIM
                       ) -> EndToEndParity:
     kwargs = dict(num_inference_steps=steps, output_type="pt", progress=False)
-    reference = pipe(requests, backend=pipe.torch_runtime(), **kwargs).results
-    test = pipe(requests, backend=backend, **kwargs).results
+    reference = pipe(requests, runtime=pipe.torch_runtime(), **kwargs).results
+    test = pipe(requests, runtime=backend, **kwargs).results
     pairs = [(a.canvas[None], b.canvas[None]) for a, b in zip(reference, test)]
     latents = max(float((a.latents - b.latents).abs().max()) for a, b in zip(reference, test))
     # the worst request decides: min SSIM and min PSNR over the requests
@@ -212,7 +212,7 @@ def trajectory_parity(pipe, name: str, backend, request, steps: int = 10) -> dic
     """
     def trace(runtime):
         predictions = []
-        result = pipe(request, num_inference_steps=steps, output_type="pt", progress=False, backend=runtime,
+        result = pipe(request, num_inference_steps=steps, output_type="pt", progress=False, runtime=runtime,
                       callback_on_step_end=lambda p, i, t, kw: predictions.append(kw["prediction"].float().cpu()))
         return predictions, result.results[0]
 
@@ -246,8 +246,8 @@ def fast_path_parity(backends, device: str, work_dir: str | Path, steps: int = 1
     """Per-step SQNR and final SSIM/PSNR of each fast path vs fp32 torch (T2, one request at ``tile_size`` tiles) on
     ``pipe`` (default: the tiny random-weight preset).
 
-    ``backends``: any of "onnxruntime", "tensorrt" (an fp16 engine) and "triton" (the fused CVA kernels); other
-    names ("eager", "torch": the reference itself) are skipped. Exported files and engines go under
+    ``backends``: any of "onnxruntime", "tensorrt" (an fp16 engine) and "triton-cva" (the fused Triton CVA
+    kernels); other names ("eager", "torch": the reference itself) are skipped. Exported files and engines go under
     ``work_dir`` (see :func:`imagpose.export.runtime.prepare_runtime`). A fast path that cannot run here
     (missing dependency, no GPU) is reported in its row instead of stopping the others.
     """
@@ -268,7 +268,7 @@ def fast_path_parity(backends, device: str, work_dir: str | Path, steps: int = 1
                 runtime = prepare_runtime("onnxruntime", pipe, work_dir, bucket)
             elif backend == "tensorrt":
                 runtime = prepare_runtime("tensorrt", pipe, work_dir, bucket, dtype="fp16")
-            elif backend == "triton":
+            elif backend == "triton-cva":
                 runtime = CVABackendRuntime(pipe, "triton")
             else:
                 continue

@@ -171,7 +171,7 @@ def record_unet_calls(pipe, requests, steps: int = SamplingConfig.num_inference_
     recorder = RecordingRuntime(pipe.torch_runtime())
     for request in requests:
         pipe(request, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
-             progress=False, backend=recorder)
+             progress=False, runtime=recorder)
     return recorder.calls
 
 

@@ -29,10 +29,10 @@ def quantization_parity(pipe, backend, requests, steps: int = SamplingConfig.num
     canvas_ssim, canvas_psnr, target_ssim = [], [], []
     for request in requests:
         recorder = RecordingRuntime(pipe.torch_runtime())
-        reference = pipe(request, backend=recorder, **kwargs).results[0]
+        reference = pipe(request, runtime=recorder, **kwargs).results[0]
         for step, (call, expected) in enumerate(zip(recorder.calls, recorder.outputs)):
             per_step[step].append(sqnr_db(expected, backend.unet(*call.inputs, call.grid).float()))
-        test = pipe(request, backend=backend, **kwargs).results[0]
+        test = pipe(request, runtime=backend, **kwargs).results[0]
         canvas_ssim.append(ssim(reference.canvas[None], test.canvas[None]))
         canvas_psnr.append(psnr(reference.canvas[None], test.canvas[None]))
         target_ssim.append(statistics.mean(ssim(a[None], b[None]) for a, b in zip(reference.targets, test.targets)))
@@ -49,7 +49,7 @@ def unet_speed(pipe, runtimes: dict, request, runs: int = 10, warmup: int = 2) -
     """Median seconds of one UNet call (the request's first denoising step, CFG batch) for each runtime of
     ``runtimes`` ({name: runtime}), timed in rounds that alternate between them so both see the same load."""
     recorder = RecordingRuntime(pipe.torch_runtime())
-    pipe(request, num_inference_steps=1, output_type="latent", progress=False, backend=recorder)
+    pipe(request, num_inference_steps=1, output_type="latent", progress=False, runtime=recorder)
     call = recorder.calls[0]
     seconds: dict[str, list[float]] = {name: [] for name in runtimes}
     for runtime in runtimes.values():

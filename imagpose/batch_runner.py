@@ -27,12 +27,12 @@ Outcome = GenerationResult | BaseException
 
 
 def run_isolated(pipe, requests: list[PoseRequest], sampling: SamplingConfig, *, max_batch: int,
-                 backend=None, output_type: str = "pil", callback_on_step_end: Callable | None = None,
+                 runtime=None, output_type: str = "pil", callback_on_step_end: Callable | None = None,
                  retry: Callable[[BaseException], bool] = lambda exc: True,
                  call_sizes: list[int] | None = None, call_lock=None) -> list[Outcome]:
     """The outcome of every request: its :class:`~imagpose.pipeline.GenerationResult` or its exception (in order).
 
-    ``backend``, ``output_type`` and ``callback_on_step_end`` are passed to every pipeline call; ``retry(exc)``
+    ``runtime``, ``output_type`` and ``callback_on_step_end`` are passed to every pipeline call; ``retry(exc)``
     says whether a failed call of several requests is run again one request at a time (default: always);
     ``call_sizes``, when given, receives the number of requests of every pipeline call that succeeded;
     ``call_lock`` (a lock, or any reusable context manager), when given, is held around each pipeline call.
@@ -53,7 +53,7 @@ def run_isolated(pipe, requests: list[PoseRequest], sampling: SamplingConfig, *,
     for members in groups.values():
         for start in range(0, len(members), max_batch):
             _call(pipe, members[start:start + max_batch], sampling, outcomes, retry, call_sizes,
-                  call_lock, dict(backend=backend, output_type=output_type, callback_on_step_end=callback_on_step_end))
+                  call_lock, dict(runtime=runtime, output_type=output_type, callback_on_step_end=callback_on_step_end))
     return outcomes
 
 

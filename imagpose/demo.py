@@ -71,7 +71,7 @@ def demo_scenarios(seed: int = 0, tile_height: int | None = None) -> list[DemoSc
 
 
 def run_demo(pipe, out_dir: str | Path | OutputFolder, sampling: SamplingConfig | None = None, seed: int = 0,
-             model_label: str = "tiny (random weights)", progress: bool = True, backend: str = "torch",
+             model_label: str = "tiny (random weights)", progress: bool = True, runtime_label: str = "torch",
              tile_height: int | None = None) -> dict:
     """Run every demo scenario with ``sampling`` (default: the pipeline's) and write
     ``out_dir/<scenario>/{target_tile*.png, canvas.png, inputs.png}`` and ``out_dir/summary.json``, beside what
@@ -81,7 +81,8 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, sampling: SamplingConfig 
     opened = isinstance(out_dir, OutputFolder)
     with contextlib.nullcontext(out_dir) if opened else OutputFolder(out_dir) as folder:
         items = demo_scenarios(seed, tile_height)
-        supported = pipe.backend.supported_grids() if hasattr(pipe.backend, "supported_grids") else set()
+        active = pipe.default_runtime
+        supported = active.supported_grids() if hasattr(active, "supported_grids") else set()
         skipped = [i.name for i in items if supported and tuple(i.request.grid) not in supported]
         items = [i for i in items if i.name not in skipped]
         requests = [item.request for item in items]
@@ -94,13 +95,13 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, sampling: SamplingConfig 
             "sampling": sampling.to_dict(),
             "seconds_total": round(seconds, 3),
             "device": str(pipe.device),
-            "backend": backend,
+            "runtime": runtime_label,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "note": "random weights produce noise-like images: the demo checks the paths, not image quality"
             if "random" in model_label else "",
             "scenarios": [],
-            "skipped": {name: f"the {backend} UNet was exported for the grid(s) {sorted(supported)}"
+            "skipped": {name: f"the {runtime_label} UNet was exported for the grid(s) {sorted(supported)}"
                         for name in skipped},
         }
         sheet = []

@@ -16,6 +16,7 @@ Several requests in one call are batched (requests with the same canvas geometry
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder, flc_tokenizer=flc_tokenizer,
                               pose_guider=pose_guider, scheduler=scheduler)
-        self.backend: Runtime | None = None  # None: the reference TorchRuntime over the modules above
+        self.default_runtime: Runtime | None = None  # None: the reference TorchRuntime over the modules above
         self.memory_limit_bytes: int | None = None  # None: the default limit (see set_memory_limit)
 
     def __setattr__(self, name, value):
@@ -131,13 +132,13 @@ class IMAGPosePipeline(DiffusionPipeline):
             raise InvalidArgumentError(f"sampling must be an imagpose.SamplingConfig, got {type(sampling).__name__}.")
         return sampling.with_call_arguments(**call_arguments).check_pipeline(self)
 
-    def set_backend(self, backend: Runtime | None) -> None:
-        """Run the networks on another runtime (``imagpose.export.runtime``); None returns to PyTorch."""
-        self.backend = backend
+    def set_runtime(self, runtime: Runtime | None) -> None:
+        """Run the networks on another runtime by default (``imagpose.export.runtime``); None returns to PyTorch."""
+        self.default_runtime = runtime
 
-    def runtime(self, backend: Runtime | None = None) -> Runtime:
-        """``backend``, else ``self.backend``, else the PyTorch reference."""
-        return backend or self.backend or self.torch_runtime()
+    def resolve_runtime(self, runtime: Runtime | None = None) -> Runtime:
+        """The runtime of a call: ``runtime``, else the one of :meth:`set_runtime`, else the PyTorch reference."""
+        return runtime or self.default_runtime or self.torch_runtime()
 
     def torch_runtime(self) -> TorchRuntime:
         """The PyTorch reference runtime over this pipeline's modules."""
@@ -351,13 +352,14 @@ class IMAGPosePipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         progress: bool = True,
-        backend: Runtime | None = None,
+        runtime: Runtime | None = None,
         canvases: list[JointCanvas] | None = None,
         sampler: str | None = None,
         guidance_interval: tuple[float, float] | None = None,
         deepcache_interval: int | None = None,
         deepcache_branch: int | None = None,
         sampling: SamplingConfig | None = None,
+        backend: Runtime | None = None,
     ) -> IMAGPosePipelineOutput | list[GenerationResult]:
         r"""Generate the target views of one or more requests.
 
@@ -378,8 +380,8 @@ class IMAGPosePipeline(DiffusionPipeline):
             callback_on_step_end: ``fn(pipe, step, t, {"latents", "prediction"}) -> dict | None``; a returned
                 ``"latents"`` replaces the latents.
             progress: show a progress bar.
-            backend: a :class:`~imagpose.runtime.Runtime` (ONNX Runtime, TensorRT, ...) for this call; default
-                ``pipe.backend`` or PyTorch.
+            runtime: a :class:`~imagpose.runtime.Runtime` (ONNX Runtime, TensorRT, ...) for this call; default
+                the one of :meth:`set_runtime`, else PyTorch.
             canvases: the requests' canvases, already built with :meth:`build_canvas` (one per request).
             sampler: "ddim" (official), "dpmsolver++" or "unipc" (:mod:`imagpose.samplers`), on the same schedule;
                 default: the sampler of ``pipe.scheduler`` (:attr:`sampler`).
@@ -391,19 +393,24 @@ class IMAGPosePipeline(DiffusionPipeline):
             deepcache_branch: the DeepCache skip branch, 0 (shallowest: fastest cached steps) to
                 ``unet.num_skip_branches - 1``.
             sampling: every sampling setting in one :class:`~imagpose.sampling_config.SamplingConfig`.
+            backend: the former name of ``runtime`` (deprecated; it warns).
 
         Raises:
             MemoryLimitError: the call's estimated peak memory exceeds the limit (:meth:`set_memory_limit`);
                 raised before anything is loaded.
         """
         # 1. check inputs
+        if backend is not None:
+            warnings.warn("IMAGPosePipeline(..., backend=) is now runtime=; backend= will be removed.", FutureWarning,
+                          stacklevel=2)
+            runtime = runtime or backend
         requests = self.check_inputs(requests, output_type, generator, canvases)
         sampling = self.sampling_config(sampling, num_inference_steps=num_inference_steps,
                                         guidance_scale=guidance_scale, eta=eta, sampler=sampler,
                                         guidance_interval=guidance_interval, deepcache_interval=deepcache_interval,
                                         deepcache_branch=deepcache_branch)
         generators, seeds = self.resolve_generators(requests, generator)
-        runtime = self.runtime(backend)
+        runtime = self.resolve_runtime(runtime)
         if sampling.deepcache is not None:
             check_deepcache_runtime(runtime, sampling.deepcache.branch)
         device, dtype = self._execution_device, self.unet.dtype

@@ -2,7 +2,7 @@
 
 The pipeline never calls its modules directly; it calls a :class:`Runtime`, which runs the six networks of
 one generation. ``TorchRuntime`` (the reference) wraps the pipeline's own modules; ``imagpose.export.runtime``
-adds ONNX Runtime and TensorRT runtimes with the same methods, so ``pipe(requests, backend=...)`` gives the
+adds ONNX Runtime and TensorRT runtimes with the same methods, so ``pipe(requests, runtime=...)`` gives the
 same outputs whatever runs underneath. Only :meth:`Runtime.unet` runs per denoising step; everything else
 runs once per request.
 
@@ -29,6 +29,10 @@ from typing import Protocol
 import torch
 
 from . import autoencoders
+
+# The runtimes by name, everywhere a user picks one (command lines, servers, parity, benchmarks): the PyTorch
+# reference and the exported ones of imagpose.export.runtime
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 
 # Exportable component -> the Runtime method that runs it: the one table the exporter, the exported runtimes and
 # the parity harness share. Only the UNet also takes the view grid; every other method takes one tensor.

@@ -80,7 +80,8 @@ class IMAGPoseGenerator:
 
     Args:
         pipe: an :class:`~imagpose.pipeline.IMAGPosePipeline`.
-        backend: runtime for every call (None: ``pipe.backend`` or PyTorch).
+        runtime: the :class:`~imagpose.runtime.Runtime` of every call (None: ``pipe``'s, see
+            ``IMAGPosePipeline.set_runtime``, else PyTorch).
         max_batch: most requests per pipeline call.
         max_wait: seconds the worker waits for more requests once it has one.
         max_queue: most queued (not yet running) requests; ``submit`` blocks or raises beyond it.
@@ -92,7 +93,7 @@ class IMAGPoseGenerator:
     The sampling is checked here (:class:`~imagpose.errors.InvalidArgumentError`), not per request.
     """
 
-    def __init__(self, pipe, backend=None, max_batch: int = 4, max_wait: float = 0.01, max_queue: int = 64,
+    def __init__(self, pipe, runtime=None, max_batch: int = 4, max_wait: float = 0.01, max_queue: int = 64,
                  output_type: str = "pil", sampling: SamplingConfig | None = None, **sampling_arguments):
         for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -101,10 +102,10 @@ class IMAGPoseGenerator:
             raise InvalidArgumentError(f"max_wait must be a finite number of seconds >= 0, got {max_wait!r}.")
         self.sampling = pipe.sampling_config(sampling, **sampling_arguments)
         if self.sampling.deepcache is not None:
-            check_deepcache_runtime(pipe.runtime(backend), self.sampling.deepcache.branch)
+            check_deepcache_runtime(pipe.resolve_runtime(runtime), self.sampling.deepcache.branch)
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        self.pipe, self.backend = pipe, backend
+        self.pipe, self.runtime = pipe, runtime
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.output_type = output_type
         self.stats = GeneratorStats()
@@ -223,7 +224,7 @@ class IMAGPoseGenerator:
         """One batch through the shared batching core: each request's result or error goes to its own future."""
         call_sizes: list[int] = []
         outcomes = run_isolated(self.pipe, [job.request for job in jobs], self.sampling, max_batch=self.max_batch,
-                                backend=self.backend, output_type=self.output_type,
+                                runtime=self.runtime, output_type=self.output_type,
                                 callback_on_step_end=self._stop_if_aborted, retry=lambda exc: not self._aborted,
                                 call_sizes=call_sizes, call_lock=self._running)
         with self._cond:
@@ -288,7 +289,7 @@ class ThroughputComparison:
 
 
 def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_batch: int = 4,
-                       max_wait: float = 0.01, backend=None, output_type: str = "pil",
+                       max_wait: float = 0.01, runtime=None, output_type: str = "pil",
                        through_worker: bool = False, sampling: SamplingConfig | None = None,
                        **sampling_arguments) -> ThroughputComparison:
     """Time the same requests one by one through ``pipe`` and all at once through an :class:`IMAGPoseGenerator`.
@@ -309,10 +310,10 @@ def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_
 
     def sequential() -> None:
         for request in requests:
-            pipe(request, backend=backend, progress=False, **settings)
+            pipe(request, runtime=runtime, progress=False, **settings)
 
     def through_sdk() -> None:
-        with IMAGPoseGenerator(pipe, backend=backend, max_batch=max_batch, max_wait=max_wait,
+        with IMAGPoseGenerator(pipe, runtime=runtime, max_batch=max_batch, max_wait=max_wait,
                                max_queue=max(len(requests), 1), **settings) as gen:
             if through_worker:
                 for future in [gen.submit(request) for request in requests]:

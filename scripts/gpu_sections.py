@@ -61,7 +61,7 @@ def gpu_plan(tile: int) -> Plan:
     return Plan(device="cuda", preset="sd15", dtype="float16", tile=tile, warmup=2, runs=10,
                 kernel_tests=("tests/kernels",), kernel_markers="not slow and not bench", kernel_canvases=None,
                 kernel_levels=(0, 1, 2, 3), bench_methods=None, bench_settings=None,
-                bench_fast_paths=("triton", "onnxruntime", "tensorrt"), bench_fast_path_scenarios=True,
+                bench_fast_paths=("triton-cva", "onnxruntime", "tensorrt"), bench_fast_path_scenarios=True,
                 bench_size="full", bench_loop_limit=None, bench_warmup=1, bench_repeats=3, parity_steps=10,
                 train_autocast="bfloat16", train_warmup=2, train_runs=5)
 
@@ -72,7 +72,7 @@ def gpu_plan(tile: int) -> Plan:
 DRY_RUN = Plan(device="cpu", preset="tiny", dtype="float32", tile=64, warmup=0, runs=1,
                kernel_tests=("tests/kernels/test_join.py", "tests/kernels/test_layer_norm.py"), kernel_markers=None,
                kernel_canvases=((64, 64),), kernel_levels=(0,), bench_methods=("imagpose",),
-               bench_settings=("as_released",), bench_fast_paths=("triton",), bench_fast_path_scenarios=False,
+               bench_settings=("as_released",), bench_fast_paths=("triton-cva",), bench_fast_path_scenarios=False,
                bench_size="tiny", bench_loop_limit=1, bench_warmup=0, bench_repeats=1, parity_steps=1,
                train_autocast=None, train_warmup=1, train_runs=1)
 
@@ -506,7 +506,7 @@ def concurrent_client_stats(plan: Plan, pipe, runtime, bucket) -> dict:
         return scenarios.t2(image, pose, target, tile_size=(plan.tile, plan.tile), seed=seed)
 
     stats = {}
-    with IMAGPoseGenerator(pipe, backend=runtime, max_batch=bucket.batch, num_inference_steps=steps) as generator:
+    with IMAGPoseGenerator(pipe, runtime=runtime, max_batch=bucket.batch, num_inference_steps=steps) as generator:
         generator.generate([request(0)])  # warm-up
         for clients in SERVE_CLIENTS:
             latencies, seconds = drive_clients(generator, request, clients, per_client)

@@ -3,10 +3,10 @@
     python scripts/serving_loadtest.py --out docs/benchmarks/serving            # both, 8 clients, 64 requests
     python scripts/serving_loadtest.py --out OUT --only ray --clients 4 --requests 16 --steps 4
 
-Ray Serve: ``imagpose serve`` (the shipped model, one replica) in a child process, ``imagpose loadtest --kind ray``,
-Ctrl-C. Triton: ``imagpose export triton --runtime python`` (the shipped model at its training tile size), a real
-``tritonserver`` from the server environment (``make .venv-triton``) through
-:class:`imagpose.serving.triton.server.TritonServer`, ``imagpose loadtest --kind triton``. Each writes
+Ray Serve: ``imagpose serve`` (the shipped model, one replica) in a child process,
+``imagpose loadtest --server-kind ray``, Ctrl-C. Triton: ``imagpose export triton --runtime python`` (the shipped model
+at its training tile size), a real ``tritonserver`` from the server environment (``make .venv-triton``) through
+:class:`imagpose.serving.triton.server.TritonServer`, ``imagpose loadtest --server-kind triton``. Each writes
 ``OUT/<server>/results.json`` and ``loadtest.png``.
 """
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def loadtest(url: str, kind: str, out: Path, args) -> None:
-    subprocess.run([*IMAGPOSE, "loadtest", "--server", url, "--kind", kind, "--clients", str(args.clients),
+    subprocess.run([*IMAGPOSE, "loadtest", "--server", url, "--server-kind", kind, "--clients", str(args.clients),
                     "--requests", str(args.requests), "--steps", str(args.steps), "--out", str(out / kind)],
                    check=True)
 

@@ -9,6 +9,8 @@
 Import-light: tritonclient and Ray are imported by the modules that need them.
 """
 
+SERVER_KINDS = ("triton", "ray")  # the servers a client can talk to (`--server-kind`, serving.client.connect)
+
 
 def __getattr__(name: str):
     # TritonClient is exported lazily: tritonclient is imported only when it is used

@@ -19,7 +19,8 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
 
-KINDS = ("triton", "ray")
+from . import SERVER_KINDS
+
 DEFAULT_TIMEOUT_S = 600.0  # one answer; a 20-step request of the tiny model takes seconds, SD-1.5's on a CPU minutes
 
 
@@ -63,8 +64,8 @@ class GenerationClient(Protocol):
 
 def connect(url: str, kind: str = "triton", **options) -> GenerationClient:
     """A client for ``url``: ``kind`` "triton" (``http://`` or ``grpc://``) or "ray" (``http://``)."""
-    if kind not in KINDS:
-        raise InvalidArgumentError(f"Unknown server kind {kind!r}; choose from {', '.join(KINDS)}.")
+    if kind not in SERVER_KINDS:
+        raise InvalidArgumentError(f"Unknown server kind {kind!r}; choose from {', '.join(SERVER_KINDS)}.")
     if kind == "triton":
         from .triton.client import TritonClient
 

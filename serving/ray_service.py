@@ -48,7 +48,6 @@ import time
 import traceback
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -61,76 +60,12 @@ from imagpose.errors import IMAGPoseError, InvalidArgumentError
 from imagpose.json_parsing import parse_json
 
 from .request_limits import MAX_REQUEST_BYTES, RequestTooLargeError
+from .service_config import ServiceConfig, check_num_cpus, check_positive_int, parse_autoscale
 
 APP_NAME = "imagpose"
-RUNTIMES = ("torch", "onnxruntime")
 FORMATS = ("json", "png")
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 logger = logging.getLogger("ray.serve")  # Serve writes this logger to the replica's log file
-
-
-# ---------------------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class ServiceConfig:
-    """What every pipeline replica loads and how it batches.
-
-    ``model_dir`` None and ``preset`` None: the shipped trained model (:mod:`imagpose.pretrained`), resolved on the
-    replica's node. ``work_dir``: where the ONNX files of ``runtime="onnxruntime"`` go (default
-    ``outputs/runtimes/<model name>``, absolute, so every replica of this machine reuses one export).
-    """
-
-    model_dir: str | None = None
-    preset: str | None = None
-    weights_seed: int = 0
-    runtime: str = "torch"
-    work_dir: str | None = None
-    max_batch: int = 8
-    batch_wait: float = 0.05
-
-    def check(self) -> "ServiceConfig":
-        if self.runtime not in RUNTIMES:
-            raise InvalidArgumentError(f"runtime {self.runtime!r} is unknown; choose from {', '.join(RUNTIMES)}.")
-        if self.model_dir is not None and not (Path(self.model_dir) / "model_index.json").is_file():
-            raise InvalidArgumentError(f"{self.model_dir} is not a pipeline folder (no model_index.json); pass a "
-                                       "folder written by IMAGPosePipeline.save_pretrained or `imagpose convert`.")
-        check_positive_int("max_batch", self.max_batch)
-        if isinstance(self.batch_wait, bool) or not isinstance(self.batch_wait, (int, float)) or not (
-                0 <= self.batch_wait < 60):
-            raise InvalidArgumentError(f"batch_wait must be a number of seconds in [0, 60), got {self.batch_wait!r}.")
-        return self
-
-    @property
-    def model_name(self) -> str:
-        from imagpose.pretrained import SHIPPED_MODEL
-
-        if self.model_dir is not None:
-            return Path(self.model_dir).name
-        return f"{self.preset} (random weights, seed {self.weights_seed})" if self.preset else SHIPPED_MODEL
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}.")
-    return value
-
-
-def parse_autoscale(text: str) -> tuple[int, int]:
-    """'1:4' -> (1, 4): the fewest and most pipeline replicas."""
-    try:
-        low, high = (int(v) for v in text.split(":"))
-    except ValueError:
-        low = high = -1
-    if low < 0 or high < 1 or low > high:
-        raise InvalidArgumentError(f"autoscale must be MIN:MAX replicas with 0 <= MIN <= MAX and MAX >= 1, e.g. 1:4, "
-                                   f"got {text!r}.")
-    return low, high
-
-
-def check_num_cpus(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1024:
-        raise InvalidArgumentError(f"num_cpus must be a positive number of CPUs per replica (fractions such as 0.25 "
-                                   f"are fine), got {value!r}.")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------------- replicas
@@ -152,7 +87,7 @@ class PipelineReplica:
         import torch
 
         self.config = config
-        self.pipe, self.backend = _load_pipeline(config)
+        self.pipe, self.runtime = _load_pipeline(config)
         # Every pipeline call runs on this one thread: the event loop stays free to answer and to gather the next
         # batch, and PyTorch keeps one OpenMP pool (see imagpose.sdk on pools per thread).
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="imagpose-pipeline")
@@ -198,7 +133,7 @@ class PipelineReplica:
             groups.setdefault(sampling, []).append((index, wire.request))
         for sampling, members in groups.items():
             results = run_isolated(self.pipe, [request for _, request in members], sampling,
-                                   max_batch=self.config.max_batch, backend=self.backend)
+                                   max_batch=self.config.max_batch, runtime=self.runtime)
             for (index, _), outcome in zip(members, results):
                 outcomes[index] = (_error(outcome) if isinstance(outcome, BaseException)
                                    else {"status": 200, "result": result_to_json(outcome)})
@@ -214,7 +149,7 @@ def _load_pipeline(config: ServiceConfig):
     from imagpose.export import ShapeBucket
     from imagpose.export.runtime import prepare_runtime
 
-    # The UNet graph bakes in the 2x2 grid (as `imagpose generate --backend onnxruntime`); tile sizes stay dynamic.
+    # The UNet graph bakes in the 2x2 grid (as `imagpose generate --runtime onnxruntime`); tile sizes stay dynamic.
     work_dir = config.work_dir or str(Path("outputs/runtimes", config.model_name).absolute())
     return pipe, prepare_runtime(config.runtime, pipe, work_dir, ShapeBucket(1, 64, 64, 2, 2))
 

@@ -220,7 +220,7 @@ def random_pipeline_like(pipe, seed: int = 0):
     return IMAGPosePipeline(scheduler=scheduler, **modules)
 
 
-def generate(pipe, items: list[EvalItem], data_root: Path, sampling: SamplingConfig, seed: int, backend=None,
+def generate(pipe, items: list[EvalItem], data_root: Path, sampling: SamplingConfig, seed: int, runtime=None,
              batch_size: int = 8, progress: bool = False) -> list[torch.Tensor]:
     """The target tile of every item: T2 requests at the items' tile size, seed ``seed + index``, sampled with
     ``sampling``."""
@@ -233,7 +233,7 @@ def generate(pipe, items: list[EvalItem], data_root: Path, sampling: SamplingCon
     tiles = []
     for start in range(0, len(requests), batch_size):
         results = pipe(requests[start:start + batch_size], sampling=sampling, output_type="pt", progress=progress,
-                       backend=backend).results
+                       runtime=runtime).results
         tiles += [result.targets[0] for result in results]
     return tiles
 
@@ -361,8 +361,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
         pipes = {"model": (pipe, None), "untrained": (random_pipeline_like(pipe), None)}
         if zero_dino:
             pipes[ZERO_DINO] = (pipe, ZeroDinoRuntime(pipe.torch_runtime()))
-        for name, (generator_pipe, backend) in pipes.items():
-            tiles = generate(generator_pipe, items, data_root, sampling, seed, backend, batch_size, progress)
+        for name, (generator_pipe, runtime) in pipes.items():
+            tiles = generate(generator_pipe, items, data_root, sampling, seed, runtime, batch_size, progress)
             for item, tile in zip(items, tiles):
                 item.generated[name] = tile
         for item in items:

@@ -13,11 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagpose.errors import InvalidArgumentError
-from imagpose.runtime import Runtime
+from imagpose.runtime import RUNTIMES, Runtime
 
 from ..components import COMPONENTS, ShapeBucket, deepcache_components
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def runtime_folders(work_dir: str | Path, dtype: str) -> tuple[Path, Path]:
@@ -28,7 +26,7 @@ def runtime_folders(work_dir: str | Path, dtype: str) -> tuple[Path, Path]:
 
 def prepare_runtime(name: str, pipe, work_dir: str | Path, bucket: ShapeBucket, dtype: str = "fp32",
                     providers=None, deepcache_branches: tuple[int, ...] = ()) -> Runtime:
-    """The runtime ``name`` for ``pipe``, ready to pass as ``pipe(..., backend=...)``.
+    """The runtime ``name`` for ``pipe``, ready to pass as ``pipe(..., runtime=...)``.
 
     Args:
         name: "torch" (the pipeline's own modules), "onnxruntime" or "tensorrt".
@@ -43,8 +41,8 @@ def prepare_runtime(name: str, pipe, work_dir: str | Path, bucket: ShapeBucket, 
         deepcache_branches: also export (and build) the DeepCache UNet graphs of these skip branches, for
             ``pipe(..., deepcache_interval=..., deepcache_branch=k)`` on this runtime.
     """
-    if name not in BACKENDS:
-        raise InvalidArgumentError(f"Unknown backend {name!r}; choose from {', '.join(BACKENDS)}.")
+    if name not in RUNTIMES:
+        raise InvalidArgumentError(f"Unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}.")
     if name == "torch":
         return pipe.torch_runtime()
     from ..onnx_export import ExportOptions, export_pipeline

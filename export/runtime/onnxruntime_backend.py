@@ -1,7 +1,7 @@
 """ONNX Runtime backend: the exported components behind the pipeline's Runtime interface.
 
     backend = OnnxRuntimeBackend.for_pipeline(pipe, "onnx/", providers=["CPUExecutionProvider"])
-    pipe(requests, backend=backend)
+    pipe(requests, runtime=runtime)
 
 Providers are the user's choice: CPU here; ``CUDAExecutionProvider`` / ``TensorrtExecutionProvider`` with the
 ``[gpu]`` extra (onnxruntime-gpu, which must not be installed beside onnxruntime). Inputs are cast to the

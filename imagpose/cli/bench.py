@@ -28,9 +28,10 @@ def add_arguments(parser) -> None:
                                                         "cfld, pocold, pcdms (default: all)")
     parser.add_argument("--settings", default="as_released,common_policy",
                         help="comma-separated subset of as_released, common_policy")
-    parser.add_argument("--backends", default=None,
-                        help="IMAGPose runtimes to time besides eager: onnxruntime, tensorrt, triton (default: "
-                             "onnxruntime on CPU; onnxruntime,tensorrt,triton on CUDA)")
+    parser.add_argument("--fast-paths", "--backends", dest="fast_paths", default=None,
+                        help="IMAGPose fast paths to time besides eager: onnxruntime, tensorrt, triton-cva (the fused "
+                             "CVA kernels) (default: onnxruntime on CPU; onnxruntime,tensorrt,triton-cva on CUDA; "
+                             "--backends: its former name)")
     parser.add_argument("--model", metavar="DIR", default=None, type=model_folder,
                         help="pipeline folder (IMAGPosePipeline.save_pretrained, `imagpose convert`, a trained model) "
                              "that the IMAGPose rows, the parity and SDK sections run, at its training tile size when "
@@ -89,7 +90,7 @@ def run(args) -> int:
         paths = write_report(suite, args.folder, data.get("parity"), data.get("sdk_throughput"))
         print(f"report: {paths['md']}")
         return 0
-    from ..bench.scenarios import BACKENDS, METHODS, SETTINGS, build_suite, check_choices
+    from ..bench.scenarios import FAST_PATHS, METHODS, SETTINGS, build_suite, check_choices
     from ..errors import InvalidArgumentError
     from ..io import OutputFolder
     from ..timing import Stopwatch
@@ -99,9 +100,9 @@ def run(args) -> int:
     settings = check_choices("setting", _names(args.settings), SETTINGS)
     device = str(check_device(args.device))
     cuda = device.startswith("cuda")
-    default_backends = ("onnxruntime", "tensorrt", "triton") if cuda else ("onnxruntime",)
-    backends = check_choices("backend", _names(args.backends) if args.backends is not None else default_backends,
-                             BACKENDS)
+    default_fast_paths = ("onnxruntime", "tensorrt", "triton-cva") if cuda else ("onnxruntime",)
+    backends = check_choices("fast path", _names(args.fast_paths) if args.fast_paths is not None
+                             else default_fast_paths, FAST_PATHS)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if args.warmup < 0 or repeats < 1:
         raise InvalidArgumentError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {repeats}.")

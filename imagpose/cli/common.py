@@ -8,6 +8,7 @@ import torch
 
 from ..errors import DeviceError, InvalidArgumentError
 from ..pretrained import SHIPPED_MODEL
+from ..runtime import RUNTIMES
 from ..samplers import SAMPLERS
 from ..sampling_config import SamplingConfig
 from .argument_types import model_folder, parse_deepcache, parse_guidance_interval, positive_gib, sampling_setting, seed
@@ -119,23 +120,24 @@ def check_device(name: str) -> torch.device:
     raise DeviceError(f"--device {name} {problem}; available: {', '.join(available_devices())}.")
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("runtime backend")
-    group.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--runtime", "--backend", dest="runtime", default="torch", choices=RUNTIMES,
                        help="runtime for the networks; onnxruntime and tensorrt first export the ONNX files (and "
-                            "build the engines) into --work-dir, reused while they match the model")
+                            "build the engines) into --work-dir, reused while they match the model (--backend: "
+                            "its former name)")
     group.add_argument("--work-dir", default=None,
                        help="folder for the exported ONNX files and TensorRT engines "
                             "(default outputs/runtimes/<preset or model folder name>)")
 
 
-def resolve_backend(pipe, args, grid=(2, 2)):
-    """The runtime named by --backend for ``pipe`` (None for torch), in the pipeline's precision.
+def resolve_runtime(pipe, args, grid=(2, 2)):
+    """The runtime named by --runtime for ``pipe`` (None for torch), in the pipeline's precision.
 
     TensorRT gets one static engine per component for --tile-size (64x64 where the command has none); requests
     of other shapes are refused with an error naming the engines that exist.
     """
-    if args.backend == "torch":
+    if args.runtime == "torch":
         return None
     from pathlib import Path
 
@@ -143,9 +145,9 @@ def resolve_backend(pipe, args, grid=(2, 2)):
     from ..export.runtime import prepare_runtime
 
     if args.dtype not in ("fp32", "fp16"):
-        raise InvalidArgumentError(f"--backend {args.backend} runs fp32 or fp16 graphs, not --dtype {args.dtype}.")
+        raise InvalidArgumentError(f"--runtime {args.runtime} runs fp32 or fp16 graphs, not --dtype {args.dtype}.")
     work_dir = Path(args.work_dir or Path("outputs/runtimes") / (Path(args.model).name if args.model else args.preset))
-    tile = (getattr(args, "tile_size", None) or (64, 64)) if args.backend == "tensorrt" else (64, 64)
+    tile = (getattr(args, "tile_size", None) or (64, 64)) if args.runtime == "tensorrt" else (64, 64)
     branches = (args.deepcache.branch,) if getattr(args, "deepcache", None) else ()  # its graph pair, exported too
-    return prepare_runtime(args.backend, pipe, work_dir, ShapeBucket(1, *tile, *grid), dtype=args.dtype,
+    return prepare_runtime(args.runtime, pipe, work_dir, ShapeBucket(1, *tile, *grid), dtype=args.dtype,
                            deepcache_branches=branches)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (
-    add_backend_arguments,
     add_model_arguments,
     add_output_argument,
+    add_runtime_arguments,
     add_sampling_arguments,
     load_pipeline,
-    resolve_backend,
+    resolve_runtime,
     sampling_from_args,
 )
 
@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     add_output_argument(parser, "outputs/demo")
     add_model_arguments(parser, default_preset=None)
     add_sampling_arguments(parser)
-    add_backend_arguments(parser)
+    add_runtime_arguments(parser)
 
 
 def run(args) -> int:
@@ -37,15 +37,15 @@ def run(args) -> int:
         args.model = str(shipped_model_dir())
     with OutputFolder(args.out) as out:  # checked before the model loads; written when the run succeeds
         pipe = load_pipeline(args)
-        pipe.set_backend(resolve_backend(pipe, args))
+        pipe.set_runtime(resolve_runtime(pipe, args))
         sampling = sampling_from_args(args, None if args.model else get_preset(args.preset).default_steps)
         label = (f"{SHIPPED_MODEL} (shipped, trained on generated people)" if shipped
                  else args.model or f"{args.preset} (random weights, seed {args.weights_seed})")
         tile = trained_tile_size(args.model) if args.model else None
         print(f"imagpose demo: model {label}, {sampling.num_inference_steps} steps, guidance "
-              f"{sampling.guidance_scale}, device {args.device}, backend {args.backend}")
+              f"{sampling.guidance_scale}, device {args.device}, runtime {args.runtime}")
         summary = run_demo(pipe, out, sampling, seed=args.seed, model_label=label, progress=not args.no_progress,
-                           backend=args.backend, tile_height=tile[0] if tile else None)
+                           runtime_label=args.runtime, tile_height=tile[0] if tile else None)
     for item in summary["scenarios"]:
         grid = "x".join(map(str, item["grid"]))
         tile = "x".join(map(str, item["tile_size"]))

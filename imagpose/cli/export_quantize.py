@@ -5,7 +5,7 @@
   imagpose export quantize --precision int8 --out int8/ --measure 4                 + SQNR, SSIM, speed vs fp32
 
 The folder holds every component (the UNet quantized, the rest fp32) with manifest.json, as `export onnx` writes
-it: `--backend onnxruntime` and `export trt` read it. Calibration runs the fp32 pipeline on generated people.
+it: `--runtime onnxruntime` and `export trt` read it. Calibration runs the fp32 pipeline on generated people.
 """
 
 from __future__ import annotations

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..serving import SERVER_KINDS
 from .argument_types import number, parse_grid, parse_positive_pair, parse_size
 from .common import (
-    add_backend_arguments,
     add_model_arguments,
     add_output_argument,
+    add_runtime_arguments,
     add_sampling_arguments,
     load_pipeline,
-    resolve_backend,
+    resolve_runtime,
     sampling_from_args,
 )
 
@@ -42,12 +43,12 @@ def add_arguments(parser) -> None:
     add_output_argument(parser, "outputs/generate")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
-    add_backend_arguments(parser)
+    add_runtime_arguments(parser)
     served = parser.add_argument_group("served model")
     served.add_argument("--server", metavar="URL", default=None,
                         help="send the request to a running server (Triton: http://HOST:8000 or grpc://HOST:8001) "
-                             "instead of running the model here; the model and backend flags are then unused")
-    served.add_argument("--server-kind", choices=["triton", "ray"], default="triton", help="what serves --server")
+                             "instead of running the model here; the model and runtime flags are then unused")
+    served.add_argument("--server-kind", choices=SERVER_KINDS, default="triton", help="what serves --server")
     served.add_argument("--server-timeout", type=number(0, low_inclusive=False), default=600.0, metavar="SECONDS",
                         help="seconds to wait for the server's answer (default 600)")
 
@@ -113,8 +114,8 @@ def run(args) -> int:
 def _local_result(args, request, sampling):
     """The result of ``request`` from the model named by the model flags, run here."""
     pipe = load_pipeline(args)
-    backend = resolve_backend(pipe, args, tuple(args.grid))
-    return pipe(request, sampling=sampling, progress=not args.no_progress, backend=backend).results[0]
+    runtime = resolve_runtime(pipe, args, tuple(args.grid))
+    return pipe(request, sampling=sampling, progress=not args.no_progress, runtime=runtime).results[0]
 
 
 def _served_result(args, request, sampling):

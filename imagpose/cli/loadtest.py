@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..samplers import SAMPLERS
 from ..sampling_config import SamplingConfig
+from ..serving import SERVER_KINDS
 from .argument_types import integer, model_folder, parse_size, sampling_setting, seed
 from .common import add_output_argument
 
@@ -20,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--server", required=True, metavar="URL",
                         help="the server: http://HOST:PORT (Triton HTTP or the Ray service) or grpc://HOST:PORT "
                              "(Triton gRPC)")
-    parser.add_argument("--kind", required=True, choices=["triton", "ray"], help="which server --server is")
+    parser.add_argument("--server-kind", "--kind", dest="server_kind", required=True, choices=SERVER_KINDS,
+                        help="which server --server is (--kind: its former name)")
     parser.add_argument("--clients", type=integer(1), default=8, help="concurrent clients")
     parser.add_argument("--requests", type=integer(1), default=64, help="requests in total (distinct seeds)")
     parser.add_argument("--model", metavar="DIR", default=None, type=model_folder,
@@ -51,9 +53,9 @@ def run(args) -> int:
     sampling = SamplingConfig(args.steps, args.guidance, args.sampler)
     requests = sample_requests(args.requests, tile, seed=args.seed)
     with OutputFolder(args.out) as out:  # checked before the run; written when it succeeds
-        print(f"imagpose loadtest: {args.requests} requests from {args.clients} clients to the {args.kind} server at "
-              f"{args.server} ...", flush=True)
-        report = run_load(args.server, args.kind, requests, sampling, args.clients, warmup=not args.no_warmup)
+        print(f"imagpose loadtest: {args.requests} requests from {args.clients} clients to the {args.server_kind} "
+              f"server at {args.server} ...", flush=True)
+        report = run_load(args.server, args.server_kind, requests, sampling, args.clients, warmup=not args.no_warmup)
         write_report(report, out)
     print(format_table(report))
     print(f"results: {Path(args.out) / 'results.json'}, plot: {Path(args.out) / 'loadtest.png'}")

@@ -1,26 +1,27 @@
-"""Run the same inputs through several backends and compare them with the fp32 PyTorch reference: a table
+"""Run the same inputs through several runtimes and compare them with the fp32 PyTorch reference: a table
 per component (max abs, SQNR dB) and end to end (final-image SSIM, PSNR), PASS/FAIL against the stated
 tolerances (fp32: SQNR >= 60 dB, SSIM >= 0.999; fp16: PyTorch fp16's own error against fp32, measured in the
 same run). ONNX files and TensorRT engines are exported and built into --work-dir first, and reused while they
 match the model.
 
-  imagpose parity --backends torch,onnxruntime
-  imagpose parity --backends tensorrt --device cuda --export-dtype fp16"""
+  imagpose parity --runtimes torch,onnxruntime
+  imagpose parity --runtimes tensorrt --device cuda --export-dtype fp16"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..runtime import RUNTIMES
 from .argument_types import parse_grid, parse_size
 from .common import add_model_arguments
 
 NAME = "parity"
-HELP = "compare backends (torch, onnxruntime, tensorrt) against the fp32 torch reference"
+HELP = "compare runtimes (torch, onnxruntime, tensorrt) against the fp32 torch reference"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backends", default="torch,onnxruntime",
-                        help="comma-separated: torch, onnxruntime, tensorrt")
+    parser.add_argument("--runtimes", "--backends", dest="runtimes", default="torch,onnxruntime",
+                        help=f"comma-separated: {', '.join(RUNTIMES)} (--backends: its former name)")
     parser.add_argument("--work-dir", default=None,
                         help="folder for the exported ONNX files and TensorRT engines, reused while they match the "
                              "model (default outputs/runtimes/<preset or model folder name>)")
@@ -45,16 +46,16 @@ def run(args) -> int:
     from ..errors import InvalidArgumentError
     from ..export import ShapeBucket
     from ..export.parity import CastRuntime, run_parity
-    from ..export.runtime import BACKENDS, prepare_runtime
+    from ..export.runtime import prepare_runtime
     from ..io import write_json
     from ..samples import sample
     from .common import load_pipeline
 
-    names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [name for name in names if name not in BACKENDS]
+    names = [b.strip() for b in args.runtimes.split(",") if b.strip()]
+    unknown = [name for name in names if name not in RUNTIMES]
     if unknown or not names:
-        problem = f"unknown backend(s) {', '.join(unknown)}" if unknown else "no backend"
-        raise InvalidArgumentError(f"--backends {args.backends!r} names {problem}; choose from {', '.join(BACKENDS)} "
+        problem = f"unknown runtime(s) {', '.join(unknown)}" if unknown else "no runtime"
+        raise InvalidArgumentError(f"--runtimes {args.runtimes!r} names {problem}; choose from {', '.join(RUNTIMES)} "
                                    "(comma-separated).")
     pipe = load_pipeline(args)
     bucket = ShapeBucket(1, *args.tile_size, *args.grid)

@@ -5,6 +5,7 @@ Runs until Ctrl-C (or SIGTERM), then stops the service and the Ray it started. S
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
+from ..serving.service_config import SERVED_RUNTIMES, check_num_cpus, check_positive_int, parse_autoscale
 from .argument_types import from_check, model_folder, seed
 
 NAME = "serve"
@@ -18,7 +19,7 @@ def add_arguments(parser) -> None:
     group.add_argument("--preset", default=None, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given")
     group.add_argument("--weights-seed", type=seed, default=0, help="seed of the random preset weights")
-    group.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
+    group.add_argument("--runtime", default="torch", choices=SERVED_RUNTIMES,
                        help="runtime of the networks on each replica; onnxruntime exports the ONNX files first "
                             "(into --work-dir, reused while they match the model)")
     group.add_argument("--work-dir", default=None,
@@ -49,22 +50,16 @@ def _number(parse, text: str, name: str):
 
 @from_check
 def _positive_int(text: str) -> int:
-    from ..serving.ray_service import check_positive_int
-
     return check_positive_int("the value", _number(int, text, "the value"))
 
 
 @from_check
 def _autoscale(text: str) -> tuple[int, int]:
-    from ..serving.ray_service import parse_autoscale
-
     return parse_autoscale(text)
 
 
 @from_check
 def _num_cpus(text: str) -> float:
-    from ..serving.ray_service import check_num_cpus
-
     return check_num_cpus(_number(float, text, "num_cpus"))
 
 

@@ -112,7 +112,7 @@ class Orchestrator:
         if size < 1:
             return [InvalidArgumentError(self.runtime.rows_message(per_request))] * len(items)
         outcomes = run_isolated(self.pipe, [item.request for item in items], sampling, max_batch=size,
-                                backend=self.runtime)
+                                runtime=self.runtime)
         return [self._outcome(outcome) for outcome in outcomes]
 
     def _outcome(self, outcome):

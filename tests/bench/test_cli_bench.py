@@ -12,8 +12,9 @@ from imagpose.cli import main
     ("--methods", "pidm,PIDM", "Unknown method 'PIDM'; choose from imagpose, imagpose_star, pidm, cfld, pocold"),
     ("--methods", ",", "Unknown method (none given); choose from imagpose"),
     ("--settings", "fastest", "Unknown setting 'fastest'; choose from as_released, common_policy."),
-    ("--backends", "onnxruntime,cuda-graph", "Unknown backend 'cuda-graph'; choose from eager, onnxruntime, tensorrt, "
-                                             "triton."),
+    ("--fast-paths", "onnxruntime,cuda-graph", "Unknown fast path 'cuda-graph'; choose from eager, onnxruntime, "
+                                               "tensorrt, triton-cva."),
+    ("--backends", "onnxruntime,triton", "Unknown fast path 'triton'; choose from eager"),  # the former flag name
     ("--repeats", "0", "--warmup must be >= 0 and --repeats >= 1, got 1 and 0."),
     pytest.param("--device", "cuda", "--device cuda is not available", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="checks the refusal of a device this machine lacks")),

@@ -46,7 +46,7 @@ def test_generate_is_the_pipeline_call(star_method, one_thread):
         star_method.backend = None
     direct = CallLog(star_method.pipe.torch_runtime())
     output = star_method.pipe(requests, num_inference_steps=SETTING.steps, output_type="pt", progress=False,
-                              backend=direct)
+                              runtime=direct)
     expected = torch.stack([target for result in output.results for target in result.targets])
     print("calls:", [name for name, _ in timed.calls])
     assert images.shape == (2 * 3, 3, 64, 64)  # 2 requests x 3 targets (IMAGPose*)

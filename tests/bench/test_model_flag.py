@@ -41,7 +41,7 @@ def test_imagpose_rows_time_the_model(model_dir, one_thread):
 
 def test_report_names_the_model(model_dir, tmp_path, capsys, one_thread):
     out = tmp_path / "report"
-    code = main(["bench", "--quick", "--methods", "imagpose", "--settings", "as_released", "--backends", "eager",
+    code = main(["bench", "--quick", "--methods", "imagpose", "--settings", "as_released", "--fast-paths", "eager",
                  "--warmup", "0", "--no-sdk", "--model", str(model_dir), "--out", str(out)])
     print(capsys.readouterr())
     assert code == 0

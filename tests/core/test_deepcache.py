@@ -132,9 +132,9 @@ def test_a_runtime_without_deepcache_is_a_user_error(tiny_pipe):
             return getattr(self.inner, method)
 
     backend = PlainRuntime(tiny_pipe.torch_runtime())
-    assert tiny_pipe(request(), num_inference_steps=1, output_type="latent", progress=False, backend=backend)
+    assert tiny_pipe(request(), num_inference_steps=1, output_type="latent", progress=False, runtime=backend)
     with pytest.raises(InvalidArgumentError, match="plain runtime cannot run DeepCache steps"):
-        tiny_pipe(request(), num_inference_steps=2, deepcache_interval=2, progress=False, backend=backend)
+        tiny_pipe(request(), num_inference_steps=2, deepcache_interval=2, progress=False, runtime=backend)
 
 
 def test_cva_modules_are_counted(tiny_pipe):

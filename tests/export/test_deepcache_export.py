@@ -72,7 +72,7 @@ def test_onnx_runtime_runs_deepcache_and_guidance_intervals_as_torch(tiny_pipe, 
     for settings in (dict(deepcache_interval=2, deepcache_branch=BRANCH),
                      dict(deepcache_interval=3, deepcache_branch=BRANCH, guidance_interval=(0.25, 0.75)),
                      dict(guidance_interval=(0.5, 1.0))):
-        runs = [tiny_pipe(request, num_inference_steps=4, output_type="pt", progress=False, backend=runtime,
+        runs = [tiny_pipe(request, num_inference_steps=4, output_type="pt", progress=False, runtime=runtime,
                           **settings).results[0] for runtime in (torch_runtime, backend)]
         score = ssim(runs[0].canvas[None], runs[1].canvas[None])
         print(f"{settings}: SSIM {score:.6f}, latents {float((runs[0].latents - runs[1].latents).abs().max()):.2e}")
@@ -87,10 +87,10 @@ def test_a_branch_that_was_not_exported_names_the_fix(tiny_pipe, deepcache_onnx,
     assert backend.deepcache_branches() == {BRANCH}
     fix = r"holds branches \[1\], not branch 3.*--deepcache-branch 3.*deepcache_branches=\(3,\)"
     with pytest.raises(InvalidArgumentError, match=fix):  # before any network runs
-        tiny_pipe(request, num_inference_steps=2, deepcache_interval=2, deepcache_branch=3, backend=backend,
+        tiny_pipe(request, num_inference_steps=2, deepcache_interval=2, deepcache_branch=3, runtime=backend,
                   progress=False)
     with pytest.raises(InvalidArgumentError, match=fix):  # the SDK refuses it when made, not per request
-        IMAGPoseGenerator(tiny_pipe, backend=backend, num_inference_steps=2, deepcache_interval=2, deepcache_branch=3)
+        IMAGPoseGenerator(tiny_pipe, runtime=backend, num_inference_steps=2, deepcache_interval=2, deepcache_branch=3)
     with pytest.raises(ExportError, match=r"no unet_deepcache_full_b3.*ExportOptions\(deepcache_branches=\(3,\)\)"):
         backend.unet_deepcache_full(torch.zeros(1, 9, 16, 16), torch.zeros(1), None, None, (2, 2), 3)  # called directly
     with pytest.raises(InvalidArgumentError, match="deepcache_branch 6 is beyond this UNet's skip branches 0..5"):

@@ -115,7 +115,7 @@ def test_folder_loads_as_an_export_and_the_pipeline_runs_on_it(int8_folder, tiny
     assert backend.sidecars["unet"]["quantization"]["precision"] == "int8"
     assert backend.sidecars["vae_decoder"].get("quantization") is None  # the other components are fp32 exports
     kwargs = dict(num_inference_steps=STEPS, output_type="pt", progress=False)
-    test = tiny_pipe(requests[0], backend=backend, **kwargs).results[0].canvas
+    test = tiny_pipe(requests[0], runtime=backend, **kwargs).results[0].canvas
     reference = tiny_pipe(requests[0], **kwargs).results[0].canvas
     assert torch.isfinite(test).all() and ssim(reference[None], test[None]) > 0.5
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from imagpose.cli import main
-from imagpose.cli.common import resolve_backend
+from imagpose.cli.common import resolve_runtime
 from imagpose.errors import InvalidArgumentError, MissingDependencyError
 from imagpose.export import COMPONENTS, CONTRACTS, axis_values, model_config
 from imagpose.export.components import ComponentModule, call_runtime
@@ -61,11 +61,11 @@ def test_prepare_runtime_reuses_the_export_and_checks_the_pipeline(tiny_pipe, ti
     with pytest.raises(InvalidArgumentError, match="'bogus'; choose from torch, onnxruntime, tensorrt"):
         prepare_runtime("bogus", tiny_pipe, work_dir, BUCKET)
 
-    args = argparse.Namespace(backend="onnxruntime", work_dir=str(work_dir), model=None, preset="tiny", dtype="fp32")
-    assert isinstance(resolve_backend(tiny_pipe, args), OnnxRuntimeBackend) and _cached_files(onnx_dir) == before
-    assert resolve_backend(tiny_pipe, argparse.Namespace(backend="torch")) is None
+    args = argparse.Namespace(runtime="onnxruntime", work_dir=str(work_dir), model=None, preset="tiny", dtype="fp32")
+    assert isinstance(resolve_runtime(tiny_pipe, args), OnnxRuntimeBackend) and _cached_files(onnx_dir) == before
+    assert resolve_runtime(tiny_pipe, argparse.Namespace(runtime="torch")) is None
     with pytest.raises(InvalidArgumentError, match="fp32 or fp16"):
-        resolve_backend(tiny_pipe, argparse.Namespace(**{**vars(args), "dtype": "bf16"}))
+        resolve_runtime(tiny_pipe, argparse.Namespace(**{**vars(args), "dtype": "bf16"}))
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
@@ -75,17 +75,17 @@ def test_prepare_runtime_tensorrt_without_tensorrt_writes_nothing(tiny_pipe, tmp
     assert not any(tmp_path.iterdir())
 
 
-def test_parity_cli_names_the_valid_backends(capsys):
-    assert main(["parity", "--backends", "torch,bogus"]) == 2
+def test_parity_cli_names_the_valid_runtimes(capsys):
+    assert main(["parity", "--runtimes", "torch,bogus"]) == 2
     err = capsys.readouterr().err
-    assert "unknown backend(s) bogus; choose from torch, onnxruntime, tensorrt" in err, err
+    assert "unknown runtime(s) bogus; choose from torch, onnxruntime, tensorrt" in err, err
     assert "Traceback" not in err
 
 
 def test_parity_cli_and_fast_path_parity_run_in_the_given_work_dir(tiny_onnx, capsys):
     onnx_dir, _ = tiny_onnx
     work_dir, before = onnx_dir.parent.parent, _cached_files(onnx_dir)
-    assert main(["parity", "--backends", "onnxruntime", "--work-dir", str(work_dir), "--steps", "1"]) == 0
+    assert main(["parity", "--runtimes", "onnxruntime", "--work-dir", str(work_dir), "--steps", "1"]) == 0
     assert "PASS" in capsys.readouterr().out
 
     result = fast_path_parity(["eager", "onnxruntime"], "cpu", work_dir, steps=1)

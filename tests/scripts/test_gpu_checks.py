@@ -77,7 +77,7 @@ def test_dry_run_records_what_each_section_measures(dry_run):
     bench = results["bench"]
     assert [row["label"] for row in bench["scenarios"]] == ["imagpose/as_released/tiny"]
     assert bench["scenarios"][0]["error"] is None and bench["scenarios"][0]["seconds_per_image"] > 0
-    assert [row["backend"] for row in bench["parity"]] == ["triton"] and "error" not in bench["parity"][0]
+    assert [row["backend"] for row in bench["parity"]] == ["triton-cva"] and "error" not in bench["parity"][0]
     assert json.loads((out / "bench" / "results.json").read_text())["results"]
     trt = results["trt"]
     assert trt["export"]["node_counts"] and trt["check_trt"]["passed"]
@@ -171,9 +171,10 @@ def test_the_gpu_benchmark_runs_the_scenarios_that_matter_first(monkeypatch):
 
     (gpu_sections,) = load_scripts(monkeypatch, "gpu_sections")
 
-    order = [s.label for s in gpu_sections.by_priority(build_suite(METHODS, SETTINGS, ("eager", "triton", "tensorrt")))]
-    assert order[:4] == ["imagpose/as_released/full", "imagpose[triton]/as_released/full",
-                         "imagpose_star/as_released/full", "imagpose_star[triton]/as_released/full"]
+    suite = build_suite(METHODS, SETTINGS, ("eager", "triton-cva", "tensorrt"))
+    order = [s.label for s in gpu_sections.by_priority(suite)]
+    assert order[:4] == ["imagpose/as_released/full", "imagpose[triton-cva]/as_released/full",
+                         "imagpose_star/as_released/full", "imagpose_star[triton-cva]/as_released/full"]
     first_baseline, first_tensorrt = order.index("pidm/as_released/full"), order.index(
         "imagpose[tensorrt]/as_released/full")
     first_common = next(i for i, label in enumerate(order) if "common_policy" in label)

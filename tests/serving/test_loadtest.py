@@ -26,7 +26,7 @@ def test_loadtest_runs_end_to_end_on_the_ray_service(ray_service, tmp_path, caps
     out = tmp_path / "load"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert main(["loadtest", "--server", ray_service.url, "--kind", "ray", "--clients", "4", "--requests", "12",
+    assert main(["loadtest", "--server", ray_service.url, "--server-kind", "ray", "--clients", "4", "--requests", "12",
                  "--steps", "2", "--tile-size", "64x64", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["succeeded"] == 12 and results["failed"] == 0 and results["errors"] == []
@@ -63,7 +63,7 @@ def test_the_table_reports_percentiles_and_batches():
 
 def test_a_server_that_does_not_answer_is_a_one_line_error(tmp_path, capsys):
     out = tmp_path / "load"
-    assert main(["loadtest", "--server", f"http://127.0.0.1:{free_port()}", "--kind", "ray", "--requests", "2",
+    assert main(["loadtest", "--server", f"http://127.0.0.1:{free_port()}", "--server-kind", "ray", "--requests", "2",
                  "--tile-size", "64x64", "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "is not ready" in error
@@ -72,7 +72,7 @@ def test_a_server_that_does_not_answer_is_a_one_line_error(tmp_path, capsys):
 
 def test_bad_counts_stop_the_command_while_it_parses(capsys):
     with pytest.raises(SystemExit):
-        main(["loadtest", "--server", "http://x", "--kind", "ray", "--clients", "0"])
+        main(["loadtest", "--server", "http://x", "--server-kind", "ray", "--clients", "0"])
     assert "expected an integer >= 1" in capsys.readouterr().err
 
 

@@ -73,7 +73,7 @@ def max_level_difference(a, b) -> int:
 def test_http_and_grpc_answers_equal_the_in_process_pipeline(tiny_pipe, repository, server):
     ort = OnnxRuntimeBackend.for_pipeline(tiny_pipe, repository / "onnx")
     requests = [request(3), request(4, POSES[1])]
-    reference_ort = tiny_pipe(requests, num_inference_steps=2, backend=ort, progress=False).results
+    reference_ort = tiny_pipe(requests, num_inference_steps=2, runtime=ort, progress=False).results
     reference_torch = tiny_pipe(requests, num_inference_steps=2, progress=False).results
     for url in (server.http_url, server.grpc_url):
         with TritonClient(url) as client:
@@ -96,7 +96,7 @@ def test_the_server_listens_on_loopback_only_by_default(server):
 def test_64_requests_from_8_concurrent_clients_all_get_their_own_result_in_batches(tiny_pipe, repository, server):
     ort = OnnxRuntimeBackend.for_pipeline(tiny_pipe, repository / "onnx")
     requests = [request(100 + i, POSES[i % len(POSES)]) for i in range(64)]
-    reference = tiny_pipe(requests, num_inference_steps=2, backend=ort, progress=False).results
+    reference = tiny_pipe(requests, num_inference_steps=2, runtime=ort, progress=False).results
     with TritonClient(server.http_url) as client:
         before = client.batch_sizes()
     answers, failures = [None] * 64, []
