@@ -9,7 +9,7 @@
 Import-light: tritonclient and Ray are imported by the modules that need them.
 """
 
-SERVER_KINDS = ("triton", "ray")  # the servers a client can talk to (`--server-kind`, serving.client.connect)
+SERVER_KINDS = ("triton", "ray")  # the servers a client can talk to (`--server-kind`, serving.connect.connect)
 
 
 def __getattr__(name: str):

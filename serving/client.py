@@ -1,9 +1,5 @@
-"""Clients of a served pipeline, one interface whatever serves it.
-
-    with connect("http://localhost:8000") as client:            # Triton over HTTP (default kind)
-        results = client.generate([request1, request2], SamplingConfig(num_inference_steps=20))
-    connect("grpc://localhost:8001")                             # Triton over gRPC
-    connect("http://localhost:8000", kind="ray")                 # the Ray Serve HTTP service
+"""The interface of every client of a served pipeline, whatever serves it (:func:`imagpose.serving.connect.connect`
+makes one), and what the clients share: the answer timeout, its error, how a server's message is shown.
 
 ``generate`` takes the pipeline's request objects and returns the pipeline's result type
 (:class:`~imagpose.pipeline.GenerationResult`, PIL images), in request order; several requests are sent
@@ -15,11 +11,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from imagpose.canvas import PoseRequest
-from imagpose.errors import IMAGPoseError, InvalidArgumentError
+from imagpose.errors import IMAGPoseError
 from imagpose.pipeline import GenerationResult
 from imagpose.sampling_config import SamplingConfig
-
-from . import SERVER_KINDS
 
 DEFAULT_TIMEOUT_S = 600.0  # one answer; a 20-step request of the tiny model takes seconds, SD-1.5's on a CPU minutes
 
@@ -60,16 +54,3 @@ class GenerationClient(Protocol):
     def __enter__(self) -> GenerationClient: ...
 
     def __exit__(self, *exc) -> None: ...
-
-
-def connect(url: str, kind: str = "triton", **options) -> GenerationClient:
-    """A client for ``url``: ``kind`` "triton" (``http://`` or ``grpc://``) or "ray" (``http://``)."""
-    if kind not in SERVER_KINDS:
-        raise InvalidArgumentError(f"Unknown server kind {kind!r}; choose from {', '.join(SERVER_KINDS)}.")
-    if kind == "triton":
-        from .triton.client import TritonClient
-
-        return TritonClient(url, **options)
-    from .ray_client import RayServeClient
-
-    return RayServeClient(url, **options)

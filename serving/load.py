@@ -1,5 +1,5 @@
 """Load measurement of a served pipeline: N concurrent clients send M requests, through the client of either
-server (:func:`imagpose.serving.client.connect`, Triton or Ray Serve).
+server (:func:`imagpose.serving.connect.connect`, Triton or Ray Serve).
 
     requests = sample_requests(64, tile_size=(128, 96))
     report = run_load("http://127.0.0.1:8000", "ray", requests, SamplingConfig(num_inference_steps=20), clients=8)
@@ -30,7 +30,7 @@ from imagpose.canvas import PoseRequest
 from imagpose.errors import InvalidArgumentError
 from imagpose.sampling_config import SamplingConfig
 
-from .client import connect
+from .connect import connect
 
 PERCENTILES = (50, 95, 99)
 

@@ -120,7 +120,7 @@ def _local_result(args, request, sampling):
 
 def _served_result(args, request, sampling):
     """The result of ``request`` from the server at ``--server``, with the same seed and sampling settings."""
-    from ..serving.client import connect
+    from ..serving.connect import connect
     from ..serving.wire import WireFormatError
 
     with connect(args.server, kind=args.server_kind, timeout=args.server_timeout) as client:

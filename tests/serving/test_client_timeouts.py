@@ -8,7 +8,8 @@ import time
 import pytest
 
 from imagpose.cli import main
-from imagpose.serving.client import ServerTimeoutError, connect
+from imagpose.serving.client import ServerTimeoutError
+from imagpose.serving.connect import connect
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from PIL import Image
 from imagpose.cli import main
 from imagpose.errors import InvalidArgumentError
 from imagpose.pipeline import GenerationResult
-from imagpose.serving.client import MAX_SERVER_MESSAGE_CHARS, connect
+from imagpose.serving.client import MAX_SERVER_MESSAGE_CHARS
+from imagpose.serving.connect import connect
 from imagpose.serving.wire import result_to_json
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from imagpose.errors import InvalidArgumentError
 from imagpose.sampling_config import DeepCacheConfig
-from imagpose.serving.client import connect
+from imagpose.serving.connect import connect
 from imagpose.serving.ray_client import RayServeClient
 from imagpose.serving.wire import WireFormatError, request_to_json
 
