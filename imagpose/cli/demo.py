@@ -36,9 +36,10 @@ def run(args) -> int:
     if shipped:
         args.model = str(shipped_model_dir())
     with OutputFolder(args.out) as out:  # checked before the model loads; written when the run succeeds
+        # the sampling flags together (an interval that guides no step, ...) before minutes of loading and exporting
+        sampling = sampling_from_args(args, None if args.model else get_preset(args.preset).default_steps)
         pipe = load_pipeline(args)
         pipe.set_runtime(resolve_runtime(pipe, args))
-        sampling = sampling_from_args(args, None if args.model else get_preset(args.preset).default_steps)
         label = (f"{SHIPPED_MODEL} (shipped, trained on generated people)" if shipped
                  else args.model or f"{args.preset} (random weights, seed {args.weights_seed})")
         tile = trained_tile_size(args.model) if args.model else None

@@ -95,8 +95,8 @@ def run(args) -> int:
     from ..io import OutputFolder
 
     with OutputFolder(args.out) as out:  # checked before anything is read or loaded; written when it succeeds
+        sampling = sampling_from_args(args)  # the flags together, before any file is read
         request = build_request(args)
-        sampling = sampling_from_args(args)
         result = (_served_result(args, request, sampling) if args.server
                   else _local_result(args, request, sampling))
         files = [f"target_tile{index}.png" for index in request.target_indices]  # named here, never by a server

@@ -464,3 +464,15 @@ def test_train_all_resume_names_a_damaged_timing_file(tmp_path, capsys, content)
     assert main(["train", "all", "--out", str(tmp_path), "--resume", "--no-progress"]) != 0
     error = capsys.readouterr().err
     assert f"{tmp_path / 'timing.json'} is damaged" in error and "delete it and run again with --resume" in error
+
+
+@pytest.mark.parametrize("command", [["demo"], ["generate", "--source", "a.png", "a.json", "--target", "b.json"]])
+def test_sampling_flags_that_conflict_with_the_step_count_stop_before_the_model_loads(tmp_path, capsys, command):
+    """An interval that guides none of the steps is refused before anything is loaded: the missing model folder
+    would be the error otherwise."""
+    argv = [*command, "--model", str(tmp_path / "no-model"), "--steps", "2", "--guidance-interval", "0.6:0.9",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) != 0
+    error = capsys.readouterr().err
+    assert "guidance_interval (0.6, 0.9) covers none of the 2 steps" in error and "no-model" not in error
+    assert not (tmp_path / "out").exists()
