@@ -19,6 +19,7 @@ two kinds lose the key: a list of the wrong length ("TupleConfig length 1 does n
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -404,5 +405,5 @@ def _positive(name: str, value) -> None:
 
 
 def _at_least(name: str, value, minimum) -> None:
-    if not value >= minimum:
-        raise InvalidArgumentError(f"{name} must be at least {minimum}, got {value!r}.")
+    if not (value >= minimum and math.isfinite(value)):
+        raise InvalidArgumentError(f"{name} must be a finite number at least {minimum}, got {value!r}.")

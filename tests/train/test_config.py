@@ -126,6 +126,9 @@ def test_a_wrong_type_or_value_is_an_error_that_names_the_key(tmp_path, data, me
     ("optimizer.eps=0", "optimizer.eps must be a small positive number"),
     ("optimizer.eps=.inf", "optimizer.eps must be a small positive number"),
     ("optimizer.weight_decay=-0.1", r"optimizer.weight_decay must be in \[0, 1\)"),
+    ("objective.noise_offset=.inf", "objective.noise_offset must be a finite number at least 0.0, got inf"),
+    ("objective.snr_gamma=.inf", "objective.snr_gamma must be a finite number"),
+    ("data.max_scale=.nan", "data.max_scale must be a finite number at least 1.0"),
 ])
 def test_a_bad_override_is_an_error_that_names_it(override, message):
     with pytest.raises(InvalidArgumentError, match=message):

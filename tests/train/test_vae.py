@@ -180,7 +180,7 @@ def test_a_design_that_cannot_reproduce_colour_is_refused(dataset, tmp_path, mon
     (dict(loss="l2"), "loss must be one of l1, mse"),
     (dict(colour_permutation=1.5), "colour_permutation must be in \\[0, 1\\]"),
     (dict(colour_fields=-0.1), "colour_fields must be in \\[0, 1\\]"),
-    (dict(decoder_steps=-1), "decoder_steps must be at least 0"),
+    (dict(decoder_steps=-1), "decoder_steps must be a finite number at least 0"),
 ])
 def test_bad_settings_are_refused(dataset, tmp_path, settings, match):
     with pytest.raises(InvalidArgumentError, match=match):
