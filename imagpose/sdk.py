@@ -23,7 +23,9 @@ one call at a time with the worker's): the caller waits anyway, and this keeps P
 thread pool the caller already has. Each thread that runs PyTorch CPU ops gets an OpenMP pool of its own, and once
 a process has more pool threads than cores, libgomp stops spin-waiting between parallel regions in every pool (it
 sleeps on a futex and is woken for each region instead), which can cost more than batching gains on small models.
-Requests submitted from other threads still run on the worker. Measurements: docs/export.md ("Serving").
+Requests submitted from other threads run on the worker; for them, keep PyTorch on that one thread: give the
+generator a function that loads the pipeline (``IMAGPoseGenerator(lambda: load_pipeline(...))``, loaded on the
+worker), and run any other PyTorch work (a warm-up) with ``run_on_worker``. Measurements: docs/export.md ("Serving").
 
 :func:`compare_throughput` times the same requests run one by one and through the SDK.
 """
@@ -31,11 +33,13 @@ Requests submitted from other threads still run on the worker. Measurements: doc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -43,7 +47,7 @@ from .batch_runner import run_isolated
 from .canvas import PoseRequest, validate_request
 from .deepcache import check_deepcache_runtime
 from .errors import IMAGPoseError, InvalidArgumentError
-from .pipeline import OUTPUT_TYPES, GenerationResult
+from .pipeline import OUTPUT_TYPES, GenerationResult, IMAGPosePipeline
 from .sampling_config import SamplingConfig
 from .timing import Stopwatch
 
@@ -58,9 +62,10 @@ class GeneratorClosedError(IMAGPoseError, RuntimeError):
 
 @dataclass
 class _Job:
-    request: PoseRequest
+    request: PoseRequest | None  # None: a call (``run_on_worker``)
     future: Future
     enqueued: float = field(default_factory=time.perf_counter)
+    call: Callable[[], object] | None = None
 
 
 @dataclass
@@ -79,7 +84,9 @@ class IMAGPoseGenerator:
     """Serve :class:`~imagpose.canvas.PoseRequest` objects from many threads with dynamic batching.
 
     Args:
-        pipe: an :class:`~imagpose.pipeline.IMAGPosePipeline`.
+        pipe: an :class:`~imagpose.pipeline.IMAGPosePipeline`, or a function without arguments that returns one:
+            the worker thread then loads it (``IMAGPoseGenerator(lambda: load_pipeline("tiny-people"))``), so a
+            process whose other threads never run PyTorch keeps one OpenMP pool (see the module docstring).
         runtime: the :class:`~imagpose.runtime.Runtime` of every call (None: ``pipe``'s, see
             ``IMAGPosePipeline.set_runtime``, else PyTorch).
         max_batch: most requests per pipeline call.
@@ -100,22 +107,32 @@ class IMAGPoseGenerator:
                 raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}.")
         if not isinstance(max_wait, (int, float)) or not 0 <= max_wait < float("inf"):
             raise InvalidArgumentError(f"max_wait must be a finite number of seconds >= 0, got {max_wait!r}.")
-        self.sampling = pipe.sampling_config(sampling, **sampling_arguments)
-        if self.sampling.deepcache is not None:
-            check_deepcache_runtime(pipe.resolve_runtime(runtime), self.sampling.deepcache.branch)
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        self.pipe, self.runtime = pipe, runtime
+        self.runtime, self.output_type = runtime, output_type
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
-        self.output_type = output_type
         self.stats = GeneratorStats()
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._aborted = False  # set on an exception in the caller: the running call stops after its current step
         self._running = threading.Lock()  # one pipeline call at a time, the worker's or a generate() caller's
-        self._worker = threading.Thread(target=self._run, name="imagpose-generator", daemon=True)
+        loaded: Future = Future()
+        self._worker = threading.Thread(target=self._run, args=(pipe, loaded), name="imagpose-generator",
+                                        daemon=True)
         self._worker.start()
+        try:
+            pipe = loaded.result()  # the worker loads a pipeline given as a function
+            if not isinstance(pipe, IMAGPosePipeline):
+                raise InvalidArgumentError(f"IMAGPoseGenerator takes an IMAGPosePipeline or a function that returns "
+                                           f"one, got {type(pipe).__name__}.")
+            self.pipe = pipe
+            self.sampling = pipe.sampling_config(sampling, **sampling_arguments)
+            if self.sampling.deepcache is not None:
+                check_deepcache_runtime(pipe.resolve_runtime(runtime), self.sampling.deepcache.branch)
+        except BaseException:
+            self.close(cancel_pending=True)
+            raise
 
     # ------------------------------------------------------------------ client side
     def submit(self, request: PoseRequest, block: bool = True, timeout: float | None = None) -> Future:
@@ -157,6 +174,18 @@ class IMAGPoseGenerator:
             job.future.set_running_or_notify_cancel()
         self._run_batch(jobs)
         return [job.future.result() for job in jobs]
+
+    def run_on_worker(self, function: Callable, *args, **kwargs) -> Future:
+        """Run ``function(*args, **kwargs)`` on the worker thread, in queue order between batches (a warm-up, a
+        baseline, any PyTorch work that should share the worker's OpenMP pool); the future resolves to its
+        return value or exception."""
+        job = _Job(None, Future(), call=functools.partial(function, *args, **kwargs))
+        with self._cond:
+            if self._closed:
+                raise GeneratorClosedError("The generator is closed; create a new one.")
+            self._queue.append(job)
+            self._cond.notify_all()
+        return job.future
 
     @staticmethod
     def _job(request: PoseRequest) -> _Job:
@@ -205,8 +234,10 @@ class IMAGPoseGenerator:
                 self._cond.wait()
             batch = [self._queue.popleft()]
             deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
+            while batch[0].call is None and len(batch) < self.max_batch:
                 if self._queue:
+                    if self._queue[0].call is not None:  # a call runs on its own, after this batch
+                        break
                     batch.append(self._queue.popleft())
                     continue
                 remaining = deadline - time.monotonic()
@@ -216,9 +247,26 @@ class IMAGPoseGenerator:
             self._cond.notify_all()  # room in the queue for blocked submitters
         return batch
 
-    def _run(self) -> None:
+    def _run(self, pipe, loaded: Future) -> None:
+        try:
+            loaded.set_result(pipe if isinstance(pipe, IMAGPosePipeline) or not callable(pipe) else pipe())
+        except BaseException as exc:  # noqa: BLE001 - raised by the constructor, in the caller's thread
+            loaded.set_exception(exc)
+            return
         while (batch := self._next_batch()) is not None:
+            if batch[0].call is not None:
+                self._run_call(batch[0])
+                continue
             self._run_batch([job for job in batch if job.future.set_running_or_notify_cancel()])
+
+    @staticmethod
+    def _run_call(job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the future
+            job.future.set_exception(exc)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         """One batch through the shared batching core: each request's result or error goes to its own future."""
@@ -292,11 +340,13 @@ def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_
                        max_wait: float = 0.01, runtime=None, output_type: str = "pil",
                        through_worker: bool = False, sampling: SamplingConfig | None = None,
                        **sampling_arguments) -> ThroughputComparison:
-    """Time the same requests one by one through ``pipe`` and all at once through an :class:`IMAGPoseGenerator`.
+    """Time the same requests one by one through ``pipe`` and all at once through an :class:`IMAGPoseGenerator`,
+    on the same thread, so that only the batching differs.
 
-    The SDK runs them with ``generate`` (in this thread), or with ``through_worker`` by ``submit`` and waiting (on
-    the worker thread, as requests from a server's threads run). Both run in this process, alternately (sequential,
-    SDK, sequential, ...) after one untimed warm-up of each, ``repeats`` times; the medians are reported. On CUDA
+    The SDK runs them with ``generate`` in this thread, where the one-by-one runs run too; or, with
+    ``through_worker``, by ``submit`` from this thread and waiting (as requests from a server's threads run), the
+    one-by-one runs then running on the generator's worker thread (``run_on_worker``). Both alternate (one by one,
+    SDK, one by one, ...) after one untimed warm-up of each, ``repeats`` times; the medians are reported. On CUDA
     the clock is read after the device has finished. ``sampling`` and ``sampling_arguments``: as for
     :class:`IMAGPoseGenerator`.
     """
@@ -308,25 +358,32 @@ def compare_throughput(pipe, requests: list[PoseRequest], repeats: int = 3, max_
     device = pipe._execution_device
     batches: list[int] = []
 
-    def sequential() -> None:
+    def one_by_one() -> None:
         for request in requests:
             pipe(request, runtime=runtime, progress=False, **settings)
-
-    def through_sdk() -> None:
-        with IMAGPoseGenerator(pipe, runtime=runtime, max_batch=max_batch, max_wait=max_wait,
-                               max_queue=max(len(requests), 1), **settings) as gen:
-            if through_worker:
-                for future in [gen.submit(request) for request in requests]:
-                    future.result()
-            else:
-                gen.generate(requests)
-        batches[:] = gen.stats.batches
 
     def seconds(run) -> float:
         with Stopwatch(device) as watch:
             run()
         return watch.seconds
 
-    sequential(), through_sdk()  # warm-up: lazy initialisation, allocator and kernel caches
-    runs = [(seconds(sequential), seconds(through_sdk)) for _ in range(repeats)]
+    with IMAGPoseGenerator(pipe, runtime=runtime, max_batch=max_batch, max_wait=max_wait,
+                           max_queue=max(len(requests), 1), **settings) as gen:
+        def sequential() -> None:
+            if through_worker:
+                gen.run_on_worker(one_by_one).result()
+            else:
+                one_by_one()
+
+        def through_sdk() -> None:
+            start = len(gen.stats.batches)
+            if through_worker:
+                for future in [gen.submit(request) for request in requests]:
+                    future.result()
+            else:
+                gen.generate(requests)
+            batches[:] = gen.stats.batches[start:]
+
+        sequential(), through_sdk()  # warm-up: lazy initialisation, allocator and kernel caches
+        runs = [(seconds(sequential), seconds(through_sdk)) for _ in range(repeats)]
     return ThroughputComparison(len(requests), [s for s, _ in runs], [b for _, b in runs], list(batches))

@@ -246,12 +246,62 @@ def test_compare_throughput_runs_the_same_requests_both_ways(tiny_pipe, samples)
 
 
 @pytest.mark.bench
-def test_batching_never_makes_throughput_worse(tiny_pipe, samples):
-    """20 requests of two canvas geometries, 2 steps: generate() against one pipe(request) after another, same
-    process, alternating, medians of 3 (timing: in the bench tier, not the default one)."""
-    timing = compare_throughput(tiny_pipe, _requests(samples, 20), repeats=3, max_batch=4, num_inference_steps=2)
+@pytest.mark.parametrize("through_worker", [False, True])
+def test_batching_never_makes_throughput_worse(tiny_pipe, samples, through_worker):
+    """20 requests of two canvas geometries, 2 steps: generate() (or submit() to the worker) against one
+    pipe(request) after another on the same thread, alternating, medians of 3 (timing: in the bench tier, not the
+    default one)."""
+    timing = compare_throughput(tiny_pipe, _requests(samples, 20), repeats=3, max_batch=4, num_inference_steps=2,
+                                through_worker=through_worker)
     print(timing.as_dict())
     assert timing.speedup >= 1.0
+
+
+def test_a_pipeline_given_as_a_function_is_loaded_on_the_worker_thread(samples):
+    from imagpose.loading import load_pipeline
+
+    loaded_on = []
+
+    def load():
+        loaded_on.append(threading.get_ident())
+        return load_pipeline(preset="tiny", weights_seed=0)
+
+    (request,) = _requests(samples, 1)
+    with IMAGPoseGenerator(load, num_inference_steps=STEPS) as gen:
+        worker = gen.run_on_worker(threading.get_ident).result(timeout=60)
+        result = gen.submit(request).result(timeout=300)
+    assert loaded_on == [worker] and worker != threading.get_ident()
+    assert _same_images(result, gen.pipe(request, num_inference_steps=STEPS, progress=False).results[0])
+
+
+def test_a_loader_that_fails_or_returns_no_pipeline_fails_the_constructor_and_leaves_no_thread():
+    threads = threading.active_count()
+
+    def broken():
+        raise FileNotFoundError("no such model")
+
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        IMAGPoseGenerator(broken)
+    with pytest.raises(InvalidArgumentError, match="takes an IMAGPosePipeline or a function that returns one, got "
+                                                   "str"):
+        IMAGPoseGenerator(lambda: "tiny")
+    assert threading.active_count() == threads
+
+
+def test_calls_run_on_the_worker_in_queue_order_between_batches(tiny_pipe, samples):
+    order = []
+    requests = _requests(samples, 2)
+    with IMAGPoseGenerator(tiny_pipe, max_batch=4, max_wait=0.0, num_inference_steps=STEPS) as gen:
+        first = gen.submit(requests[0])
+        call = gen.run_on_worker(lambda: order.append(("call", first.done())) or "answer")
+        second = gen.submit(requests[1])
+        failing = gen.run_on_worker(lambda: 1 / 0)
+        assert call.result(timeout=300) == "answer" and second.result(timeout=300) is not None
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=60)
+    assert order == [("call", True)]  # the request queued before it had finished
+    with pytest.raises(GeneratorClosedError):
+        gen.run_on_worker(print)
 
 
 def test_the_fast_sampling_options_reach_every_call(tiny_pipe, samples):
