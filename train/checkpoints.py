@@ -134,6 +134,10 @@ def verify_checkpoint(folder: str | Path, ema: bool = False) -> dict:
     from accelerate.utils import load
 
     folder = Path(folder)
+    if (folder / "optimizer.pt").is_file() and (folder / "rng.safetensors").is_file():
+        raise DamagedCheckpointError(f"Checkpoint {folder} was written by an earlier imagpose (its own format: "
+                                     "optimizer.pt, rng.safetensors); this one resumes accelerate save_state "
+                                     "folders. Finish that run with the imagpose that started it, or start afresh.")
     state = _read_state(folder)
     models = sorted(folder.glob("model*.safetensors"))
     ours = {STATE_FILE, EMA_FILE, *ACCELERATE_FILES}

@@ -89,6 +89,8 @@ def damage_state(value):
     (damage_state({"step": 3, "samples_seen": 4, "log": []}), "says step 3, but its folder is step-000002"),
     (lambda f: (f / "scheduler.bin").unlink(), "lacks scheduler.bin"),
     (lambda f: (f / "model.safetensors").unlink(), "holds no model weights"),
+    (lambda f: [(f / name).write_bytes(b"") for name in ("optimizer.pt", "rng.safetensors")],
+     "was written by an earlier imagpose (its own format"),
 ])
 def test_a_damaged_checkpoint_names_its_file(tmp_path, damage, words):
     accelerator, *_ = trained()
