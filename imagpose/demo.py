@@ -88,7 +88,7 @@ def run_demo(pipe, out_dir: str | Path | OutputFolder, sampling: SamplingConfig 
         requests = [item.request for item in items]
         canvases = [pipe.build_canvas(r) for r in requests]
         with Stopwatch(pipe.device) as watch:
-            output = pipe(requests, sampling=sampling, progress=progress)
+            output = pipe(requests, canvases=canvases, sampling=sampling, progress=progress)
         seconds = watch.seconds
         summary = {
             "model": model_label,

@@ -37,9 +37,7 @@ class ServiceConfig:
             raise InvalidArgumentError(f"{self.model_dir} is not a pipeline folder (no model_index.json); pass a "
                                        "folder written by IMAGPosePipeline.save_pretrained or `imagpose convert`.")
         check_positive_int("max_batch", self.max_batch)
-        if isinstance(self.batch_wait, bool) or not isinstance(self.batch_wait, (int, float)) or not (
-                0 <= self.batch_wait < 60):
-            raise InvalidArgumentError(f"batch_wait must be a number of seconds in [0, 60), got {self.batch_wait!r}.")
+        check_batch_wait(self.batch_wait)
         return self
 
     @property
@@ -73,4 +71,10 @@ def check_num_cpus(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1024:
         raise InvalidArgumentError(f"num_cpus must be a positive number of CPUs per replica (fractions such as 0.25 "
                                    f"are fine), got {value!r}.")
+    return float(value)
+
+
+def check_batch_wait(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 60:
+        raise InvalidArgumentError(f"batch_wait must be a number of seconds in [0, 60), got {value!r}.")
     return float(value)

@@ -5,7 +5,13 @@ Runs until Ctrl-C (or SIGTERM), then stops the service and the Ray it started. S
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
-from ..serving.service_config import SERVED_RUNTIMES, check_num_cpus, check_positive_int, parse_autoscale
+from ..serving.service_config import (
+    SERVED_RUNTIMES,
+    check_batch_wait,
+    check_num_cpus,
+    check_positive_int,
+    parse_autoscale,
+)
 from .argument_types import from_check, model_folder, seed
 
 NAME = "serve"
@@ -65,10 +71,7 @@ def _num_cpus(text: str) -> float:
 
 @from_check
 def _seconds(text: str) -> float:
-    value = _number(float, text, "batch_wait")
-    if not 0 <= value < 60:
-        raise InvalidArgumentError(f"batch_wait must be a number of seconds in [0, 60), got {text!r}.")
-    return value
+    return check_batch_wait(_number(float, text, "batch_wait"))
 
 
 def run(args) -> int:
