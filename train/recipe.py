@@ -158,8 +158,10 @@ def train_final_decoder(data: Path, vae: Path, out: Path, pipeline: Path, config
     from .vae import train_decoder
 
     train_decoder(data, vae, out, config.autoencoder, preset=config.model, trackers=config.trackers, **options)
+    vae = load_autoencoder(out)
+    vae.register_to_config(_name_or_path=f"OUT/{out.name}")  # the run folder's decoder, not this machine's path
     with OutputFolder(pipeline / "vae") as folder:
-        load_autoencoder(out).save_pretrained(folder.path())
+        vae.save_pretrained(folder.path())
 
 
 def write_training_record(out: Path, config, options: RecipeOptions, timing: dict) -> None:
@@ -189,8 +191,20 @@ def write_training_record(out: Path, config, options: RecipeOptions, timing: dic
         "config": config.to_dict(),
     }
     record["config"]["weights"]["vae"] = "OUT/vae"  # the run folder's VAE, not this machine's path
+    if record["evaluation"]:
+        settings = record["evaluation"]["settings"]
+        for key in ("model", "data"):
+            settings[key] = _relative_to_run(settings[key], out)
     with OutputFolder(out / "end2end" / "pipeline") as folder:
         folder.write_json(TRAINING_RECORD, record)
+
+
+def _relative_to_run(path: str, out: Path) -> str:
+    """``path`` as ``OUT/...`` when it lies inside the run folder ``out`` (the record travels with the model)."""
+    try:
+        return "OUT/" + Path(path).resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _log_rows(path: Path) -> list[dict]:

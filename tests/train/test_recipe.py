@@ -25,6 +25,9 @@ def test_the_recipe_runs_every_phase_records_its_command_and_resumes(tmp_path):
     assert record["command"] == options.command() and "--vae-steps 1" in record["command"]
     assert record["tile_size"] == [64, 48] and record["held_out"] == {"identities": 2, "seed": 1000}
     assert load_pipeline(result.pipeline).unet is not None
+    shipped_text = "".join(path.read_text() for path in result.pipeline.rglob("*.json"))
+    assert str(tmp_path) not in shipped_text  # the folder travels: paths are recorded relative to the run (OUT/...)
+    assert record["evaluation"]["settings"]["model"] == "OUT/end2end/pipeline"
 
     lines.clear()
     again = train_all(tmp_path / "run", options, resume=True, progress=False, log=lines.append)
