@@ -35,7 +35,7 @@ from imagpose.errors import InvalidArgumentError
 from imagpose.measures import MEASURES, image_scores
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.samplers import SAMPLERS
-from imagpose.sampling_config import DeepCacheConfig, SamplingConfig
+from imagpose.sampling_config import DeepCacheConfig, SamplingConfig, read_sampling_file
 from imagpose.train.evaluation import EvalItem, generate, load_items, score
 
 SPEEDUP_TARGETS = (2.0, 3.0, 5.0)
@@ -46,23 +46,27 @@ FULL_SIZE_TILE = (512, 512)
 
 @dataclass(frozen=True)
 class QualitySetting:
-    """One point of the sweep: the sampling of a fast-sampling option (or a combination), and the runtime of its
-    networks ("onnxruntime-int8": the UNet quantized)."""
+    """One point of the sweep: the sampling of a fast-sampling option (or a combination), the runtime of its
+    networks ("onnxruntime-int8": the UNet quantized) and its model: None for the bench's model, or another pipeline
+    folder of the same architecture (a distilled student of it)."""
 
     name: str
     sampling: SamplingConfig = SamplingConfig()
     unet: str = "torch"
+    model: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.sampling, SamplingConfig):
             raise InvalidArgumentError(f"Setting {self.name!r}: sampling must be a SamplingConfig, got "
                                        f"{self.sampling!r}.")
+        if self.model is not None and self.unet != "torch":
+            raise InvalidArgumentError(f"Setting {self.name!r}: another model runs on the torch runtime only.")
         if self.unet not in UNETS:
             raise InvalidArgumentError(f"Setting {self.name!r}: unet {self.unet!r} is unknown; choose from "
                                        f"{', '.join(UNETS)}.")
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "sampling": self.sampling.to_dict(), "unet": self.unet}
+        return {"name": self.name, "sampling": self.sampling.to_dict(), "unet": self.unet, "model": self.model}
 
 
 DEFAULT = QualitySetting("default (DDIM 20, CFG every step)")
@@ -72,13 +76,27 @@ def _fast(sampler: str, steps: int, **sampling) -> SamplingConfig:
     return SamplingConfig(sampler=sampler, num_inference_steps=steps, **sampling)
 
 
-def sweep(kind: str = "full") -> list[QualitySetting]:
-    """The settings of a run: the default first; "quick" is a handful for a smoke run."""
+STUDENT_STEPS = (4, 2, 1)
+
+
+def student_settings(student: str | Path) -> list[QualitySetting]:
+    """The rows of a distilled few-step student (``imagpose train distill``) of the bench's model: its own sampler
+    at each of :data:`STUDENT_STEPS`, one UNet batch per step."""
+    pipe_defaults, _ = read_sampling_file(student)
+    return [QualitySetting(f"student {pipe_defaults.sampler} {steps}",
+                           pipe_defaults.replace(num_inference_steps=steps), model=str(student))
+            for steps in STUDENT_STEPS]
+
+
+def sweep(kind: str = "full", student: str | Path | None = None) -> list[QualitySetting]:
+    """The settings of a run: the default first; "quick" is a handful for a smoke run; ``student``: a distilled
+    student's rows (:func:`student_settings`) at the end."""
+    extra = student_settings(student) if student is not None else []
     half_guided = (0.0, 0.5)
     if kind == "quick":
         return [DEFAULT, QualitySetting("unipc 8", _fast("unipc", 8)),
                 QualitySetting("ddim 20 deepcache 3/0", SamplingConfig(deepcache=DeepCacheConfig(3))),
-                QualitySetting("ddim 20 guidance [0.0, 0.5]", SamplingConfig(guidance_interval=half_guided))]
+                QualitySetting("ddim 20 guidance [0.0, 0.5]", SamplingConfig(guidance_interval=half_guided)), *extra]
     if kind != "full":
         raise InvalidArgumentError(f"Unknown sweep {kind!r}; choose full or quick.")
     settings = [DEFAULT, QualitySetting("ddim 20 no guidance", SamplingConfig(guidance_scale=1.0))]
@@ -110,7 +128,7 @@ def sweep(kind: str = "full") -> list[QualitySetting]:
     settings += [QualitySetting("ddim 20 onnxruntime fp32", unet="onnxruntime"),
                  QualitySetting("ddim 20 onnxruntime int8 unet", unet="onnxruntime-int8"),
                  QualitySetting("unipc 8 onnxruntime int8 unet", _fast("unipc", 8), unet="onnxruntime-int8")]
-    return settings
+    return settings + extra
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -152,10 +170,10 @@ class SettingResult:
         return data
 
 
-def _generate(pipe, items: list[EvalItem], data_root: Path, setting: QualitySetting, runtimes: dict,
+def _generate(pipes: dict, items: list[EvalItem], data_root: Path, setting: QualitySetting, runtimes: dict,
               batch_size: int) -> tuple[list[torch.Tensor], float]:
     start = time.perf_counter()
-    tiles = generate(pipe, items, data_root, setting.sampling, seed=0, runtime=runtimes.get(setting.unet),
+    tiles = generate(pipes[setting.model], items, data_root, setting.sampling, seed=0, runtime=runtimes.get(setting.unet),
                      batch_size=batch_size)
     return tiles, time.perf_counter() - start
 
@@ -201,6 +219,7 @@ def run_quality_bench(model_dir: str | Path, data_root: str | Path, settings: li
         settings = [DEFAULT, *[s for s in settings if s != DEFAULT]]
     data_root = Path(data_root)
     pipe = IMAGPosePipeline.from_pretrained(model_dir)
+    pipes = {None: pipe, **{s.model: IMAGPosePipeline.from_pretrained(s.model) for s in settings if s.model}}
     items = load_items(data_root, 1, seed=0, max_items=max_items)
     tile_size = tuple(items[0].target.shape[-2:])
     runtimes = prepare_runtimes(pipe, {s.unet for s in settings}, Path(work_dir), tile_size)
@@ -210,15 +229,15 @@ def run_quality_bench(model_dir: str | Path, data_root: str | Path, settings: li
     with tqdm(total=len(settings) + 1, desc="settings", unit="setting", disable=not progress) as bar:
         for setting in settings:
             bar.set_postfix_str(setting.name)
-            outputs[setting], seconds[setting] = _generate(pipe, items, data_root, setting, runtimes, batch_size)
+            outputs[setting], seconds[setting] = _generate(pipes, items, data_root, setting, runtimes, batch_size)
             bar.update()
-        _, default_again = _generate(pipe, items, data_root, DEFAULT, runtimes, batch_size)  # drift check
+        _, default_again = _generate(pipes, items, data_root, DEFAULT, runtimes, batch_size)  # drift check
         bar.update()
     default_seconds = statistics.mean([seconds[DEFAULT], default_again])
 
     flops = {}
-    for setting in settings:  # the count depends only on the loop's arguments, not on the runtime
-        key = replace(setting, name="", unet="torch")
+    for setting in settings:  # the count depends only on the loop's arguments, not on the runtime or weights
+        key = replace(setting, name="", unet="torch", model=None)
         if key not in flops:
             flops[key] = full_size_flops(setting, flop_preset)
     results = []
@@ -227,7 +246,7 @@ def run_quality_bench(model_dir: str | Path, data_root: str | Path, settings: li
         truth = _ground_truth(tiles, items, threshold, kernel)
         results.append(SettingResult(
             setting=setting, seconds_per_image=seconds[setting] / len(items),
-            flops_per_image=flops[replace(setting, name="", unet="torch")],
+            flops_per_image=flops[replace(setting, name="", unet="torch", model=None)],
             vs_default=_against(tiles, outputs[DEFAULT]), vs_ground_truth=truth))
     default = results[0]
     for result in results:

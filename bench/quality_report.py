@@ -27,7 +27,7 @@ def _csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["setting", "sampler", "num_inference_steps", "guidance_scale", "guidance_interval",
-                     "deepcache_interval", "deepcache_branch", "unet", "seconds_per_image", "speedup",
+                     "deepcache_interval", "deepcache_branch", "unet", "model", "seconds_per_image", "speedup",
                      "full_size_gflops_per_image", "flop_ratio", "ssim_vs_default", "psnr_vs_default",
                      *[f"{m}_vs_truth" for m in MEASURES], "pareto"])
     for row in rows:
@@ -35,7 +35,7 @@ def _csv(rows: list[dict]) -> str:
         deepcache = sampling["deepcache"] or {"interval": None, "branch": None}  # None: DeepCache off
         writer.writerow([s["name"], sampling["sampler"], sampling["num_inference_steps"], sampling["guidance_scale"],
                          sampling["guidance_interval"], deepcache["interval"], deepcache["branch"], s["unet"],
-                         f"{row['seconds_per_image']:.4f}",
+                         s.get("model") or "", f"{row['seconds_per_image']:.4f}",
                          row["speedup"], f"{row['flops_per_image'] / 1e9:.1f}", row["flop_ratio"],
                          row["vs_default"]["ssim"], row["vs_default"]["psnr"],
                          *[row["vs_ground_truth"][m] for m in MEASURES], row["pareto"]])
@@ -100,18 +100,22 @@ def _plot(results: dict, path: Path) -> None:
                                          ("vs_default", "SSIM against the default's output"))):
         for row in rows:
             colour = "tab:red" if row["pareto"] else "tab:blue"
-            axis.scatter(row["speedup"], row[key]["ssim"], color=colour, s=28, zorder=3)
+            student = bool(row["setting"].get("model"))  # a distilled student: a star
+            axis.scatter(row["speedup"], row[key]["ssim"], color=colour, s=90 if student else 28,
+                         marker="*" if student else "o", zorder=3)
             axis.annotate(row["setting"]["name"], (row["speedup"], row[key]["ssim"]), fontsize=6,
                           xytext=(3, 2), textcoords="offset points")
         if key == "vs_default":
             front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["speedup"])
             axis.plot([r["speedup"] for r in front], [r[key]["ssim"] for r in front], color="tab:red",
                       label="Pareto front (speed, SSIM vs default)", zorder=2)
+            _student_legend(axis, rows)
             axis.legend(loc="lower left", fontsize=8)
         else:
             default = rows[0][key]["ssim"]
             axis.axhline(default - QUALITY_BUDGET["ssim"], color="grey", linestyle=":",
                          label=f"default - {QUALITY_BUDGET['ssim']}")
+            _student_legend(axis, rows)
             axis.legend(loc="lower left", fontsize=8)
         axis.axvline(3.0, color="grey", linestyle="--", linewidth=0.8)
         axis.set_xscale("log", base=2)
@@ -122,3 +126,8 @@ def _plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def _student_legend(axis, rows: list[dict]) -> None:
+    if any(row["setting"].get("model") for row in rows):
+        axis.scatter([], [], marker="*", s=90, color="grey", label="distilled few-step student (its own model)")

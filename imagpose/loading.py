@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 
-from .pretrained import SHIPPED_MODEL, shipped_model_dir
+from .pretrained import SHIPPED_MODELS, shipped_model_dir
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
-    """The folder of ``model``: a path as given, or the shipped model when ``model`` is None or its name (and no
-    folder of that name exists here)."""
-    if model is None or (str(model) == SHIPPED_MODEL and not Path(model).exists()):
+    """The folder of ``model``: a path as given, the shipped model when ``model`` is None, or the shipped model of
+    that name (``tiny-people``, ``tiny-people-lcm``) when no folder of that name exists here."""
+    if model is None:
         return shipped_model_dir()
+    if str(model) in SHIPPED_MODELS and not Path(model).exists():
+        return shipped_model_dir(str(model))
     return Path(model)
 
 
@@ -30,7 +32,8 @@ def load_pipeline(model: str | os.PathLike | None = None, *, preset: str | None 
     """An :class:`~imagpose.pipeline.IMAGPosePipeline` on ``device`` in ``dtype``.
 
     Args:
-        model: a pipeline folder, or the name of a shipped model (``"tiny-people"``); wins over ``preset``.
+        model: a pipeline folder, or the name of a shipped model (``"tiny-people"``, ``"tiny-people-lcm"``); wins
+            over ``preset``.
         preset: an architecture preset ("tiny", "mid", "sd15") with deterministic random weights drawn from
             ``weights_seed``, used when ``model`` is None.
         None for both: the shipped trained model.

@@ -8,7 +8,8 @@
     fast = pipe(request, sampler="unipc", num_inference_steps=8)            # or sampling=SamplingConfig(...)
 
 Defaults follow the paper (:class:`~imagpose.sampling_config.SamplingConfig`): DDIM, 20 steps, guidance 2.0 (the
-official script uses 30 steps). Assigning a supported diffusers scheduler selects its sampler, as in diffusers:
+official script uses 30 steps); a distilled few-step student (``imagpose train distill``) records its own in its
+folder (``sampling.json``: the lcm sampler, 4 steps, no guidance), and calls that give none use them. Assigning a supported diffusers scheduler selects its sampler, as in diffusers:
 ``pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)``.
 Several requests in one call are batched (requests with the same canvas geometry share UNet calls).
 """
@@ -110,6 +111,10 @@ class IMAGPosePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder, flc_tokenizer=flc_tokenizer,
                               pose_guider=pose_guider, scheduler=scheduler)
         self.default_runtime: Runtime | None = None  # None: the reference TorchRuntime over the modules above
+        # the sampling of calls that give none: the paper's, or what the folder's sampling.json records (a distilled
+        # few-step student: its sampler and steps, no guidance); ``distillation``: how such a student was made
+        self.default_sampling = SamplingConfig()
+        self.distillation: dict | None = None
         self.memory_limit_bytes: int | None = None  # None: the default limit (see set_memory_limit)
 
     def __setattr__(self, name, value):
@@ -123,11 +128,11 @@ class IMAGPosePipeline(DiffusionPipeline):
         return sampler_of(self.scheduler)
 
     def sampling_config(self, sampling: SamplingConfig | None = None, **call_arguments) -> SamplingConfig:
-        """The sampling of a call, checked against this pipeline's models: ``sampling`` (default: the
-        :class:`SamplingConfig` defaults with :attr:`sampler`) with the call's keyword arguments that were given
+        """The sampling of a call, checked against this pipeline's models: ``sampling`` (default:
+        :attr:`default_sampling` with :attr:`sampler`) with the call's keyword arguments that were given
         (``num_inference_steps=``, ``deepcache_interval=``, ..., see :meth:`SamplingConfig.with_call_arguments`)."""
         if sampling is None:
-            sampling = SamplingConfig(sampler=self.sampler)
+            sampling = self.default_sampling.replace(sampler=self.sampler)
         elif not isinstance(sampling, SamplingConfig):
             raise InvalidArgumentError(f"sampling must be an imagpose.SamplingConfig, got {type(sampling).__name__}.")
         return sampling.with_call_arguments(**call_arguments).check_pipeline(self)
@@ -158,7 +163,8 @@ class IMAGPosePipeline(DiffusionPipeline):
         from .errors import InputFileError
         from .io import MissingInputFileError, check_model_folder, read_json_file
         from .models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
-        from .schedulers import IMAGPoseDDIMScheduler
+        from .samplers import load_scheduler
+        from .sampling_config import read_sampling_file
 
         if kwargs:
             raise TypeError(f"Unsupported from_pretrained arguments: {sorted(kwargs)}.")
@@ -176,7 +182,7 @@ class IMAGPosePipeline(DiffusionPipeline):
             "image_encoder": (IMAGPoseImageEncoder, "config.json", "model.safetensors"),
             "flc_tokenizer": (FLCTokenizer, "config.json", diffusers_weights),
             "pose_guider": (PoseGuider, "config.json", diffusers_weights),
-            "scheduler": (IMAGPoseDDIMScheduler, "scheduler_config.json", None),
+            "scheduler": (load_scheduler, "scheduler_config.json", None),  # the class its config names
         }
         for name, (_, config_name, weights_name) in components.items():
             if name not in index:
@@ -187,7 +193,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         for name, (loader, _, _) in components.items():
             try:
                 if name == "scheduler":
-                    loaded[name] = loader.from_pretrained(path / name)
+                    loaded[name] = loader(path / name)
                 elif name == "vae":
                     loaded[name] = loader(path / name, dtype)
                 elif name == "image_encoder":
@@ -196,15 +202,22 @@ class IMAGPosePipeline(DiffusionPipeline):
                     loaded[name] = loader.from_pretrained(path / name, torch_dtype=dtype).eval()
             except OSError as exc:  # diffusers and transformers report files they cannot use as OSError
                 raise InputFileError(f"{path / name} cannot be loaded ({exc}); {fix}.") from exc
-        return cls(**loaded)
+        pipe = cls(**loaded)
+        pipe.default_sampling, pipe.distillation = read_sampling_file(path)
+        return pipe
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers ``save_pretrained`` into ``save_directory``, beside what is already there: staged inside it
         and moved into place file by file at the end (see :class:`imagpose.io.OutputFolder`)."""
         from .io import OutputFolder
 
+        from .sampling_config import SAMPLING_FILE
+
         with OutputFolder(save_directory) as out:
             super().save_pretrained(out.path(), **kwargs)
+            if self.default_sampling != SamplingConfig() or self.distillation is not None:
+                out.write_json(SAMPLING_FILE, {"defaults": self.default_sampling.to_dict(),
+                                               "distillation": self.distillation})
 
     # ------------------------------------------------------------------ geometry
     @property

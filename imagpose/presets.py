@@ -45,7 +45,6 @@ class Preset:
     image_encoder: dict
     pose_guider: dict
     flc: dict
-    default_steps: int = 20
     vae_class: str = "AutoencoderKL"  # or "AutoencoderTiny" (imagpose.autoencoders)
 
 
@@ -86,7 +85,6 @@ PRESETS = {
         pose_guider=dict(conditioning_embedding_channels=32, conditioning_channels=3,
                          block_out_channels=[4, 8, 16, 32]),
         flc=dict(in_channels=4, embed_dim=32, patch_size=16),
-        default_steps=20,
     ),
     "mid": Preset(
         name="mid",
@@ -99,7 +97,6 @@ PRESETS = {
         pose_guider=dict(conditioning_embedding_channels=128, conditioning_channels=3,
                          block_out_channels=[16, 32, 96, 128]),
         flc=dict(in_channels=4, embed_dim=384, patch_size=16),
-        default_steps=20,
     ),
 }
 

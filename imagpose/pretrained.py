@@ -1,9 +1,10 @@
-"""The trained model shipped inside the package: ``tiny-people``, the ``tiny`` architecture trained from scratch
-on generated people (``imagpose train all``; how it was made and how well it does: docs/training.md).
+"""The trained models shipped inside the package: ``tiny-people``, the ``tiny`` architecture trained from scratch
+on generated people (``imagpose train all``; how it was made and how well it does: docs/training.md), and
+``tiny-people-lcm``, its few-step student (``imagpose train distill``; docs/distillation.md).
 
-It is the default model of ``imagpose demo``; ``--preset tiny`` still gives the random-weight preset (tests).
-Its folder is an ordinary pipeline folder (``IMAGPosePipeline.from_pretrained``, ``--model``) plus
-``training.json``, the record of its training run (tile size, steps, data, evaluation).
+``tiny-people`` is the default model of ``imagpose demo``; ``--preset tiny`` still gives the random-weight preset
+(tests). Each folder is an ordinary pipeline folder (``IMAGPosePipeline.from_pretrained``, ``--model`` by path or
+by name) plus ``training.json``, the record of its training run (tile size, steps, data, evaluation).
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from pathlib import Path
 from .io import MissingInputFileError
 
 SHIPPED_MODEL = "tiny-people"
+SHIPPED_STUDENT = "tiny-people-lcm"
+SHIPPED_MODELS = (SHIPPED_MODEL, SHIPPED_STUDENT)
 TRAINING_RECORD = "training.json"
 
 
-def shipped_model_dir() -> Path:
-    """The folder of the shipped trained pipeline."""
-    folder = Path(str(resources.files("imagpose.assets") / "models" / SHIPPED_MODEL))
+def shipped_model_dir(name: str = SHIPPED_MODEL) -> Path:
+    """The folder of a shipped trained pipeline (:data:`SHIPPED_MODELS`)."""
+    folder = Path(str(resources.files("imagpose.assets") / "models" / name))
     if not (folder / "model_index.json").is_file():
         raise MissingInputFileError(
-            f"The shipped model {SHIPPED_MODEL!r} is missing from {folder}; reinstall imagpose, or pass a pipeline "
+            f"The shipped model {name!r} is missing from {folder}; reinstall imagpose, or pass a pipeline "
             "folder with --model (or --preset tiny for random weights).")
     return folder
 

@@ -6,6 +6,10 @@ spacing), so it samples the model's own schedule:
     ddim         IMAGPoseDDIMScheduler: the official sampler (eta selects DDIM's stochasticity)
     dpmsolver++  diffusers DPMSolverMultistepScheduler, DPM-Solver++ 2M, last step to sigma 0
     unipc        diffusers UniPCMultistepScheduler (UniPC-bh2 predictor-corrector), last step to sigma 0
+    lcm          diffusers LCMScheduler: the few-step sampler of a consistency-distilled student
+                 (``imagpose train distill``); each step predicts x_0 through the consistency boundary conditions
+                 and re-noises it to the next of the student's steps (fresh noise from the request's generator),
+                 on the skipping-step schedule it was distilled on (``original_inference_steps``)
 
 The multistep solvers keep the last model outputs between steps; the pipeline builds one per call, so threads
 sharing a pipeline never share a solver's state. On a zero-terminal-SNR schedule diffusers clamps their last
@@ -17,7 +21,7 @@ sampler too (:func:`sampler_of`): the pipeline samples with it whenever a call n
 
 from __future__ import annotations
 
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler, UniPCMultistepScheduler
 
 from .errors import InvalidArgumentError
 from .schedulers import IMAGPoseDDIMScheduler
@@ -28,6 +32,7 @@ SAMPLER_CLASSES = {
     "dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2,
                                                       final_sigmas_type="zero")),
     "unipc": (UniPCMultistepScheduler, dict(final_sigmas_type="zero")),
+    "lcm": (LCMScheduler, {}),
 }
 SAMPLERS = tuple(SAMPLER_CLASSES)
 
@@ -44,6 +49,18 @@ def make_sampler(name: str, config):
     check_sampler(name)
     scheduler_class, options = SAMPLER_CLASSES[name]
     return scheduler_class.from_config(config, **options)
+
+
+def load_scheduler(folder):
+    """The scheduler of a pipeline folder's ``scheduler/``, of the class its config names: ``LCMScheduler`` (a
+    distilled student), else the official DDIM (``IMAGPoseDDIMScheduler``)."""
+    from pathlib import Path
+
+    from .io import read_json_file
+
+    config = read_json_file(Path(folder) / "scheduler_config.json", "save the pipeline again")
+    scheduler_class = LCMScheduler if config.get("_class_name") == LCMScheduler.__name__ else IMAGPoseDDIMScheduler
+    return scheduler_class.from_pretrained(folder)
 
 
 def sampler_of(scheduler) -> str:
@@ -65,8 +82,19 @@ def sampler_of(scheduler) -> str:
         "pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config), or sampler=... per call.")
 
 
+def max_steps(name: str, config) -> int:
+    """The most sampling steps sampler ``name`` takes on a pipeline whose scheduler config is ``config``: the
+    training timesteps, or for lcm the steps of the schedule the student was distilled on."""
+    if name == "lcm":
+        return int(config.get("original_inference_steps") or LCMScheduler().config.original_inference_steps)
+    return int(config["num_train_timesteps"])
+
+
 def step_arguments(scheduler, eta: float, generator) -> dict:
-    """Keyword arguments of ``scheduler.step`` beyond (prediction, t, latents): DDIM's eta and noise generator."""
+    """Keyword arguments of ``scheduler.step`` beyond (prediction, t, latents): DDIM's eta, and the noise generator
+    of the samplers whose step draws noise (DDIM with eta > 0, LCM between steps)."""
     if isinstance(scheduler, IMAGPoseDDIMScheduler):
         return {"eta": eta, "generator": generator}
+    if isinstance(scheduler, LCMScheduler):
+        return {"generator": generator}
     return {}

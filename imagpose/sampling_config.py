@@ -12,7 +12,7 @@ Valid values (NaN compares false with every bound, so each check is written to f
     num_inference_steps   integer in [1, num_train_timesteps]   (DDIM picks that many of the training timesteps;
                                                                  1000 in every IMAGPose schedule)
     guidance_scale        finite, >= 0                          (w <= 1 runs the conditional branch only)
-    sampler               one of imagpose.samplers.SAMPLERS      (ddim: the official one)
+    sampler               one of imagpose.samplers.SAMPLERS      (ddim: the official one; lcm: a distilled student's)
     eta                   finite, in [0, 1]; ddim only          (0 = deterministic DDIM, 1 = DDPM-like variance)
     guidance_interval     None (every step) or (start, stop)    (imagpose.guidance; needs guidance_scale > 1 and
                                                                  must cover one of the steps)
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 from .guidance import check_guidance_interval, guided_steps
-from .samplers import check_sampler
+from .samplers import check_sampler, max_steps
 from .schedulers import OFFICIAL_DDIM_CONFIG
 
 MAX_TRAIN_TIMESTEPS = OFFICIAL_DDIM_CONFIG["num_train_timesteps"]
@@ -65,7 +65,8 @@ class SamplingConfig:
     Args:
         num_inference_steps: denoising steps (the paper 20; the official script 30).
         guidance_scale: w in ``u + w (c - u)``; <= 1 turns classifier-free guidance off.
-        sampler: "ddim" (official), "dpmsolver++" or "unipc" (:mod:`imagpose.samplers`), on the same schedule.
+        sampler: "ddim" (official), "dpmsolver++", "unipc" or "lcm" (a distilled student's few-step sampler;
+            :mod:`imagpose.samplers`), on the same schedule.
         eta: DDIM eta (0 = deterministic).
         guidance_interval: ``(start, stop)``, fractions of the steps (0 = the first, noisiest): guidance only on
             steps ``int(start * N) <= i < int(stop * N)`` (:mod:`imagpose.guidance`); None guides every step.
@@ -131,6 +132,12 @@ class SamplingConfig:
     def check_pipeline(self, pipe) -> SamplingConfig:
         """Refuse what ``pipe``'s models cannot run: more steps than its scheduler's training timesteps, a DeepCache
         branch its UNet does not have. Returns this config."""
+        if self.sampler == "lcm":
+            limit = max_steps("lcm", pipe.scheduler.config)
+            if self.num_inference_steps > limit:
+                raise InvalidArgumentError(
+                    f"The lcm sampler takes at most {limit} steps on this model (the teacher's solver steps it was "
+                    f"distilled on), got {self.num_inference_steps}; a distilled student samples in 1-8 steps.")
         _check_steps(self.num_inference_steps, pipe.scheduler.config.num_train_timesteps)
         if self.deepcache is not None:
             self.deepcache.check(pipe.unet)
@@ -149,6 +156,40 @@ class SamplingConfig:
         if data.get("deepcache") is not None:
             data["deepcache"] = DeepCacheConfig(**_known_keys(data["deepcache"], DeepCacheConfig, "deepcache"))
         return cls(**data)
+
+
+# A pipeline folder's sampling defaults (optional; the paper's when absent): {"defaults": SamplingConfig.to_dict(),
+# "distillation": {...}} where a distilled few-step student records how it was made
+SAMPLING_FILE = "sampling.json"
+
+
+def read_sampling_file(folder) -> tuple[SamplingConfig, dict | None]:
+    """(default sampling, distillation record or None) of a pipeline folder's ``sampling.json``; the paper's
+    defaults when the folder has none."""
+    from pathlib import Path
+
+    from .errors import InputFileError
+    from .io import read_json_file
+
+    path = Path(folder) / SAMPLING_FILE
+    if not path.is_file():
+        return SamplingConfig(), None
+    fix = "save the pipeline again (IMAGPosePipeline.save_pretrained) or delete the file for the paper's defaults"
+    data = read_json_file(path, fix)
+    if not isinstance(data, dict) or not isinstance(data.get("defaults"), dict):
+        raise InputFileError(f"{path} must hold {{\"defaults\": {{sampling settings}}}}; {fix}.")
+    try:
+        return SamplingConfig.from_dict(data["defaults"]), data.get("distillation")
+    except InvalidArgumentError as exc:
+        raise InputFileError(f"{path}: {exc} ({fix})") from exc
+
+
+def merged_settings(defaults: SamplingConfig, settings: dict | None) -> SamplingConfig:
+    """``defaults`` with the fields a partial settings dict (:meth:`SamplingConfig.to_dict` keys) gives."""
+    if settings is None:
+        return defaults
+    return SamplingConfig.from_dict({**defaults.to_dict(), **_known_keys(settings, SamplingConfig,
+                                                                         "sampling settings")})
 
 
 def _check_steps(steps: int, num_train_timesteps: int) -> None:

@@ -41,7 +41,11 @@ class GenerationClient(Protocol):
     url: str
 
     def generate(self, requests: PoseRequest | list[PoseRequest],
-                 sampling: SamplingConfig | None = None) -> list[GenerationResult]: ...
+                 sampling: SamplingConfig | dict | None = None) -> list[GenerationResult]:
+        """One result per request. ``sampling``: a whole SamplingConfig, a dict of some of its fields (the served
+        model's defaults fill the rest) or None (the served model's defaults: the paper's, or a distilled
+        student's few-step sampling)."""
+        ...
 
     def ready(self) -> bool: ...
 

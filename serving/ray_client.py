@@ -54,7 +54,7 @@ class RayServeClient:
 
     # ------------------------------------------------------------------ GenerationClient
     def generate(self, requests: PoseRequest | list[PoseRequest],
-                 sampling: SamplingConfig | None = None) -> list[GenerationResult]:
+                 sampling: SamplingConfig | dict | None = None) -> list[GenerationResult]:
         if isinstance(requests, PoseRequest):
             requests = [requests]
         bodies = [request_to_json(request, sampling) for request in requests]

@@ -126,7 +126,7 @@ class PipelineReplica:
         for index, body in enumerate(bodies):
             try:
                 wire = request_from_json(body)
-                sampling = wire.sampling.check_pipeline(self.pipe)
+                sampling = wire.sampling(self.pipe)
             except Exception as exc:  # noqa: BLE001 - this request's own error (or our bug) answers it alone
                 outcomes[index] = _error(exc)
                 continue

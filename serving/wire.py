@@ -9,7 +9,8 @@ base64 PNG (lossless, so a served result equals the in-process one) and keypoint
      "settings": {"num_inference_steps": 20, "guidance_scale": 2.0, "sampler": "ddim", "eta": 0.0,
                   "guidance_interval": [0.0, 0.5] | null, "deepcache": {"interval": 3, "branch": 0} | null}}
 
-Settings left out take the defaults of :class:`~imagpose.sampling_config.SamplingConfig`.
+``settings`` null, or settings left out, take the serving pipeline's defaults (``pipe.default_sampling``: the
+paper's, or a distilled student's few-step sampling), so a client need not know which model a server holds.
 
 A result is a :class:`~imagpose.pipeline.GenerationResult`::
 
@@ -40,7 +41,7 @@ from imagpose.images import ImageInputError, decode_image, load_image
 from imagpose.json_parsing import parse_json
 from imagpose.pipeline import GenerationResult
 from imagpose.pose import Keypoints, keypoints_from_json
-from imagpose.sampling_config import SamplingConfig
+from imagpose.sampling_config import SamplingConfig, merged_settings
 
 from .request_limits import MAX_REQUEST_BYTES, RequestTooLargeError
 
@@ -52,7 +53,12 @@ class WireFormatError(InvalidArgumentError):
 @dataclass
 class WireRequest:
     request: PoseRequest
-    sampling: SamplingConfig  # servers check it against their pipeline (SamplingConfig.check_pipeline)
+    settings: dict | None  # the sampling fields the client gave (None: none); :meth:`sampling` completes them
+
+    def sampling(self, pipe) -> SamplingConfig:
+        """The request's sampling on the serving pipeline: its defaults with the given fields, checked against its
+        models (InvalidArgumentError otherwise)."""
+        return merged_settings(pipe.sampling_config(), self.settings).check_pipeline(pipe)
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -93,11 +99,13 @@ def _pose_field(pose, field: str, image_size: tuple[int, int] | None):
 
 
 # ---------------------------------------------------------------------------------------------------- requests
-def request_to_json(request: PoseRequest, sampling: SamplingConfig | None = None) -> dict:
-    """The wire form of ``request`` and its ``sampling`` (default: ``SamplingConfig()``); images are read and
-    encoded here, so the server needs no access to the files."""
+def request_to_json(request: PoseRequest, sampling: SamplingConfig | dict | None = None) -> dict:
+    """The wire form of ``request`` and its ``sampling``: a whole :class:`SamplingConfig`, a dict of some of its
+    fields (the server's defaults fill the rest) or None (the server's defaults); images are read and encoded here,
+    so the server needs no access to the files."""
     validate_request(request)
-    sampling = sampling or SamplingConfig()
+    if isinstance(sampling, dict):
+        _sampling_from_json(sampling)  # the client's own mistakes fail here, before anything is sent
     views = []
     for i, view in enumerate(request.views):
         image = None if view.image is None else load_image(view.image, f"views[{i}].image")
@@ -105,7 +113,7 @@ def request_to_json(request: PoseRequest, sampling: SamplingConfig | None = None
                       "pose": _pose_field(view.pose, f"views[{i}].pose", None if image is None else image.size)})
     return {"grid": list(request.grid), "tile_size": None if request.tile_size is None else list(request.tile_size),
             "seed": request.seed, "reference": request.reference, "name": request.name, "views": views,
-            "settings": sampling.to_dict()}
+            "settings": sampling.to_dict() if isinstance(sampling, SamplingConfig) else sampling}
 
 
 def _int_pair(value, field: str):
@@ -124,11 +132,13 @@ def _optional_int(data: dict, key: str):
     return value
 
 
-def _sampling_from_json(data) -> SamplingConfig:
+def _sampling_from_json(data) -> dict | None:
+    """The given settings, checked on their own (on the paper's defaults) so malformed ones fail at parsing."""
     try:
-        return SamplingConfig() if data is None else SamplingConfig.from_dict(data)
+        merged_settings(SamplingConfig(), data)
     except InvalidArgumentError as exc:
         raise WireFormatError(f"settings: {exc}") from exc
+    return data
 
 
 def request_from_json(data) -> WireRequest:

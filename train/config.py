@@ -35,6 +35,8 @@ from imagpose.schedulers import BETA_SCHEDULES
 from imagpose.seeds import check_seed
 
 STAGES = ("stage1", "stage2", "end2end")
+DISTILL_STAGE = "distill"  # `imagpose train distill`: its run length in stages.distill, its method in distillation
+DISTILLATION_LOSSES = ("huber", "l2")
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -175,6 +177,35 @@ class AutoencoderConfig:
 
 
 @dataclass
+class DistillationConfig:
+    """Latent consistency distillation of a trained pipeline into a few-step student (``imagpose.train.distillation``;
+    the defaults are those of the LCM paper and diffusers' ``train_lcm_distill_sd_wds.py``)."""
+
+    teacher_guidance: float = SamplingConfig.guidance_scale  # w of the teacher's CFG folded into the target
+    ddim_timesteps: int = 50  # the teacher's DDIM solver schedule: skipping step k = 1000 / ddim_timesteps
+    loss: str = "huber"  # "huber" (pseudo-Huber, LCM) or "l2"
+    huber_c: float = 1e-3
+    target_ema_decay: float = 0.95  # EMA of the student's weights that makes the target; 0: the student itself
+    student_steps: int = 4  # the sampling steps the student's pipeline folder records as its default
+
+    def __post_init__(self):
+        _at_least("teacher_guidance", self.teacher_guidance, 0.0)
+        _positive("ddim_timesteps", self.ddim_timesteps)
+        if 1000 % self.ddim_timesteps:
+            raise InvalidArgumentError(f"ddim_timesteps must divide the 1000 training timesteps (e.g. 50, 25, 20), "
+                                       f"got {self.ddim_timesteps!r}.")
+        _choice("loss", self.loss, DISTILLATION_LOSSES)
+        _positive("huber_c", self.huber_c)
+        if not 0 <= self.target_ema_decay < 1:
+            raise InvalidArgumentError(f"target_ema_decay must be in [0, 1) (LCM: 0.95), got "
+                                       f"{self.target_ema_decay!r}.")
+        _positive("student_steps", self.student_steps)
+        if self.student_steps > self.ddim_timesteps:
+            raise InvalidArgumentError(f"student_steps ({self.student_steps}) must be at most ddim_timesteps "
+                                       f"({self.ddim_timesteps}): the student samples on the teacher's solver steps.")
+
+
+@dataclass
 class StageConfig:
     """One stage's run length, batch and learning rate, and how often it logs, checkpoints and validates."""
 
@@ -214,6 +245,7 @@ class TrainConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -226,8 +258,9 @@ class TrainConfig:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise InvalidArgumentError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}.")
         for name in self.stages:
-            if name not in STAGES:
-                raise InvalidArgumentError(f"unknown key 'stages.{name}'; the stages are {', '.join(STAGES)}.")
+            if name not in (*STAGES, DISTILL_STAGE):
+                raise InvalidArgumentError(f"unknown key 'stages.{name}'; the stages are {', '.join(STAGES)} and "
+                                           f"{DISTILL_STAGE}.")
 
     def stage(self, name: str) -> StageConfig:
         if name not in self.stages:

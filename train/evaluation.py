@@ -14,6 +14,10 @@ source view and a different target view, drawn with ``random.Random(seed)``. Eac
     copy_source      the source tile itself (what a model that ignores the pose would score)
     model_zero_dino  with ``zero_dino=True``: the model with its DINO tokens zeroed, i.e. conditioned on the FLC
                      tokens alone (measures what the frozen random image encoder contributes)
+    student_<N>      with ``student=``: a few-step student distilled from the model (``imagpose train distill``)
+                     with its own sampler at N steps (``student_steps``: 4, 2, 1), seeds as the model's
+The model samples with its folder's defaults (the paper's DDIM 20, guidance 2), or ``steps`` / ``guidance_scale``.
+Every pipeline generator is timed (``seconds_per_image``: wall time over all items, one process, side by side).
 Measures against the ground-truth target tile: SSIM, PSNR, pose IoU and colour error (:mod:`imagpose.measures`),
 with the dataset's exact person mask (``mask/``) and the identity's background (``background/``).
 The segmentation is validated on the ground-truth images themselves (their derived mask against the exact one)
@@ -55,6 +59,7 @@ from .data import companion as data_companion
 
 GENERATORS = ("model", "untrained", "copy_source")
 ZERO_DINO = "model_zero_dino"
+STUDENT_STEPS = (4, 2, 1)
 DATA_FIX = "create a dataset with `imagpose train make-data --out DIR`, or pass its folder"
 
 
@@ -270,7 +275,7 @@ def _beats(value: float, baseline: float, measure: str) -> bool:
 
 def format_table(summary: dict) -> str:
     """The summary as a text table: mean +- std per generator, and how often the model beats copy_source."""
-    generators = [name for name in (*GENERATORS, ZERO_DINO) if name in summary]
+    generators = [name for name in (*GENERATORS, ZERO_DINO, *(summary.get("students") or ())) if name in summary]
     labels = [m + (" (lower better)" if m in LOWER_IS_BETTER else "") for m in MEASURES]
     width = max(map(len, labels)) + 2
 
@@ -306,11 +311,12 @@ def strip(tiles: list[torch.Tensor]) -> Image.Image:
     return tensor_to_pil(torch.cat(tiles, dim=-1)[None])[0]
 
 
-def render_figure(evaluation: Evaluation, count: int = 12, generator: str = "model") -> Image.Image:
-    """A figure for docs: ``count`` items as rows of source | target pose | generated | ground truth, with a
+def render_figure(evaluation: Evaluation, count: int = 12, generators: tuple[str, ...] = ("model",)
+                  ) -> Image.Image:
+    """A figure for docs: ``count`` items as rows of source | target pose | each generator | ground truth, with a
     header naming the columns."""
     items = evaluation.items[:count]
-    rows = torch.cat([torch.cat([i.source, i.target_pose, i.generated[generator], i.target], dim=-1)
+    rows = torch.cat([torch.cat([i.source, i.target_pose, *(i.generated[g] for g in generators), i.target], dim=-1)
                       for i in items], dim=-2)
     body = tensor_to_pil(rows[None])[0]
     tile_width = items[0].target.shape[-1]
@@ -318,9 +324,17 @@ def render_figure(evaluation: Evaluation, count: int = 12, generator: str = "mod
     figure = Image.new("RGB", (body.width, body.height + header), (255, 255, 255))
     figure.paste(body, (0, header))
     draw = ImageDraw.Draw(figure)
-    for column, label in enumerate(("source", "target pose", generator.replace("_", " "), "ground truth")):
+    with_students = any(g.startswith("student_") for g in generators)
+    labels = ("source", "target pose", *(_column_label(g, with_students) for g in generators), "ground truth")
+    for column, label in enumerate(labels):
         draw.text((column * tile_width + 2, 1), label, fill=(0, 0, 0))
     return figure
+
+
+def _column_label(generator: str, with_students: bool) -> str:
+    if generator.startswith("student_"):
+        return f"{generator.split('_')[1]}-step student"
+    return "teacher" if generator == "model" and with_students else generator.replace("_", " ")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -337,19 +351,21 @@ def check_settings(pairs_per_identity: int, max_items: int | None, threshold: fl
 
 
 def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | None = None, *,
-             steps: int = SamplingConfig.num_inference_steps, guidance_scale: float = SamplingConfig.guidance_scale,
+             steps: int | None = None, guidance_scale: float | None = None,
              seed: int = 0, pairs_per_identity: int = 1, max_items: int | None = None,
-             zero_dino: bool = False, threshold: float = DEFAULT_THRESHOLD, kernel: int = DEFAULT_KERNEL,
+             zero_dino: bool = False, student: str | Path | None = None,
+             student_steps: tuple[int, ...] = STUDENT_STEPS, threshold: float = DEFAULT_THRESHOLD, kernel: int = DEFAULT_KERNEL,
              device: str | torch.device = "cpu", batch_size: int = 8, progress: bool = False) -> Evaluation:
     """Score ``model_dir`` (a pipeline folder) on the test split of ``data_root`` (see the module docstring).
 
     ``out``: a folder that receives summary.json, scores.csv (every item and generator), strips/<item>.png
-    (source | ground truth | generated) and figure.png (:func:`render_figure`); it is checked before the model
-    loads and written only when the evaluation succeeds.
+    (source | ground truth | generated) and figure.png (:func:`render_figure`: with a student, teacher | each
+    student | ground truth); it is checked before the model loads and written only when the evaluation succeeds.
     """
+    import time
+
     from imagpose.pipeline import IMAGPosePipeline
 
-    sampling = SamplingConfig(steps, guidance_scale)  # DDIM, as the official test.py
     check_settings(pairs_per_identity, max_items, threshold, kernel)
     model_dir, data_root = Path(model_dir), Path(data_root)
     if not model_dir.is_dir():
@@ -358,16 +374,27 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
     with OutputFolder(out) if out is not None else contextlib.nullcontext() as folder:
         items = load_items(data_root, pairs_per_identity, seed, max_items)
         pipe = IMAGPosePipeline.from_pretrained(model_dir).to(device)
-        pipes = {"model": (pipe, None), "untrained": (random_pipeline_like(pipe), None)}
+        sampling = pipe.sampling_config(num_inference_steps=steps, guidance_scale=guidance_scale)
+        pipes = {"model": (pipe, None, sampling), "untrained": (random_pipeline_like(pipe), None, sampling)}
         if zero_dino:
-            pipes[ZERO_DINO] = (pipe, ZeroDinoRuntime(pipe.torch_runtime()))
-        for name, (generator_pipe, runtime) in pipes.items():
-            tiles = generate(generator_pipe, items, data_root, sampling, seed, runtime, batch_size, progress)
+            pipes[ZERO_DINO] = (pipe, ZeroDinoRuntime(pipe.torch_runtime()), sampling)
+        students = []
+        if student is not None:
+            student_pipe = IMAGPosePipeline.from_pretrained(student).to(device)
+            for count in student_steps:
+                students.append(f"student_{count}")
+                pipes[students[-1]] = (student_pipe, None, student_pipe.sampling_config(num_inference_steps=count))
+        seconds = {}
+        for name, (generator_pipe, runtime, generator_sampling) in pipes.items():
+            started = time.perf_counter()
+            tiles = generate(generator_pipe, items, data_root, generator_sampling, seed, runtime, batch_size,
+                             progress)
+            seconds[name] = round((time.perf_counter() - started) / len(items), 4)
             for item, tile in zip(items, tiles):
                 item.generated[name] = tile
         for item in items:
             item.generated["copy_source"] = item.source
-        generators = [*GENERATORS, *([ZERO_DINO] if zero_dino else [])]
+        generators = [*GENERATORS, *([ZERO_DINO] if zero_dino else []), *students]
         for item in items:
             item.scores = {name: score(item.generated[name], item, threshold, kernel) for name in generators}
         summary = summarize(items, generators)
@@ -378,10 +405,18 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
                                          "ground_truth_iou_min": round(float(np.min(ground_truth)), 4),
                                          "vae_round_trip_iou": round(float(np.mean(round_trip)), 4)}
         summary["counts"] = {"items": len(items), "identities": len({i.identity for i in items})}
+        summary["seconds_per_image"] = seconds
         summary["settings"] = {"model": str(model_dir), "data": str(data_root), "layout": "t2",
-                               "tile_size": list(items[0].target.shape[-2:]), "steps": steps,
-                               "guidance_scale": guidance_scale, "seed": seed, "pairs_per_identity": pairs_per_identity,
+                               "tile_size": list(items[0].target.shape[-2:]),
+                               "steps": sampling.num_inference_steps, "guidance_scale": sampling.guidance_scale,
+                               "sampling": sampling.to_dict(), "seed": seed, "pairs_per_identity": pairs_per_identity,
                                "threshold": threshold, "kernel": kernel}
+        if student is not None:
+            summary["settings"]["student"] = str(student)
+            summary["students"] = {name: {"sampling": pipes[name][2].to_dict(),
+                                          "speedup": round(seconds["model"] / seconds[name], 3),
+                                          "drop": {m: round(summary["model"][m] - summary[name][m], 4)
+                                                   for m in MEASURES}} for name in students}
         evaluation = Evaluation(items=items, summary=summary)
         if folder is not None:
             folder.write_json("summary.json", summary)
@@ -389,5 +424,5 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
             for item in items:
                 folder.save_image(f"strips/{item.name}.png", strip([item.source, item.target,
                                                                      item.generated["model"]]))
-            folder.save_image("figure.png", render_figure(evaluation))
+            folder.save_image("figure.png", render_figure(evaluation, generators=("model", *students)))
     return evaluation

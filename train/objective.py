@@ -134,6 +134,15 @@ def draw_objective(generator: torch.Generator, batch_size: int, latent_shape: tu
     return ObjectiveDraws(timesteps, noise, vae_noise, drop_dino, drop_reference)
 
 
+@torch.no_grad()
+def encode_canvases(vae, batch: dict, vae_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_0, masked latents, reference latents), each (B, 4, h, w) float32: the target, masked and reference canvases
+    of ``batch`` encoded as training draws them (``vae_noise`` (3, B, 4, h, w): the posterior samples)."""
+    dtype = next(vae.parameters()).dtype
+    return tuple(encode_for_training(vae, batch[name].to(dtype), noise).float()
+                 for name, noise in zip(("target_pixels", "masked_pixels", "reference_pixels"), vae_noise))
+
+
 def training_loss(model, vae, image_encoder, scheduler, batch: dict, draws: ObjectiveDraws,
                   snr_gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, per-sample loss (B,)) of one batch of training items (``imagpose.train.data``; tensors on the device).
@@ -142,10 +151,8 @@ def training_loss(model, vae, image_encoder, scheduler, batch: dict, draws: Obje
     ``vae`` and ``image_encoder`` are frozen.
     """
     dtype = next(vae.parameters()).dtype
+    latents, masked_latents, reference_latents = encode_canvases(vae, batch, draws.vae_noise)
     with torch.no_grad():
-        latents, masked_latents, reference_latents = (
-            encode_for_training(vae, batch[name].to(dtype), noise).float()
-            for name, noise in zip(("target_pixels", "masked_pixels", "reference_pixels"), draws.vae_noise))
         dino_pixels = torch.where(draws.drop_dino[:, None, None, None], 0.0, batch["dino_pixels"])
         dino_tokens = image_encoder(dino_pixels.to(dtype)).last_hidden_state  # (B, 257, D)
     reference_latents = torch.where(draws.drop_reference[:, None, None, None], 0.0, reference_latents)

@@ -56,10 +56,14 @@ def _rendered(path: Path, tile: tuple[int, int]) -> Image.Image:
 
 
 @torch.no_grad()
-def write_validation_grid(out: Path, step: int, pipe, requests: list[ValidationRequest], config: TrainConfig) -> Path:
-    """Run ``pipe`` on ``requests`` and write ``out/validation/step-NNNNNN.png``."""
-    results = pipe([r.request for r in requests], num_inference_steps=config.validation.inference_steps,
-                   guidance_scale=config.validation.guidance_scale, output_type="pt", progress=False).results
+def write_validation_grid(out: Path, step: int, pipe, requests: list[ValidationRequest], config: TrainConfig,
+                          sampling=None) -> Path:
+    """Run ``pipe`` on ``requests`` and write ``out/validation/step-NNNNNN.png``; ``sampling`` (a SamplingConfig)
+    replaces the config's validation steps and guidance (a distilled student samples with its own)."""
+    settings = ({"sampling": sampling} if sampling is not None else
+                {"num_inference_steps": config.validation.inference_steps,
+                 "guidance_scale": config.validation.guidance_scale})
+    results = pipe([r.request for r in requests], output_type="pt", progress=False, **settings).results
     rows = [torch.cat([r.source, r.target_pose, r.ground_truth, result.targets[0].float().cpu()], dim=-1)
             for r, result in zip(requests, results)]
     name = f"validation/step-{step:06d}.png"

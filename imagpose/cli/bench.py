@@ -62,6 +62,9 @@ def add_arguments(parser) -> None:
                          help="dataset folder with test.json (default: the model's held-out people, generated "
                               "into --work-dir from the seed its training.json records)")
     quality.add_argument("--sweep", default="full", choices=["full", "quick"], help="which settings to run")
+    quality.add_argument("--student", default=None, metavar="DIR", type=model_folder,
+                         help="a few-step student distilled from --model (`imagpose train distill`): its rows at "
+                              "4, 2 and 1 steps beside the other settings")
     quality.add_argument("--items", type=int, default=24, help="held-out items scored per setting")
     quality.add_argument("--batch-size", type=int, default=8, help="requests per pipeline call")
     quality.add_argument("--out", default="outputs/bench/quality", help="report folder")
@@ -167,7 +170,7 @@ def run_quality(args) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else out / "work"
     data = Path(args.data) if args.data else held_out_people(model, work_dir / "heldout", training_record)
     with OutputFolder(out) as folder, Stopwatch() as watch:
-        results = run_quality_bench(model, data, sweep(args.sweep), work_dir, max_items=args.items,
+        results = run_quality_bench(model, data, sweep(args.sweep, args.student), work_dir, max_items=args.items,
                                     batch_size=args.batch_size, progress=not args.no_progress)
         names = write_quality_report(results, folder)
     print(f"bench quality: {len(results['results'])} settings on {results['items']} items in {watch.seconds:.0f} s")

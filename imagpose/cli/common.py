@@ -7,10 +7,10 @@ import argparse
 import torch
 
 from ..errors import DeviceError, InvalidArgumentError
-from ..pretrained import SHIPPED_MODEL
+from ..pretrained import SHIPPED_MODELS
 from ..runtime import RUNTIMES
 from ..samplers import SAMPLERS
-from ..sampling_config import SamplingConfig
+from ..sampling_config import SamplingConfig, merged_settings
 from .argument_types import model_folder, parse_deepcache, parse_guidance_interval, positive_gib, sampling_setting, seed
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -28,7 +28,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="DIR", default=None, type=model_folder,
                        help="pipeline folder (IMAGPosePipeline.save_pretrained / `imagpose convert` output) or the "
-                            f"name of a shipped model ({SHIPPED_MODEL}); overrides --preset")
+                            f"name of a shipped model ({', '.join(SHIPPED_MODELS)}); overrides --preset")
     group.add_argument("--preset", default=default_preset, choices=["tiny", "mid", "sd15"],
                        help="architecture preset with deterministic RANDOM weights, used when --model is not given"
                             + ("" if default_preset else " (default: the shipped trained model)"))
@@ -43,13 +43,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str | N
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a :class:`~imagpose.sampling_config.SamplingConfig` (:func:`sampling_from_args`), its defaults."""
+    """The flags of a :class:`~imagpose.sampling_config.SamplingConfig` (:func:`sampling_from_args`); a flag left
+    out keeps the model's default (the paper's; a distilled student's own few-step sampling)."""
     defaults = SamplingConfig()
-    group = parser.add_argument_group("sampling")
+    group = parser.add_argument_group("sampling (left out: the model's defaults; the paper's, or a distilled "
+                                      "student's own)")
     group.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=None,
-                       help=f"sampling steps (default: the preset's, {defaults.num_inference_steps} as in the paper)")
-    group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=defaults.guidance_scale,
-                       help="classifier-free guidance scale w (>= 0; <= 1 turns guidance off)")
+                       help=f"sampling steps (paper: {defaults.num_inference_steps}; a distilled student: 1-8)")
+    group.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=None,
+                       help=f"classifier-free guidance scale w (>= 0; <= 1 turns guidance off; paper: "
+                            f"{defaults.guidance_scale})")
     group.add_argument("--guidance-interval", type=parse_guidance_interval, default=None, metavar="START:STOP",
                        help="apply guidance only on the steps i with int(START*N) <= i < int(STOP*N), fractions "
                             "of the N steps (0 = the first, noisiest), e.g. 0.2:0.8; the other steps run the "
@@ -57,21 +60,28 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--deepcache", type=parse_deepcache, default=None, metavar="INTERVAL[:BRANCH]",
                        help="DeepCache feature reuse: the whole UNet every INTERVAL steps, only the shallow layers "
                             "around skip branch BRANCH (default 0, the shallowest) on the steps between")
-    group.add_argument("--eta", type=sampling_setting("eta", float), default=defaults.eta,
-                       help="DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference)")
-    group.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS,
-                       help="ddim (official) or a diffusers multistep solver on the same schedule (fewer steps)")
+    group.add_argument("--eta", type=sampling_setting("eta", float), default=None,
+                       help=f"DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference; default "
+                            f"{defaults.eta})")
+    group.add_argument("--sampler", default=None, choices=SAMPLERS,
+                       help=f"ddim (official), a diffusers multistep solver on the same schedule (fewer steps) or "
+                            f"lcm (a distilled student's); paper: {defaults.sampler}")
     group.add_argument("--seed", type=seed, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def sampling_from_args(args, default_steps: int | None = None) -> SamplingConfig:
-    """The :class:`~imagpose.sampling_config.SamplingConfig` of the sampling flags; without --steps,
-    ``default_steps`` (a preset's) or SamplingConfig's."""
-    steps = args.steps or default_steps
-    return SamplingConfig(guidance_scale=args.guidance, sampler=args.sampler, eta=args.eta,
-                          guidance_interval=args.guidance_interval, deepcache=args.deepcache,
-                          **({} if steps is None else {"num_inference_steps": steps}))
+def sampling_changes(args) -> dict:
+    """The :class:`~imagpose.sampling_config.SamplingConfig` fields the sampling flags give (left-out flags are
+    absent), in the form of its ``to_dict`` (what a server completes with its model's defaults)."""
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "sampler": args.sampler,
+             "eta": args.eta, "guidance_interval": args.guidance_interval, "deepcache": args.deepcache}
+    changes = SamplingConfig().replace(**{k: v for k, v in given.items() if v is not None}).to_dict()
+    return {name: changes[name] for name, value in given.items() if value is not None}
+
+
+def sampling_from_args(args, defaults: SamplingConfig | None = None) -> SamplingConfig:
+    """``defaults`` (a pipeline's ``sampling_config()``; the paper's when None) with the sampling flags given."""
+    return merged_settings(defaults or SamplingConfig(), sampling_changes(args))
 
 
 def load_pipeline(args):

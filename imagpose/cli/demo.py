@@ -29,7 +29,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..demo import run_demo
     from ..io import OutputFolder
-    from ..presets import get_preset
     from ..pretrained import SHIPPED_MODEL, shipped_model_dir, trained_tile_size
 
     shipped = args.model is None and args.preset is None
@@ -37,8 +36,9 @@ def run(args) -> int:
         args.model = str(shipped_model_dir())
     with OutputFolder(args.out) as out:  # checked before the model loads; written when the run succeeds
         # the sampling flags together (an interval that guides no step, ...) before minutes of loading and exporting
-        sampling = sampling_from_args(args, None if args.model else get_preset(args.preset).default_steps)
+        sampling_from_args(args)
         pipe = load_pipeline(args)
+        sampling = sampling_from_args(args, pipe.sampling_config())  # the model's defaults with the flags given
         pipe.set_runtime(resolve_runtime(pipe, args))
         label = (f"{SHIPPED_MODEL} (shipped, trained on generated people)" if shipped
                  else args.model or f"{args.preset} (random weights, seed {args.weights_seed})")

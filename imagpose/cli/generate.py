@@ -18,6 +18,7 @@ from .common import (
     add_sampling_arguments,
     load_pipeline,
     resolve_runtime,
+    sampling_changes,
     sampling_from_args,
 )
 
@@ -95,36 +96,43 @@ def run(args) -> int:
     from ..io import OutputFolder
 
     with OutputFolder(args.out) as out:  # checked before anything is read or loaded; written when it succeeds
-        sampling = sampling_from_args(args)  # the flags together, before any file is read
+        changes = sampling_changes(args)  # the flags together, before any file is read
         request = build_request(args)
-        result = (_served_result(args, request, sampling) if args.server
-                  else _local_result(args, request, sampling))
+        if args.server:
+            result, sampling = _served_result(args, request, changes or None), changes
+        else:
+            result, sampling = _local_result(args, request)
         files = [f"target_tile{index}.png" for index in request.target_indices]  # named here, never by a server
         for name, image in zip(files, result.targets):
             out.save_image(name, image)
         out.save_image("canvas.png", result.canvas)
         out.write_json("result.json", {"targets": files, "canvas": "canvas.png", "seed": result.seed,
-                                       "sampling": sampling.to_dict(), "grid": list(args.grid),
+                                       # served: the settings given; the server's model defaults fill the rest
+                                       "sampling": sampling if args.server else sampling.to_dict(),
+                                       "grid": list(args.grid),
                                        "model": args.server or args.model or f"{args.preset} (random)"})
     target = Path(args.out)
     print(json.dumps({"out": str(target), "targets": [str(target / f) for f in files], "seed": result.seed}))
     return 0
 
 
-def _local_result(args, request, sampling):
-    """The result of ``request`` from the model named by the model flags, run here."""
+def _local_result(args, request):
+    """(result, sampling) of ``request`` from the model named by the model flags, run here with its default
+    sampling and the sampling flags given."""
     pipe = load_pipeline(args)
+    sampling = sampling_from_args(args, pipe.sampling_config())
     runtime = resolve_runtime(pipe, args, tuple(args.grid))
-    return pipe(request, sampling=sampling, progress=not args.no_progress, runtime=runtime).results[0]
+    return pipe(request, sampling=sampling, progress=not args.no_progress, runtime=runtime).results[0], sampling
 
 
-def _served_result(args, request, sampling):
-    """The result of ``request`` from the server at ``--server``, with the same seed and sampling settings."""
+def _served_result(args, request, settings: dict | None):
+    """The result of ``request`` from the server at ``--server``, with the same seed and the sampling settings
+    given (the server's model defaults for the rest)."""
     from ..serving.connect import connect
     from ..serving.wire import WireFormatError
 
     with connect(args.server, kind=args.server_kind, timeout=args.server_timeout) as client:
-        result = client.generate([request], sampling)[0]
+        result = client.generate([request], settings)[0]
     if list(result.target_indices) != list(request.target_indices) or len(result.targets) != len(
             request.target_indices):
         raise WireFormatError(f"The server at {args.server} answered tiles {result.target_indices!r} "

@@ -3,6 +3,7 @@
   imagpose train make-data --out data/ --identities 200 --seed 0
   imagpose train vae --data data/ --out runs/vae
   imagpose train run --config tiny --data data/ --out runs/tiny            # stage1 -> stage2 -> end2end
+  imagpose train distill --teacher runs/tiny/pipeline --data data/ --out runs/student     # few-step student
   imagpose train eval --model runs/tiny/pipeline --data heldout/ --out eval/
   imagpose train all --out runs/tiny_all                                     # every step above, one command
 
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 
-from . import train_all, train_data, train_eval, train_run, train_vae
+from . import train_all, train_data, train_distill, train_eval, train_run, train_vae
 
 NAME = "train"
-HELP = "train IMAGPose (synthetic data, tiny VAE, three stages, evaluation)"
-COMMANDS = (train_data, train_vae, train_run, train_eval, train_all)
+HELP = "train IMAGPose (synthetic data, tiny VAE, three stages, distillation, evaluation)"
+COMMANDS = (train_data, train_vae, train_run, train_distill, train_eval, train_all)
 
 
 def add_arguments(parser) -> None:

@@ -26,11 +26,15 @@ def add_arguments(parser) -> None:
                         help="folder for summary.json, scores.csv, figure.png and strips/ (created if missing; "
                              "files are added beside its contents once the evaluation succeeds); without it nothing "
                              "is written")
-    parser.add_argument("--steps", type=sampling_setting("num_inference_steps", int),
-                        default=SamplingConfig.num_inference_steps, help="DDIM steps")
-    parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float),
-                        default=SamplingConfig.guidance_scale,
-                        help="classifier-free guidance scale w (<= 1 turns guidance off)")
+    parser.add_argument("--steps", type=sampling_setting("num_inference_steps", int), default=None,
+                        help=f"sampling steps (default: the model's; the paper's DDIM "
+                             f"{SamplingConfig.num_inference_steps})")
+    parser.add_argument("--guidance", type=sampling_setting("guidance_scale", float), default=None,
+                        help=f"classifier-free guidance scale w (<= 1 turns guidance off; default: the model's, the "
+                             f"paper's {SamplingConfig.guidance_scale})")
+    parser.add_argument("--student", default=None, metavar="DIR", type=model_folder,
+                        help="a few-step student distilled from --model (`imagpose train distill`): also scored at 4, "
+                             "2 and 1 steps, timed beside the model, and drawn beside it in figure.png")
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the pair choice; item i is generated with noise seed seed + i")
     parser.add_argument("--max-items", type=integer(1), default=None, metavar="N",
@@ -57,11 +61,15 @@ def run(args) -> int:
     device = check_device(args.device)
     evaluation = evaluate(args.model, args.data, args.out, steps=args.steps, guidance_scale=args.guidance,
                           seed=args.seed, pairs_per_identity=args.pairs_per_identity, max_items=args.max_items,
-                          zero_dino=args.zero_dino, threshold=args.threshold, kernel=args.kernel, device=device,
+                          zero_dino=args.zero_dino, student=args.student, threshold=args.threshold, kernel=args.kernel, device=device,
                           batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"imagpose train eval: {args.model} on {Path(args.data) / 'test.json'}, {args.steps} steps, guidance "
-          f"{args.guidance}")
+    settings = evaluation.summary["settings"]
+    print(f"imagpose train eval: {args.model} on {Path(args.data) / 'test.json'}, {settings['steps']} steps, "
+          f"guidance {settings['guidance_scale']}")
     print(evaluation.table())
+    for name, row in (evaluation.summary.get("students") or {}).items():
+        print(f"{name}: {row['speedup']:.2f}x faster per image than the model; SSIM drop {row['drop']['ssim']:+.4f}, "
+              f"pose IoU drop {row['drop']['pose_iou']:+.4f} (positive = worse)")
     if args.out is not None:
         print(f"summary.json, scores.csv, figure.png and strips/ -> {args.out}")
     return 0

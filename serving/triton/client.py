@@ -71,7 +71,7 @@ class TritonClient:
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: PoseRequest | list[PoseRequest],
-                 sampling: SamplingConfig | None = None) -> list[GenerationResult]:
+                 sampling: SamplingConfig | dict | None = None) -> list[GenerationResult]:
         """The results of ``requests`` (PIL images), in order; all are sent before the first answer is awaited."""
         requests = [requests] if isinstance(requests, PoseRequest) else list(requests)
         payloads = [json.dumps(request_to_json(request, sampling)).encode() for request in requests]

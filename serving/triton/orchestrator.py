@@ -59,7 +59,7 @@ class Orchestrator:
         groups: dict[SamplingConfig, list[tuple[int, int]]] = {}
         for index, items in parsed.items():
             for row, item in enumerate(items):
-                groups.setdefault(item.sampling, []).append((index, row))
+                groups.setdefault(item[1], []).append((index, row))
         answers = {}
         for sampling, members in groups.items():
             outcomes = self.generate([parsed[i][row] for i, row in members], sampling)
@@ -81,12 +81,13 @@ class Orchestrator:
         return pb.InferenceResponse(output_tensors=[pb.Tensor(RESULT_OUTPUT, data)])
 
     # ------------------------------------------------------------------ requests
-    def parse(self, data: bytes):
-        """A wire request, checked against what this repository serves before anything runs."""
+    def parse(self, data: bytes) -> tuple:
+        """(request, sampling) of a wire request, checked against what this repository serves before anything
+        runs; settings the request leaves out take the served pipeline's defaults."""
         wire = request_from_json(data)
-        wire.sampling.check_pipeline(self.pipe)
-        if wire.sampling.deepcache is not None:
-            check_deepcache_runtime(self.runtime, wire.sampling.deepcache.branch)
+        sampling = wire.sampling(self.pipe)
+        if sampling.deepcache is not None:
+            check_deepcache_runtime(self.runtime, sampling.deepcache.branch)
         request = wire.request
         if tuple(request.grid) != self.grid:
             raise InvalidArgumentError(f"This server's UNet bakes in the {self.grid[0]}x{self.grid[1]} grid; the "
@@ -101,7 +102,7 @@ class Orchestrator:
                     f"This server's networks take static shapes: tiles of {tiles} (padded to multiples of "
                     f"{self.pipe.pad_multiple}); the request's tiles are {layout.tile_height}x{layout.tile_width}. "
                     "Send tile_size accordingly, or serve engines built with `imagpose export trt --dynamic`.")
-        return wire
+        return request, sampling
 
     def generate(self, items: list, sampling: SamplingConfig) -> list:
         """Results (wire JSON bytes) or exceptions, one per item, through the batching core: calls as large as the
@@ -111,7 +112,7 @@ class Orchestrator:
         size = len(items) if rows is None else rows[1] // per_request
         if size < 1:
             return [InvalidArgumentError(self.runtime.rows_message(per_request))] * len(items)
-        outcomes = run_isolated(self.pipe, [item.request for item in items], sampling, max_batch=size,
+        outcomes = run_isolated(self.pipe, [request for request, _ in items], sampling, max_batch=size,
                                 runtime=self.runtime)
         return [self._outcome(outcome) for outcome in outcomes]
 

@@ -30,11 +30,18 @@ class ConfigOnlyPipeline(IMAGPosePipeline):
 
 
 def write_pipeline_configs(pipe: IMAGPosePipeline, folder: Path) -> None:
-    """``model_index.json`` and every component's config (the layout of ``save_pretrained``, without weights)."""
+    """``model_index.json``, every component's config (the layout of ``save_pretrained``, without weights) and the
+    pipeline's sampling defaults (``sampling.json``, a distilled student's)."""
+    from imagpose.io import write_json
+    from imagpose.sampling_config import SAMPLING_FILE, SamplingConfig
+
     pipe.save_config(folder)
     for name in ("unet", "vae", "flc_tokenizer", "pose_guider", "scheduler"):
         getattr(pipe, name).save_config(folder / name)
     pipe.image_encoder.config.save_pretrained(folder / "image_encoder")
+    if pipe.default_sampling != SamplingConfig() or pipe.distillation is not None:
+        write_json(folder / SAMPLING_FILE, {"defaults": pipe.default_sampling.to_dict(),
+                                            "distillation": pipe.distillation})
 
 
 def load_config_only_pipeline(folder: str | Path) -> ConfigOnlyPipeline:
@@ -43,7 +50,8 @@ def load_config_only_pipeline(folder: str | Path) -> ConfigOnlyPipeline:
 
     from imagpose.autoencoders import autoencoder_class, folder_class_name
     from imagpose.models import FLCTokenizer, IMAGPoseImageEncoder, IMAGPoseUNet, PoseGuider
-    from imagpose.schedulers import IMAGPoseDDIMScheduler
+    from imagpose.samplers import load_scheduler
+    from imagpose.sampling_config import read_sampling_file
 
     folder = Path(folder)
     fix = "rebuild the repository with `imagpose export triton`"
@@ -60,5 +68,7 @@ def load_config_only_pipeline(folder: str | Path) -> ConfigOnlyPipeline:
     except (OSError, TypeError, ValueError) as exc:  # the loaders' reports of configs they cannot use
         raise InputFileError(f"The pipeline configs in {folder} cannot be used ({exc}); {fix}.") from exc
     # the scheduler's tables are read by the sampler on the CPU: built outside the meta context
-    scheduler = IMAGPoseDDIMScheduler.from_pretrained(folder / "scheduler")
-    return ConfigOnlyPipeline(scheduler=scheduler, **modules)
+    scheduler = load_scheduler(folder / "scheduler")
+    pipe = ConfigOnlyPipeline(scheduler=scheduler, **modules)
+    pipe.default_sampling, pipe.distillation = read_sampling_file(folder)
+    return pipe

@@ -37,7 +37,11 @@ def test_every_sampler_runs_the_models_schedule(tiny_pipe, name):
     ddim = make_sampler("ddim", tiny_pipe.scheduler.config)
     ddim.set_timesteps(8)
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
-    assert torch.equal(scheduler.timesteps.long(), ddim.timesteps.long())  # trailing: 999, 874, ...
+    if name == "lcm":  # a student's steps: from 999 down, among the 50 solver steps it was distilled on (k = 20)
+        steps = scheduler.timesteps.long().tolist()
+        assert steps[0] == 999 and steps == sorted(set(steps), reverse=True) and all((t + 1) % 20 == 0 for t in steps)
+    else:
+        assert torch.equal(scheduler.timesteps.long(), ddim.timesteps.long())  # trailing: 999, 874, ...
     assert torch.allclose(scheduler.alphas_cumprod[:-1], ddim.alphas_cumprod[:-1])
 
 
@@ -76,7 +80,7 @@ def test_multistep_solvers_get_closer_to_a_long_ddim_run_in_8_steps():
 
     reference = target(50, "ddim")
     ssim = {name: float(structural_similarity_index_measure(target(8, name), reference, data_range=1.0))
-            for name in SAMPLERS}
+            for name in ("ddim", "dpmsolver++", "unipc")}
     assert ssim["dpmsolver++"] > ssim["ddim"] and ssim["unipc"] > ssim["ddim"], ssim
 
 

@@ -118,6 +118,27 @@ def test_ort_matches_torch_per_component_and_end_to_end(tiny_pipe, tiny_onnx, sa
     assert e2e.ssim >= FP32_MIN_SSIM
 
 
+def test_a_few_step_student_samples_on_ort_as_on_torch(tiny_pipe, tiny_onnx, samples):
+    """A distilled student keeps the UNet's contract: its lcm sampling (one unguided UNet batch per step, fresh noise
+    between steps) through the exported networks matches PyTorch as the teacher's does."""
+    import copy
+
+    from diffusers import LCMScheduler
+
+    from imagpose.sampling_config import SamplingConfig
+
+    out, _ = tiny_onnx
+    student = copy.copy(tiny_pipe)  # the same weights, so the export is its own; a student differs only in them
+    student.scheduler = LCMScheduler.from_config(tiny_pipe.scheduler.config)
+    student.default_sampling = SamplingConfig(num_inference_steps=4, guidance_scale=1.0, sampler="lcm")
+    backend = OnnxRuntimeBackend.for_pipeline(student, out)
+    image, pose = samples("person_red_front")
+    requests = [scenarios.t2(image, pose, samples("person_red_walking")[1], tile_size=(64, 64), seed=0)]
+    for steps in (1, 4):
+        e2e = end_to_end_parity(student, "onnxruntime", backend, requests, steps=steps)
+        assert e2e.ssim >= FP32_MIN_SSIM and e2e.latents_max_abs < 1e-3, (steps, e2e)
+
+
 def test_ort_backend_bad_inputs(tiny_pipe, tiny_onnx, tmp_path):
     out, _ = tiny_onnx
     with pytest.raises(ExportError, match="no manifest.json"):

@@ -226,3 +226,24 @@ def test_the_orchestrator_pipeline_is_built_with_the_autoencoder_class_of_the_mo
     pipe = load_config_only_pipeline(tmp_path / "configs")
     assert type(pipe.vae).__name__ == vae_class and pipe.vae_scale_factor == 8
     assert next(pipe.vae.parameters()).device.type == "meta"
+
+
+def test_the_orchestrator_samples_a_distilled_student_with_its_own_defaults(tmp_path):
+    """A few-step student's repository carries its LCM scheduler and sampling.json: a request without settings gets
+    the student's 4 unguided lcm steps, one UNet row per request."""
+    from diffusers import LCMScheduler
+
+    from imagpose.pipeline import IMAGPosePipeline
+    from imagpose.presets import build_components
+    from imagpose.sampling_config import SamplingConfig
+    from imagpose.serving.triton.pipeline_configs import load_config_only_pipeline, write_pipeline_configs
+
+    components = build_components("tiny")
+    components["scheduler"] = LCMScheduler.from_config(components["scheduler"].config)
+    student = IMAGPosePipeline(**components)
+    student.default_sampling = SamplingConfig(num_inference_steps=4, guidance_scale=1.0, sampler="lcm")
+    student.distillation = {"student_steps": 4}
+    write_pipeline_configs(student, tmp_path / "configs")
+    pipe = load_config_only_pipeline(tmp_path / "configs")
+    assert pipe.sampler == "lcm" and pipe.distillation == {"student_steps": 4}
+    assert pipe.sampling_config() == student.default_sampling

@@ -2,6 +2,7 @@
 bit for bit, and every malformed field is a WireFormatError that names it."""
 
 import base64
+import copy
 import json
 
 import pytest
@@ -35,8 +36,8 @@ def test_a_request_round_trips_to_the_same_canvas(tiny_pipe):
     sampling = SamplingConfig(4, 1.5, "unipc", guidance_interval=(0.0, 0.5))
     wire = json.loads(json.dumps(request_to_json(request, sampling)))
     parsed = request_from_json(wire)
-    assert parsed.sampling == sampling
-    assert parsed.sampling.guidance_interval == (0.0, 0.5)
+    assert parsed.sampling(tiny_pipe) == sampling
+    assert parsed.sampling(tiny_pipe).guidance_interval == (0.0, 0.5)
     assert (parsed.request.grid, parsed.request.tile_size, parsed.request.seed, parsed.request.name) == (
         (2, 2), (64, 64), 3, "a")
     ours, theirs = tiny_pipe.build_canvas(request), tiny_pipe.build_canvas(parsed.request)
@@ -69,7 +70,7 @@ def test_a_result_round_trips_bit_for_bit(tiny_pipe):
     (lambda d: d["settings"].update(guidance_scale=1.0, guidance_interval=[0.0, 0.5]), "turns off"),
 ])
 def test_malformed_requests_name_the_field(edit, words):
-    data = request_to_json(t2_request())
+    data = request_to_json(t2_request(), SamplingConfig())
     edit(data)
     with pytest.raises(WireFormatError, match=None) as info:
         request_from_json(json.dumps(data))
@@ -97,6 +98,18 @@ def test_a_request_over_the_size_limit_is_refused_before_parsing():
         request_from_json(b" " * (MAX_REQUEST_BYTES + 1))
 
 
+def test_settings_left_out_take_the_serving_models_defaults(tiny_pipe):
+    student = copy.copy(tiny_pipe)
+    student.default_sampling = SamplingConfig(num_inference_steps=4, guidance_scale=1.0)
+    assert request_to_json(t2_request())["settings"] is None
+    assert request_from_json(request_to_json(t2_request())).sampling(student) == student.default_sampling
+    partial = request_from_json(request_to_json(t2_request(), {"num_inference_steps": 2}))
+    assert partial.sampling(student) == SamplingConfig(num_inference_steps=2, guidance_scale=1.0)
+    assert partial.sampling(tiny_pipe) == SamplingConfig(num_inference_steps=2)
+    with pytest.raises(WireFormatError, match="unknown keys"):
+        request_to_json(t2_request(), {"steps": 2})
+
+
 @pytest.mark.parametrize("parse", [request_from_json, result_from_json])
 def test_deeply_nested_json_is_a_wire_error(parse):
     for body in ("[" * 100_000, '{"views": ' * 100_000):
@@ -104,11 +117,11 @@ def test_deeply_nested_json_is_a_wire_error(parse):
             parse(body.encode())
 
 
-def test_a_request_carries_eta_and_deepcache():
+def test_a_request_carries_eta_and_deepcache(tiny_pipe):
     sampling = SamplingConfig(6, sampler="ddim", eta=0.5, deepcache=DeepCacheConfig(3, 1))
     wire = json.loads(json.dumps(request_to_json(t2_request(), sampling)))
     assert wire["settings"]["deepcache"] == {"interval": 3, "branch": 1} and wire["settings"]["eta"] == 0.5
-    assert request_from_json(wire).sampling == sampling
+    assert request_from_json(wire).sampling(tiny_pipe) == sampling
     wire["settings"]["deepcache"] = {"interval": 0}
     with pytest.raises(WireFormatError, match="settings: deepcache_interval must be an integer >= 1, got 0"):
         request_from_json(wire)

@@ -73,7 +73,7 @@ def test_summary_has_every_measure_of_the_model_and_both_baselines(evaluated):
     evaluation, out = evaluated
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"model", "untrained", "copy_source", "std", "model_beats_copy_source",
-                            "segmentation_check", "counts", "settings"}
+                            "segmentation_check", "counts", "settings", "seconds_per_image"}
     for name in ("model", "untrained", "copy_source"):  # the mean of every measure, under the generator's name
         assert list(summary[name]) == list(MEASURES) and list(summary["std"][name]) == list(MEASURES)
     assert summary["counts"] == {"items": 2, "identities": 1}
