@@ -31,6 +31,15 @@ def shipped_model_dir(name: str = SHIPPED_MODEL) -> Path:
     return folder
 
 
+def shown_name(model_dir: str | Path) -> str:
+    """How reports name a model folder: a shipped model by its name (not this install's path), others as given."""
+    for name in SHIPPED_MODELS:
+        folder = Path(str(resources.files("imagpose.assets") / "models" / name))
+        if Path(model_dir).resolve() == folder.resolve():
+            return name
+    return str(model_dir)
+
+
 def training_record(model_dir: str | Path) -> dict | None:
     """The ``training.json`` a trained pipeline folder carries, or None."""
     path = Path(model_dir) / TRAINING_RECORD

@@ -64,7 +64,8 @@ def add_arguments(parser) -> None:
     quality.add_argument("--sweep", default="full", choices=["full", "quick"], help="which settings to run")
     quality.add_argument("--student", default=None, metavar="DIR", type=model_folder,
                          help="a few-step student distilled from --model (`imagpose train distill`): its rows at "
-                              "4, 2 and 1 steps beside the other settings")
+                              "4, 2 and 1 steps beside the other settings (default: without --model, the shipped "
+                              "student of the shipped model)")
     quality.add_argument("--items", type=int, default=24, help="held-out items scored per setting")
     quality.add_argument("--batch-size", type=int, default=8, help="requests per pipeline call")
     quality.add_argument("--out", default="outputs/bench/quality", help="report folder")
@@ -160,18 +161,26 @@ def run_quality(args) -> int:
     from ..bench.quality_report import write_quality_report
     from ..errors import InvalidArgumentError
     from ..io import OutputFolder
-    from ..pretrained import shipped_model_dir, training_record
+    from ..pretrained import SHIPPED_STUDENT, shipped_model_dir, shown_name, training_record
     from ..timing import Stopwatch
 
     if args.items < 1 or args.batch_size < 1:
         raise InvalidArgumentError(f"--items and --batch-size must be >= 1, got {args.items} and {args.batch_size}.")
     model = Path(args.model) if args.model else shipped_model_dir()
+    student = args.student or (None if args.model else shipped_model_dir(SHIPPED_STUDENT))
     out = Path(args.out)
     work_dir = Path(args.work_dir) if args.work_dir else out / "work"
     data = Path(args.data) if args.data else held_out_people(model, work_dir / "heldout", training_record)
     with OutputFolder(out) as folder, Stopwatch() as watch:
-        results = run_quality_bench(model, data, sweep(args.sweep, args.student), work_dir, max_items=args.items,
+        results = run_quality_bench(model, data, sweep(args.sweep, student), work_dir, max_items=args.items,
                                     batch_size=args.batch_size, progress=not args.no_progress)
+        results["model"] = shown_name(model)  # reports travel: shipped models by name, not this install's path
+        for row in results["results"]:
+            if row["setting"]["model"]:
+                row["setting"]["model"] = shown_name(row["setting"]["model"])
+        if not args.data:
+            held_out = training_record(model)["held_out"]
+            results["data"] = f"heldout ({held_out['identities']} identities, seed {held_out['seed']})"
         names = write_quality_report(results, folder)
     print(f"bench quality: {len(results['results'])} settings on {results['items']} items in {watch.seconds:.0f} s")
     print((out / "report.md").read_text().split("\n## Best")[0].split("\n\n", 2)[-1])

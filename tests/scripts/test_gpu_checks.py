@@ -201,11 +201,11 @@ def test_skip_leaves_sections_out_and_only_still_selects(monkeypatch):
 
 
 def test_the_train_section_uses_the_sd15_presets_batch_sizes(monkeypatch):
-    from imagpose.train.config import load_config
+    from imagpose.train.config import STAGES, load_config
 
     (gpu_sections,) = load_scripts(monkeypatch, "gpu_sections")
     sd15 = load_config("sd15")
-    assert gpu_sections.TRAIN_BATCH_SIZES == {name: stage.batch_size for name, stage in sd15.stages.items()}
+    assert gpu_sections.TRAIN_BATCH_SIZES == {name: sd15.stages[name].batch_size for name in STAGES}
     plan = gpu_sections.gpu_plan(512)
     assert plan.preset == sd15.model and plan.train_autocast == "bfloat16" and plan.tile == 512
 
