@@ -173,8 +173,8 @@ class SettingResult:
 def _generate(pipes: dict, items: list[EvalItem], data_root: Path, setting: QualitySetting, runtimes: dict,
               batch_size: int) -> tuple[list[torch.Tensor], float]:
     start = time.perf_counter()
-    tiles = generate(pipes[setting.model], items, data_root, setting.sampling, seed=0, runtime=runtimes.get(setting.unet),
-                     batch_size=batch_size)
+    tiles = generate(pipes[setting.model], items, data_root, setting.sampling, seed=0,
+                     runtime=runtimes.get(setting.unet), batch_size=batch_size)
     return tiles, time.perf_counter() - start
 
 

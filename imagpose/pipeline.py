@@ -9,7 +9,8 @@
 
 Defaults follow the paper (:class:`~imagpose.sampling_config.SamplingConfig`): DDIM, 20 steps, guidance 2.0 (the
 official script uses 30 steps); a distilled few-step student (``imagpose train distill``) records its own in its
-folder (``sampling.json``: the lcm sampler, 4 steps, no guidance), and calls that give none use them. Assigning a supported diffusers scheduler selects its sampler, as in diffusers:
+folder (``sampling.json``: the lcm sampler, 4 steps, no guidance), and calls that give none use them. Assigning a
+supported diffusers scheduler selects its sampler, as in diffusers:
 ``pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)``.
 Several requests in one call are batched (requests with the same canvas geometry share UNet calls).
 """
@@ -210,7 +211,6 @@ class IMAGPosePipeline(DiffusionPipeline):
         """diffusers ``save_pretrained`` into ``save_directory``, beside what is already there: staged inside it
         and moved into place file by file at the end (see :class:`imagpose.io.OutputFolder`)."""
         from .io import OutputFolder
-
         from .sampling_config import SAMPLING_FILE
 
         with OutputFolder(save_directory) as out:

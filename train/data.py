@@ -359,3 +359,14 @@ class StepBatches(torch.utils.data.Sampler):
             for micro in range(self.accumulation):
                 first = step * self.global_batch + (micro * self.num_processes + self.process_index) * self.batch_size
                 yield list(range(first, first + self.batch_size))
+
+
+def process_batches(dataset, start_step: int, settings, process_index: int, num_processes: int,
+                    num_workers: int = 0) -> tuple[slice, int, torch.utils.data.DataLoader]:
+    """(this process's rows of every global batch, the global batch size, a DataLoader over this process's
+    micro-batches from ``start_step`` on) for a task of the training loop (``settings``: its StageConfig)."""
+    rows = slice(process_index * settings.batch_size, (process_index + 1) * settings.batch_size)
+    sampler = StepBatches(start_step, settings.steps, settings.batch_size, process_index, num_processes,
+                          settings.gradient_accumulation_steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    return rows, settings.batch_size * num_processes, loader

@@ -39,7 +39,7 @@ from imagpose.errors import InvalidArgumentError
 from imagpose.io import OutputFolder
 
 from .config import DISTILL_STAGE, TrainConfig
-from .data import StepBatches, TrainingDataset, check_dataset, collate, seeded_generator
+from .data import TrainingDataset, check_dataset, process_batches, seeded_generator
 from .loop import TrainingResult, train
 from .objective import NUM_ENCODED, encode_canvases
 from .stage_training import run_settings
@@ -152,12 +152,9 @@ class DistillationTask:
         self.requests = validation_requests(self.data, config) if self.main and config.validation.num_requests else []
 
     def batches(self, start_step: int, settings, process_index: int, num_processes: int):
-        self.rows = slice(process_index * settings.batch_size, (process_index + 1) * settings.batch_size)
-        self.global_rows = settings.batch_size * num_processes
-        sampler = StepBatches(start_step, settings.steps, settings.batch_size, process_index, num_processes,
-                              settings.gradient_accumulation_steps)
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                           num_workers=self.config.data.num_workers)
+        self.rows, self.global_rows, loader = process_batches(self.dataset, start_step, settings, process_index,
+                                                              num_processes, self.config.data.num_workers)
+        return loader
 
     def loss(self, model, batch: dict, step: int, micro: int, accelerator) -> tuple[torch.Tensor, int]:
         method = self.method

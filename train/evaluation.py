@@ -354,8 +354,9 @@ def evaluate(model_dir: str | Path, data_root: str | Path, out: str | Path | Non
              steps: int | None = None, guidance_scale: float | None = None,
              seed: int = 0, pairs_per_identity: int = 1, max_items: int | None = None,
              zero_dino: bool = False, student: str | Path | None = None,
-             student_steps: tuple[int, ...] = STUDENT_STEPS, threshold: float = DEFAULT_THRESHOLD, kernel: int = DEFAULT_KERNEL,
-             device: str | torch.device = "cpu", batch_size: int = 8, progress: bool = False) -> Evaluation:
+             student_steps: tuple[int, ...] = STUDENT_STEPS, threshold: float = DEFAULT_THRESHOLD,
+             kernel: int = DEFAULT_KERNEL, device: str | torch.device = "cpu", batch_size: int = 8,
+             progress: bool = False) -> Evaluation:
     """Score ``model_dir`` (a pipeline folder) on the test split of ``data_root`` (see the module docstring).
 
     ``out``: a folder that receives summary.json, scores.csv (every item and generator), strips/<item>.png

@@ -24,7 +24,7 @@ from imagpose.io import OutputFolder
 from imagpose.presets import get_preset
 
 from .config import STAGES, StageConfig, TrainConfig
-from .data import StepBatches, TrainingDataset, check_dataset, collate, seeded_generator
+from .data import TrainingDataset, check_dataset, process_batches, seeded_generator
 from .loop import RunSettings, TrainingResult, train, weight_dtype
 from .objective import STAGE_DROPOUT, draw_objective, training_loss, training_scheduler
 from .stages import build_stage, check_stage
@@ -81,12 +81,9 @@ class StageTask:
         return GridLayout(*dataset.grid, *dataset.tile_size, dataset.pad_multiple, 8).canvas_size
 
     def batches(self, start_step: int, settings: StageConfig, process_index: int, num_processes: int):
-        self.rows = slice(process_index * settings.batch_size, (process_index + 1) * settings.batch_size)
-        self.global_rows = settings.batch_size * num_processes
-        sampler = StepBatches(start_step, settings.steps, settings.batch_size, process_index, num_processes,
-                              settings.gradient_accumulation_steps)
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                           num_workers=self.config.data.num_workers)
+        self.rows, self.global_rows, loader = process_batches(self.dataset, start_step, settings, process_index,
+                                                              num_processes, self.config.data.num_workers)
+        return loader
 
     def loss(self, model, batch: dict, step: int, micro: int, accelerator) -> tuple[torch.Tensor, int]:
         config = self.config

@@ -61,8 +61,8 @@ def run(args) -> int:
     device = check_device(args.device)
     evaluation = evaluate(args.model, args.data, args.out, steps=args.steps, guidance_scale=args.guidance,
                           seed=args.seed, pairs_per_identity=args.pairs_per_identity, max_items=args.max_items,
-                          zero_dino=args.zero_dino, student=args.student, threshold=args.threshold, kernel=args.kernel, device=device,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          zero_dino=args.zero_dino, student=args.student, threshold=args.threshold,
+                          kernel=args.kernel, device=device, batch_size=args.batch_size, progress=not args.no_progress)
     settings = evaluation.summary["settings"]
     print(f"imagpose train eval: {args.model} on {Path(args.data) / 'test.json'}, {settings['steps']} steps, "
           f"guidance {settings['guidance_scale']}")

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from imagpose import scenarios
-from imagpose.sdk import IMAGPoseGenerator
 from imagpose.cli import main
 from imagpose.errors import InvalidArgumentError
 from imagpose.pipeline import IMAGPosePipeline
 from imagpose.presets import build_pipeline
 from imagpose.sampling_config import SamplingConfig
+from imagpose.sdk import IMAGPoseGenerator
 from imagpose.train.config import load_config
 from imagpose.train.distillation import DistillationTask, run_distillation, solver_timesteps
 
