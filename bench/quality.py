@@ -81,11 +81,15 @@ STUDENT_STEPS = (4, 2, 1)
 
 def student_settings(student: str | Path) -> list[QualitySetting]:
     """The rows of a distilled few-step student (``imagpose train distill``) of the bench's model: its own sampler
-    at each of :data:`STUDENT_STEPS`, one UNet batch per step."""
+    at each of :data:`STUDENT_STEPS`, one UNet batch per step, and the bench's model sampled the same way."""
     pipe_defaults, _ = read_sampling_file(student)
-    return [QualitySetting(f"student {pipe_defaults.sampler} {steps}",
+    rows = [QualitySetting(f"student {pipe_defaults.sampler} {steps}",
                            pipe_defaults.replace(num_inference_steps=steps), model=str(student))
             for steps in STUDENT_STEPS]
+    # the control: the undistilled model with the student's sampling, so the rows show what distillation adds
+    control = QualitySetting(f"undistilled {pipe_defaults.sampler} {STUDENT_STEPS[0]}",
+                             pipe_defaults.replace(num_inference_steps=STUDENT_STEPS[0]))
+    return [*rows, control]
 
 
 def sweep(kind: str = "full", student: str | Path | None = None) -> list[QualitySetting]:

@@ -17,6 +17,7 @@ Several requests in one call are batched (requests with the same canvas geometry
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 from collections.abc import Callable
@@ -209,12 +210,18 @@ class IMAGPosePipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers ``save_pretrained`` into ``save_directory``, beside what is already there: staged inside it
-        and moved into place file by file at the end (see :class:`imagpose.io.OutputFolder`)."""
+        and moved into place file by file at the end (see :class:`imagpose.io.OutputFolder`). The components'
+        ``_name_or_path`` (the folder they were loaded from) is left out, and non-default sampling is recorded in
+        ``sampling.json``."""
         from .io import OutputFolder
         from .sampling_config import SAMPLING_FILE
 
         with OutputFolder(save_directory) as out:
             super().save_pretrained(out.path(), **kwargs)
+            for config in out.path().glob("*/config.json"):  # the folder a component was loaded from: this
+                data = json.loads(config.read_text(encoding="utf-8"))  # machine's path, meaningless where it travels
+                if data.pop("_name_or_path", None) is not None:
+                    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             if self.default_sampling != SamplingConfig() or self.distillation is not None:
                 out.write_json(SAMPLING_FILE, {"defaults": self.default_sampling.to_dict(),
                                                "distillation": self.distillation})

@@ -82,6 +82,8 @@ def test_the_student_folder_records_its_few_step_sampling(student):
     assert pipe.distillation["ddim_timesteps"] == 50 and pipe.distillation["teacher_guidance"] == 2.0
     assert pipe.scheduler.config.original_inference_steps == 50
     assert (student / "validation" / "step-000002.png").is_file()
+    configs = "".join(path.read_text() for path in (student / "pipeline").rglob("*.json"))
+    assert "_name_or_path" not in configs  # the teacher's folder on this machine does not travel with the student
     with IMAGPoseGenerator(pipe) as generator:  # the SDK
         assert generator.sampling == pipe.default_sampling
     with pytest.raises(InvalidArgumentError, match="lcm sampler takes at most 50 steps"):
@@ -158,12 +160,12 @@ def test_the_quality_bench_puts_the_student_beside_the_teacher(student, teacher,
 
     make_dataset(tmp_path / "heldout", 2, seed=1000, size=(64, 48), test_fraction=0.999)
     settings = [DEFAULT, *student_settings(student / "pipeline")]
-    assert [s.name for s in settings[1:]] == ["student lcm 4", "student lcm 2", "student lcm 1"]
+    assert [s.name for s in settings[1:]] == ["student lcm 4", "student lcm 2", "student lcm 1", "undistilled lcm 4"]
     results = run_quality_bench(teacher, tmp_path / "heldout", settings, tmp_path / "work", max_items=1,
                                 batch_size=1, progress=False, flop_preset="tiny")
     ratios = [row["flop_ratio"] for row in results["results"]]
     # 40 UNet batch-rows of the default against 4, 2 and 1 (the encoders and the decode are the same work)
-    assert ratios[0] == 1.0 and 5.0 < ratios[1] < ratios[2] < ratios[3]
+    assert ratios[0] == 1.0 and 5.0 < ratios[1] < ratios[2] < ratios[3] and ratios[4] == ratios[1]
     assert results["results"][1]["setting"]["model"] == str(student / "pipeline")
 
 
