@@ -154,19 +154,17 @@ def test_a_student_is_not_distilled_again(student, people_dataset, tmp_path):
         DistillationTask(load_config("tiny", TOY), student / "pipeline", people_dataset)
 
 
-def test_the_quality_bench_puts_the_student_beside_the_teacher(student, teacher, tmp_path):
-    from imagpose.bench.quality import DEFAULT, run_quality_bench, student_settings
-    from imagpose.synthetic.dataset import make_dataset
+def test_the_quality_bench_puts_the_student_beside_the_teacher(student):
+    from imagpose.bench.quality import DEFAULT, full_size_flops, student_settings, sweep
 
-    make_dataset(tmp_path / "heldout", 2, seed=1000, size=(64, 48), test_fraction=0.999)
-    settings = [DEFAULT, *student_settings(student / "pipeline")]
-    assert [s.name for s in settings[1:]] == ["student lcm 4", "student lcm 2", "student lcm 1", "undistilled lcm 4"]
-    results = run_quality_bench(teacher, tmp_path / "heldout", settings, tmp_path / "work", max_items=1,
-                                batch_size=1, progress=False, flop_preset="tiny")
-    ratios = [row["flop_ratio"] for row in results["results"]]
-    # 40 UNet batch-rows of the default against 4, 2 and 1 (the encoders and the decode are the same work)
-    assert ratios[0] == 1.0 and 5.0 < ratios[1] < ratios[2] < ratios[3] and ratios[4] == ratios[1]
-    assert results["results"][1]["setting"]["model"] == str(student / "pipeline")
+    settings = student_settings(student / "pipeline")
+    assert [s.name for s in settings] == ["student lcm 4", "student lcm 2", "student lcm 1", "undistilled lcm 4"]
+    assert settings[0].model == str(student / "pipeline") and settings[-1].model is None  # the control: the teacher
+    assert sweep("quick", student / "pipeline")[-4:] == settings
+    # the whole call at the tiny architecture: 40 UNet batch-rows of the default against the student's 4 (the encoders
+    # and the decode are the same work)
+    default, four = (full_size_flops(s, "tiny") for s in (DEFAULT, settings[0]))
+    assert default > 5 * four > 0
 
 
 def test_eval_scores_and_times_the_student_beside_its_teacher(student, teacher, tmp_path):

@@ -53,34 +53,30 @@ def test_stopping_and_resuming_gives_the_uninterrupted_run(people_dataset, tmp_p
     assert (part / "loss.png").is_file() and (part / "data_check.txt").read_text().startswith(str(people_dataset))
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
+NEEDS_ACCELERATE_CLI = pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate CLI not installed")
+COMMON = ["train", "run", "--stage", "stage1", "--no-progress",
+          *sum((["--set", item] for item in QUICK[:1] + QUICK[3:]), [])]
+CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def two_processes(data, out, *extra):
+    """`accelerate launch --num_processes 2` on the CPU (gloo), batch 1 each."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    run = subprocess.run([accelerate, "launch", "--config_file", "train/accelerate/cpu_2proc.yaml",
+                          "-m", "imagpose.cli", *COMMON, "--data", str(data), "--out", str(out),
+                          "--set", "stages.stage1.batch_size=1", *extra], env=CPU_ENV, capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+@NEEDS_ACCELERATE_CLI
 def test_two_processes_match_one_process_with_the_same_global_batch(people_dataset, tmp_path):
     """accelerate launch --num_processes 2 on the CPU (gloo), batch 1 each, against one process with batch 2."""
-    common = ["train", "run", "--stage", "stage1", "--data", str(people_dataset), "--no-progress",
-              *sum((["--set", item] for item in QUICK[:1] + QUICK[3:]), [])]
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    def two_processes(out, *extra):
-        run = subprocess.run([accelerate, "launch", "--config_file", "train/accelerate/cpu_2proc.yaml",
-                              "-m", "imagpose.cli", *common, "--out", str(out), "--set", "stages.stage1.batch_size=1",
-                              *extra], env=env, capture_output=True, text=True, timeout=600,
-                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        assert run.returncode == 0, run.stderr[-3000:]
-
-    two_processes(tmp_path / "two")
-    # DDP resume: stopped after step 2 and resumed, still on two processes, it is the uninterrupted run
-    two_processes(tmp_path / "resumed", "--stop-after", "2")
-    stopped = tmp_path / "resumed" / "checkpoints" / "step-000002"
-    assert {p.name for p in stopped.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
-    two_processes(tmp_path / "resumed", "--resume")
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "two")
-    whole, resumed = (load_file(str(tmp_path / run / "checkpoints" / "step-000004" / "model.safetensors"))
-                      for run in ("two", "resumed"))
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    one = subprocess.run([sys.executable, "-m", "imagpose.cli", *common, "--out", str(tmp_path / "one"),
-                          "--set", "stages.stage1.batch_size=2"], env=env, capture_output=True, text=True,
-                         timeout=600)
+    two_processes(people_dataset, tmp_path / "two")
+    one = subprocess.run([sys.executable, "-m", "imagpose.cli", *COMMON, "--data", str(people_dataset), "--out",
+                          str(tmp_path / "one"), "--set", "stages.stage1.batch_size=2"], env=CPU_ENV,
+                         capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
@@ -91,6 +87,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(people_datas
     worst = max(float((first[k] - second[k]).abs().max()) for k in first)
     print(f"2 processes vs 1: losses {a} vs {b}; largest weight difference {worst:.2e}")
     assert worst < 1e-4, worst
+
+
+@pytest.mark.slow  # four process launches; the one-process resume above is in the default tier
+@NEEDS_ACCELERATE_CLI
+def test_two_processes_stopped_and_resumed_are_the_uninterrupted_run(people_dataset, tmp_path):
+    """DDP resume: stopped after step 2 and resumed, still on two processes, each with its own RNG state."""
+    two_processes(people_dataset, tmp_path / "two")
+    two_processes(people_dataset, tmp_path / "resumed", "--stop-after", "2")
+    stopped = tmp_path / "resumed" / "checkpoints" / "step-000002"
+    assert {p.name for p in stopped.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    two_processes(people_dataset, tmp_path / "resumed", "--resume")
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "two")
+    whole, resumed = (load_file(str(tmp_path / run / "checkpoints" / "step-000004" / "model.safetensors"))
+                      for run in ("two", "resumed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 @pytest.mark.parametrize("learning_rate", ["1e30", ".inf"])
