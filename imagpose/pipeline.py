@@ -214,7 +214,7 @@ class IMAGPosePipeline(DiffusionPipeline):
         ``_name_or_path`` (the folder they were loaded from) is left out, and non-default sampling is recorded in
         ``sampling.json``."""
         from .io import OutputFolder
-        from .sampling_config import SAMPLING_FILE
+        from .sampling_config import SAMPLING_FILE, sampling_file_contents
 
         with OutputFolder(save_directory) as out:
             super().save_pretrained(out.path(), **kwargs)
@@ -222,9 +222,9 @@ class IMAGPosePipeline(DiffusionPipeline):
                 data = json.loads(config.read_text(encoding="utf-8"))  # machine's path, meaningless where it travels
                 if data.pop("_name_or_path", None) is not None:
                     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            if self.default_sampling != SamplingConfig() or self.distillation is not None:
-                out.write_json(SAMPLING_FILE, {"defaults": self.default_sampling.to_dict(),
-                                               "distillation": self.distillation})
+            contents = sampling_file_contents(self.default_sampling, self.distillation)
+            if contents is not None:
+                out.write_json(SAMPLING_FILE, contents)
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -175,13 +175,21 @@ def read_sampling_file(folder) -> tuple[SamplingConfig, dict | None]:
     if not path.is_file():
         return SamplingConfig(), None
     fix = "save the pipeline again (IMAGPosePipeline.save_pretrained) or delete the file for the paper's defaults"
-    data = read_json_file(path, fix)
-    if not isinstance(data, dict) or not isinstance(data.get("defaults"), dict):
+    data = read_json_file(path, fix)  # an object, or an InputFileError naming the file
+    if not isinstance(data.get("defaults"), dict):
         raise InputFileError(f"{path} must hold {{\"defaults\": {{sampling settings}}}}; {fix}.")
     try:
         return SamplingConfig.from_dict(data["defaults"]), data.get("distillation")
     except InvalidArgumentError as exc:
         raise InputFileError(f"{path}: {exc} ({fix})") from exc
+
+
+def sampling_file_contents(defaults: SamplingConfig, distillation: dict | None) -> dict | None:
+    """What a pipeline folder's ``sampling.json`` holds (:func:`read_sampling_file` reads it back), or None when the
+    folder needs none (the paper's defaults, not a student)."""
+    if defaults == SamplingConfig() and distillation is None:
+        return None
+    return {"defaults": defaults.to_dict(), "distillation": distillation}
 
 
 def merged_settings(defaults: SamplingConfig, settings: dict | None) -> SamplingConfig:

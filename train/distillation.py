@@ -149,6 +149,7 @@ class DistillationTask:
         for name in ("unet", "vae", "image_encoder", "flc_tokenizer", "pose_guider"):
             getattr(self.teacher, name).to(self.device)
         self.alphas_cumprod = self.alphas_cumprod.to(self.device)
+        self.timesteps = self.timesteps.to(self.device)  # indexed by every step's draws
         self.requests = validation_requests(self.data, config) if self.main and config.validation.num_requests else []
 
     def batches(self, start_step: int, settings, process_index: int, num_processes: int):
@@ -165,7 +166,7 @@ class DistillationTask:
         draws = self._draws(step, micro)
         with torch.no_grad():
             latents, context, image_condition, pose_features = self._conditions(batch, draws["vae_noise"])
-            start = self.timesteps.to(self.device)[draws["index"]]  # t_n
+            start = self.timesteps[draws["index"]]  # t_n
             end = (start - self.skip).clamp(min=0)  # s = max(t_n - k, 0)
             noisy = self.teacher.scheduler.add_noise(latents, draws["noise"], start)
             previous = self._teacher_step(noisy, start, end, context, image_condition, pose_features, batch["grid"])
@@ -183,8 +184,6 @@ class DistillationTask:
             write_validation_grid(out, step, pipe, self.requests, self.config, sampling=pipe.default_sampling)
 
     def finish(self, out: Path, trained) -> Path:
-        import json
-
         from imagpose.pretrained import TRAINING_RECORD, training_record
 
         pipe = self._pipeline(trained)
@@ -195,7 +194,7 @@ class DistillationTask:
                   "distillation": pipe.distillation, "config": self.config.to_dict()}
         with OutputFolder(out) as folder:  # staged, then moved into place: a kill mid-write leaves no pipeline/
             pipe.save_pretrained(folder.path("pipeline"))
-            (folder.path("pipeline") / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+            folder.write_json(f"pipeline/{TRAINING_RECORD}", record)
         return out / "pipeline"
 
     # ------------------------------------------------------------------ one step's parts

@@ -33,15 +33,15 @@ def write_pipeline_configs(pipe: IMAGPosePipeline, folder: Path) -> None:
     """``model_index.json``, every component's config (the layout of ``save_pretrained``, without weights) and the
     pipeline's sampling defaults (``sampling.json``, a distilled student's)."""
     from imagpose.io import write_json
-    from imagpose.sampling_config import SAMPLING_FILE, SamplingConfig
+    from imagpose.sampling_config import SAMPLING_FILE, sampling_file_contents
 
     pipe.save_config(folder)
     for name in ("unet", "vae", "flc_tokenizer", "pose_guider", "scheduler"):
         getattr(pipe, name).save_config(folder / name)
     pipe.image_encoder.config.save_pretrained(folder / "image_encoder")
-    if pipe.default_sampling != SamplingConfig() or pipe.distillation is not None:
-        write_json(folder / SAMPLING_FILE, {"defaults": pipe.default_sampling.to_dict(),
-                                            "distillation": pipe.distillation})
+    contents = sampling_file_contents(pipe.default_sampling, pipe.distillation)
+    if contents is not None:
+        write_json(folder / SAMPLING_FILE, contents)
 
 
 def load_config_only_pipeline(folder: str | Path) -> ConfigOnlyPipeline:
