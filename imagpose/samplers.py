@@ -10,6 +10,9 @@ spacing), so it samples the model's own schedule:
                  (``imagpose train distill``); each step predicts x_0 through the consistency boundary conditions
                  and re-noises it to the next of the student's steps (fresh noise from the request's generator),
                  on the skipping-step schedule it was distilled on (``original_inference_steps``)
+    tcd          diffusers TCDScheduler: trajectory-consistency sampling of the same student; eta is TCD's gamma,
+                 the stochasticity of each step (0 = deterministic, DDIM-like jumps along the student's
+                 trajectory; 1 = lcm's full re-noising)
 
 The multistep solvers keep the last model outputs between steps; the pipeline builds one per call, so threads
 sharing a pipeline never share a solver's state. On a zero-terminal-SNR schedule diffusers clamps their last
@@ -21,7 +24,8 @@ sampler too (:func:`sampler_of`): the pipeline samples with it whenever a call n
 
 from __future__ import annotations
 
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler, UniPCMultistepScheduler
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler, TCDScheduler,
+                       UniPCMultistepScheduler)
 
 from .errors import InvalidArgumentError
 from .schedulers import IMAGPoseDDIMScheduler
@@ -33,15 +37,21 @@ SAMPLER_CLASSES = {
                                                       final_sigmas_type="zero")),
     "unipc": (UniPCMultistepScheduler, dict(final_sigmas_type="zero")),
     "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
 }
+# samplers whose step draws noise scaled by eta (DDIM's eta, TCD's gamma)
+SAMPLERS_WITH_ETA = ("ddim", "tcd")
+# few-step samplers of a distilled student, on the skipping-step schedule it was distilled on
+FEW_STEP_SAMPLERS = ("lcm", "tcd")
 SAMPLERS = tuple(SAMPLER_CLASSES)
 
 
 def check_sampler(name: str, eta: float = 0.0) -> None:
     if name not in SAMPLERS:
         raise InvalidArgumentError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.")
-    if name != "ddim" and eta != 0:
-        raise InvalidArgumentError(f"eta applies to the ddim sampler only; {name} is deterministic: pass eta=0.")
+    if name not in SAMPLERS_WITH_ETA and eta != 0:
+        raise InvalidArgumentError(f"eta applies to the {' and '.join(SAMPLERS_WITH_ETA)} samplers only; {name} "
+                                   "takes none: pass eta=0.")
 
 
 def make_sampler(name: str, config):
@@ -84,16 +94,16 @@ def sampler_of(scheduler) -> str:
 
 def max_steps(name: str, config) -> int:
     """The most sampling steps sampler ``name`` takes on a pipeline whose scheduler config is ``config``: the
-    training timesteps, or for lcm the steps of the schedule the student was distilled on."""
-    if name == "lcm":
+    training timesteps, or for lcm and tcd the steps of the schedule the student was distilled on."""
+    if name in FEW_STEP_SAMPLERS:
         return int(config.get("original_inference_steps") or LCMScheduler().config.original_inference_steps)
     return int(config["num_train_timesteps"])
 
 
 def step_arguments(scheduler, eta: float, generator) -> dict:
     """Keyword arguments of ``scheduler.step`` beyond (prediction, t, latents): DDIM's eta, and the noise generator
-    of the samplers whose step draws noise (DDIM with eta > 0, LCM between steps)."""
-    if isinstance(scheduler, IMAGPoseDDIMScheduler):
+    of the samplers whose step draws noise (DDIM and TCD with eta > 0, LCM between steps)."""
+    if isinstance(scheduler, (IMAGPoseDDIMScheduler, TCDScheduler)):
         return {"eta": eta, "generator": generator}
     if isinstance(scheduler, LCMScheduler):
         return {"generator": generator}

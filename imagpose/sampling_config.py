@@ -12,8 +12,10 @@ Valid values (NaN compares false with every bound, so each check is written to f
     num_inference_steps   integer in [1, num_train_timesteps]   (DDIM picks that many of the training timesteps;
                                                                  1000 in every IMAGPose schedule)
     guidance_scale        finite, >= 0                          (w <= 1 runs the conditional branch only)
-    sampler               one of imagpose.samplers.SAMPLERS      (ddim: the official one; lcm: a distilled student's)
-    eta                   finite, in [0, 1]; ddim only          (0 = deterministic DDIM, 1 = DDPM-like variance)
+    sampler               one of imagpose.samplers.SAMPLERS      (ddim: the official one; lcm, tcd: a distilled
+                                                                 student's)
+    eta                   finite, in [0, 1]; ddim and tcd only  (0 = deterministic; ddim: 1 = DDPM-like variance;
+                                                                 tcd: gamma, 1 = lcm's full re-noising)
     guidance_interval     None (every step) or (start, stop)    (imagpose.guidance; needs guidance_scale > 1 and
                                                                  must cover one of the steps)
     deepcache             None (off) or DeepCacheConfig         (imagpose.deepcache)
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 from .guidance import check_guidance_interval, guided_steps
-from .samplers import check_sampler, max_steps
+from .samplers import FEW_STEP_SAMPLERS, check_sampler, max_steps
 from .schedulers import OFFICIAL_DDIM_CONFIG
 
 MAX_TRAIN_TIMESTEPS = OFFICIAL_DDIM_CONFIG["num_train_timesteps"]
@@ -65,9 +67,9 @@ class SamplingConfig:
     Args:
         num_inference_steps: denoising steps (the paper 20; the official script 30).
         guidance_scale: w in ``u + w (c - u)``; <= 1 turns classifier-free guidance off.
-        sampler: "ddim" (official), "dpmsolver++", "unipc" or "lcm" (a distilled student's few-step sampler;
-            :mod:`imagpose.samplers`), on the same schedule.
-        eta: DDIM eta (0 = deterministic).
+        sampler: "ddim" (official), "dpmsolver++", "unipc", or "lcm" / "tcd" (a distilled student's few-step
+            samplers; :mod:`imagpose.samplers`), on the same schedule.
+        eta: DDIM eta (0 = deterministic), or TCD's gamma (0 = deterministic).
         guidance_interval: ``(start, stop)``, fractions of the steps (0 = the first, noisiest): guidance only on
             steps ``int(start * N) <= i < int(stop * N)`` (:mod:`imagpose.guidance`); None guides every step.
         deepcache: :class:`DeepCacheConfig` (:mod:`imagpose.deepcache`); None runs the whole UNet every step.
@@ -132,11 +134,11 @@ class SamplingConfig:
     def check_pipeline(self, pipe) -> SamplingConfig:
         """Refuse what ``pipe``'s models cannot run: more steps than its scheduler's training timesteps, a DeepCache
         branch its UNet does not have. Returns this config."""
-        if self.sampler == "lcm":
-            limit = max_steps("lcm", pipe.scheduler.config)
+        if self.sampler in FEW_STEP_SAMPLERS:
+            limit = max_steps(self.sampler, pipe.scheduler.config)
             if self.num_inference_steps > limit:
                 raise InvalidArgumentError(
-                    f"The lcm sampler takes at most {limit} steps on this model (the teacher's solver steps it was "
+                    f"The {self.sampler} sampler takes at most {limit} steps on this model (the teacher's solver steps it was "
                     f"distilled on), got {self.num_inference_steps}; a distilled student samples in 1-8 steps.")
         _check_steps(self.num_inference_steps, pipe.scheduler.config.num_train_timesteps)
         if self.deepcache is not None:

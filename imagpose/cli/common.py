@@ -61,11 +61,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="DeepCache feature reuse: the whole UNet every INTERVAL steps, only the shallow layers "
                             "around skip branch BRANCH (default 0, the shallowest) on the steps between")
     group.add_argument("--eta", type=sampling_setting("eta", float), default=None,
-                       help=f"DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference; default "
-                            f"{defaults.eta})")
+                       help=f"DDIM eta in [0, 1] (0 = deterministic DDIM, as the official inference), or TCD's "
+                            f"gamma (0 = deterministic); default {defaults.eta}")
     group.add_argument("--sampler", default=None, choices=SAMPLERS,
                        help=f"ddim (official), a diffusers multistep solver on the same schedule (fewer steps) or "
-                            f"lcm (a distilled student's); paper: {defaults.sampler}")
+                            f"lcm / tcd (a distilled student's); paper: {defaults.sampler}")
     group.add_argument("--seed", type=seed, default=0, help="initial-noise seed")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

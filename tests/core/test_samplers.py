@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler, TCDScheduler, UniPCMultistepScheduler
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from imagpose import IMAGPosePipeline, scenarios
@@ -37,7 +37,7 @@ def test_every_sampler_runs_the_models_schedule(tiny_pipe, name):
     ddim = make_sampler("ddim", tiny_pipe.scheduler.config)
     ddim.set_timesteps(8)
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
-    if name == "lcm":  # a student's steps: from 999 down, among the 50 solver steps it was distilled on (k = 20)
+    if name in ("lcm", "tcd"):  # a student's steps: from 999 down, among the 50 solver steps it was distilled on (k = 20)
         steps = scheduler.timesteps.long().tolist()
         assert steps[0] == 999 and steps == sorted(set(steps), reverse=True) and all((t + 1) % 20 == 0 for t in steps)
     else:
@@ -62,10 +62,30 @@ def test_the_pipeline_drives_diffusers_own_solver_exactly(tiny_pipe, name):
     assert torch.equal(latents[0], result.latents)  # (4, h, w): one request
 
 
+def test_tcd_drives_diffusers_own_scheduler_with_gamma_as_eta(tiny_pipe):
+    """Replay the pipeline's model outputs through diffusers' TCDScheduler with eta = gamma = 0.3 and the request's
+    generator: the same latents (TCD's noise between steps comes from the request's seed)."""
+    predictions, steps, gamma = [], 4, 0.3
+    result = tiny_pipe(request(), num_inference_steps=steps, guidance_scale=1.0, sampler="tcd", eta=gamma,
+                       output_type="latent", progress=False, callback_on_step_end=lambda p, i, t, out:
+                       predictions.append(out["prediction"].clone())).results[0]
+    solver = TCDScheduler(**SCHEDULE)
+    solver.set_timesteps(steps)
+    layout = tiny_pipe.request_layout(request())
+    generator = torch.Generator().manual_seed(0)
+    latents = tiny_pipe.prepare_latents(solver, [generator], layout.latent_size, "cpu", torch.float32)
+    for t, prediction in zip(solver.timesteps, predictions):
+        latents = solver.step(prediction, t, latents, eta=gamma, generator=generator).prev_sample
+    assert torch.equal(latents[0], result.latents)
+    deterministic = [tiny_pipe(request(), num_inference_steps=steps, guidance_scale=1.0, sampler="tcd",
+                               output_type="latent", progress=False).results[0].latents for _ in range(2)]
+    assert torch.equal(*deterministic) and not torch.equal(deterministic[0], result.latents)
+
+
 def test_unknown_sampler_and_eta_on_a_deterministic_solver_are_user_errors(tiny_pipe):
     with pytest.raises(InvalidArgumentError, match="Unknown sampler 'euler'.*ddim, dpmsolver\\+\\+, unipc"):
         tiny_pipe(request(), num_inference_steps=2, sampler="euler", progress=False)
-    with pytest.raises(InvalidArgumentError, match="eta applies to the ddim sampler only"):
+    with pytest.raises(InvalidArgumentError, match="eta applies to the ddim and tcd samplers only"):
         tiny_pipe(request(), num_inference_steps=2, sampler="unipc", eta=0.5, progress=False)
 
 

@@ -99,12 +99,13 @@ def test_the_student_makes_exactly_n_unguided_unet_calls(student, samples, steps
     assert torch.isfinite(output.results[0].latents).all()
 
 
-def test_the_student_is_deterministic_per_seed_and_batch_independent(student, samples):
+@pytest.mark.parametrize("sampling", [{}, {"sampler": "tcd", "eta": 0.3}], ids=["lcm", "tcd"])
+def test_the_student_is_deterministic_per_seed_and_batch_independent(student, samples, sampling):
     pipe = IMAGPosePipeline.from_pretrained(student / "pipeline")
-    alone = pipe(request(samples, seed=5), progress=False, output_type="latent").results[0].latents
-    batched = pipe([request(samples, seed=1), request(samples, seed=5)], progress=False,
-                   output_type="latent").results[1].latents
-    assert torch.allclose(alone, batched, atol=1e-5)  # the lcm noise between steps comes from the request's seed
+    alone = pipe(request(samples, seed=5), progress=False, output_type="latent", **sampling).results[0].latents
+    batched = pipe([request(samples, seed=1), request(samples, seed=5)], progress=False, output_type="latent",
+                   **sampling).results[1].latents
+    assert torch.allclose(alone, batched, atol=1e-5)  # the noise between steps comes from the request's seed
 
 
 def test_the_cli_distils_and_records_the_command(teacher, people_dataset, tmp_path):
