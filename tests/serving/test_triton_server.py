@@ -1,6 +1,7 @@
 """A real tritonserver (the nvidia-pytriton binary, Python flavour) serving the tiny pipeline: HTTP and gRPC answers
 equal the in-process pipeline's, concurrent clients get their own results in batches, bad requests are 400s, a model
-that fails to load is reported with its reason, a dropped client does not wedge the server, and it stops clean."""
+that fails to load is reported with its reason, a dropped client does not wedge the server, and it stops clean; a
+served few-step student answers a request without settings with its own defaults."""
 
 import os
 import shutil
@@ -68,6 +69,21 @@ def pixels(image) -> np.ndarray:
 
 def max_level_difference(a, b) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+@pytest.fixture(scope="module")
+def student_pipe(tiny_pipe):
+    """A few-step student as ``imagpose train distill`` saves one (weights aside): the LCM scheduler and its own
+    default sampling, 3 unguided lcm steps."""
+    from diffusers import LCMScheduler
+
+    from imagpose.pipeline import IMAGPosePipeline
+
+    networks = {name: getattr(tiny_pipe, name) for name in ("unet", "vae", "image_encoder", "flc_tokenizer",
+                                                              "pose_guider")}
+    student = IMAGPosePipeline(scheduler=LCMScheduler.from_config(tiny_pipe.scheduler.config), **networks)
+    student.default_sampling = SamplingConfig(num_inference_steps=3, guidance_scale=1.0, sampler="lcm")
+    return student
 
 
 def test_http_and_grpc_answers_equal_the_in_process_pipeline(tiny_pipe, repository, server):
@@ -240,3 +256,19 @@ def test_imagpose_generate_with_server_saves_what_the_local_run_saves(server, tm
         if name.endswith(".png"):
             assert max_level_difference(Image.open(tmp_path / "local" / name),
                                         Image.open(tmp_path / "served" / name)) <= 1, name
+
+
+def test_a_served_student_answers_a_request_without_settings_with_its_own_few_step_defaults(student_pipe, server_env,
+                                                                                            tmp_path):
+    export_pipeline(student_pipe, tmp_path / "onnx", ExportOptions(bucket=ShapeBucket(1, 64, 64, 2, 2)))
+    write_repository(student_pipe, tmp_path / "repo", RepositoryOptions("python", max_batch_size=8,
+                                                                        queue_delay_ms=100), onnx_dir=tmp_path / "onnx")
+    ort = OnnxRuntimeBackend.for_pipeline(student_pipe, tmp_path / "onnx")
+    sent = request(7)
+    own_defaults = student_pipe(sent, runtime=ort, progress=False).results[0]  # lcm, 3 steps, w = 1
+    paper_defaults = student_pipe(sent, runtime=ort, sampling=SamplingConfig(), progress=False).results[0]
+    with TritonServer(tmp_path / "repo", log_path=tmp_path / "server.log") as server:
+        with TritonClient(server.http_url) as client:
+            served = client.generate(sent)[0]  # no settings: the served model's defaults
+    assert max_level_difference(served.targets[0], own_defaults.targets[0]) <= 1
+    assert max_level_difference(served.targets[0], paper_defaults.targets[0]) > 1  # the defaults decide the image
