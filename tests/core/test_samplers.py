@@ -111,4 +111,4 @@ def test_the_command_line_takes_a_sampler(generate_argv, tmp_path, capsys):
     assert json.loads((tmp_path / "a" / "result.json").read_text())["sampling"]["sampler"] == "dpmsolver++"
     assert main([*generate_argv, "--sampler", "unipc", "--eta", "0.5", "--out", str(tmp_path / "b")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "eta applies to the ddim sampler only" in error[0]
+    assert len(error) == 1 and "eta applies to the ddim and tcd samplers only" in error[0]

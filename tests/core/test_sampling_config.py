@@ -36,7 +36,7 @@ def request():
     (dict(eta=1.5), "eta must be a finite number in [0, 1]"),
     (dict(eta=math.nan), "eta must be a finite number in [0, 1]"),
     (dict(sampler="euler"), "Unknown sampler 'euler'; choose one of ddim, dpmsolver++, unipc"),
-    (dict(sampler="unipc", eta=0.5), "eta applies to the ddim sampler only"),
+    (dict(sampler="unipc", eta=0.5), "eta applies to the ddim and tcd samplers only"),
     (dict(guidance_interval=(0.8, 0.2)), "guidance_interval (0.8, 0.2) is empty or inverted"),
     (dict(guidance_interval="early"), "guidance_interval must be a pair"),
     (dict(guidance_interval=(0.0, 0.5), guidance_scale=1.0), "guidance_scale 1.0 <= 1 turns off"),
