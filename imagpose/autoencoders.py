@@ -25,7 +25,9 @@ group at full resolution, the narrowest it has).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -71,7 +73,23 @@ def folder_class_name(folder: str | Path) -> str:
 def load_autoencoder(folder: str | Path, torch_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """An autoencoder folder loaded with the class its config names."""
     cls = autoencoder_class(folder_class_name(folder))
-    return cls.from_pretrained(folder, torch_dtype=torch_dtype or torch.float32).eval()
+    with _quiet_config_attributes():
+        return cls.from_pretrained(folder, torch_dtype=torch_dtype or torch.float32).eval()
+
+
+@contextlib.contextmanager
+def _quiet_config_attributes():
+    """Silence diffusers' "config attributes ... are not expected and will be ignored" warning while a folder
+    loads: a tiny autoencoder's config carries ``latents_mean`` / ``latents_std`` (and its width), which
+    ``AutoencoderTiny.__init__`` does not take but diffusers keeps on ``vae.config``, where
+    :func:`channel_normalization` reads them, so the warning is wrong for them. Other warnings still show."""
+    logger = logging.getLogger("diffusers.configuration_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def build_autoencoder(class_name: str, config: dict) -> torch.nn.Module:

@@ -146,3 +146,27 @@ def test_one_channel_groups_map_every_flat_feature_map_to_the_same_output():
 def test_the_tiny_preset_builds_its_autoencoder_class():
     pipe = build_pipeline("tiny")
     assert type(pipe.vae).__name__ == get_preset("tiny").vae_class
+
+
+def test_a_normalised_tiny_autoencoder_loads_without_a_wrong_warning():
+    """Its config's latents_mean / latents_std are not AutoencoderTiny's init arguments; diffusers keeps them on the
+    config (where the normalisation reads them), so its "will be ignored" warning must not reach the user."""
+    import logging
+
+    from imagpose.autoencoders import channel_normalization, load_autoencoder
+    from imagpose.pretrained import shipped_model_dir
+
+    class Recorder(logging.Handler):
+        messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logger, recorder = logging.getLogger("diffusers.configuration_utils"), Recorder()
+    logger.addHandler(recorder)
+    try:
+        vae = load_autoencoder(shipped_model_dir() / "vae")
+    finally:
+        logger.removeHandler(recorder)
+    assert channel_normalization(vae) is not None
+    assert not [message for message in recorder.messages if "not expected" in message]
