@@ -40,8 +40,8 @@ $(TRITON_ENV)/.stamp: pyproject.toml constraints.txt $(SERVER_CONSTRAINTS)
 test: $(VENV)/.stamp-dev $(TRITON_ENV)/.stamp  ## set up and run the default test tier (CPU, < 15 min on 2 cores)
 	IMAGPOSE_REQUIRE_SERVERS=1 IMAGPOSE_TRITON_ENV=$(abspath $(TRITON_ENV)) $(BIN)/pytest
 
-test-slow: $(VENV)/.stamp-dev  ## full-size (SD1.5) tests, several minutes each on CPU
-	$(BIN)/pytest -m slow
+test-slow: $(VENV)/.stamp-dev $(TRITON_ENV)/.stamp  ## full-size (SD1.5) tests, the GPU script's dry run, several minutes each on CPU
+	IMAGPOSE_REQUIRE_SERVERS=1 IMAGPOSE_TRITON_ENV=$(abspath $(TRITON_ENV)) $(BIN)/pytest -m slow
 
 bench: $(VENV)/.stamp-dev  ## pytest-benchmark (UNet step torch vs ORT; one step of every method) + the quick report
 	mkdir -p outputs/bench

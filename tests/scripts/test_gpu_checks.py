@@ -25,6 +25,11 @@ PACKAGE_FOLDERS = {"imagpose": "imagpose", "export": "imagpose/export", "kernels
                    "bench": "imagpose/bench", "train": "imagpose/train", "serving": "imagpose/serving"}
 
 
+# the dry run of every section takes over two minutes on 2 CPU cores: slow tier (`make test-slow`), and run before
+# every GPU call (`python scripts/gpu_checks.py --dry-run`)
+DRY_RUN_TIER = pytest.mark.slow
+
+
 def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
 
@@ -50,6 +55,7 @@ def dry_run(tmp_path_factory):
     return root / "out", done
 
 
+@DRY_RUN_TIER
 def test_dry_run_ends_every_section_ok(dry_run):
     out, done = dry_run
     report = read_report(out)
@@ -63,6 +69,7 @@ def test_dry_run_ends_every_section_ok(dry_run):
     assert (out / "gpu_checks.log").is_file()
 
 
+@DRY_RUN_TIER
 def test_dry_run_records_what_each_section_measures(dry_run):
     out, _ = dry_run
     results = {name: entry["results"] for name, entry in read_report(out)["sections"].items()}
@@ -93,6 +100,7 @@ def test_dry_run_records_what_each_section_measures(dry_run):
         "trainable_parameters"]  # CVA only < UNet without CVA + pose guider + FLC < everything
 
 
+@DRY_RUN_TIER
 def test_dry_run_quant_section_exports_int8_and_fp8_and_stops_before_the_builder(dry_run):
     out, _ = dry_run
     quant = read_report(out)["sections"]["quant"]["results"]
@@ -236,6 +244,7 @@ def test_the_tensorrt_part_of_the_trt_section_with_a_stand_in_runtime(monkeypatc
     assert ("tensorrt", "unet") in rows and ("torch-fp16", "unet") in rows and records["parity"]["passed"]
 
 
+@DRY_RUN_TIER
 def test_dry_run_serve_section_writes_and_validates_a_repository_and_times_clients(dry_run):
     out, _ = dry_run
     serve = read_report(out)["sections"]["serve"]["results"]

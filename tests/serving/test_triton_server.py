@@ -258,6 +258,7 @@ def test_imagpose_generate_with_server_saves_what_the_local_run_saves(server, tm
                                         Image.open(tmp_path / "served" / name)) <= 1, name
 
 
+@pytest.mark.slow  # a second server start; the in-process orchestrator test covers the defaults in the default tier
 def test_a_served_student_answers_a_request_without_settings_with_its_own_few_step_defaults(student_pipe, server_env,
                                                                                             tmp_path):
     export_pipeline(student_pipe, tmp_path / "onnx", ExportOptions(bucket=ShapeBucket(1, 64, 64, 2, 2)))
