@@ -24,8 +24,7 @@ sampler too (:func:`sampler_of`): the pipeline samples with it whenever a call n
 
 from __future__ import annotations
 
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler, TCDScheduler,
-                       UniPCMultistepScheduler)
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler, TCDScheduler, UniPCMultistepScheduler
 
 from .errors import InvalidArgumentError
 from .schedulers import IMAGPoseDDIMScheduler

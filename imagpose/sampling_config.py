@@ -138,8 +138,9 @@ class SamplingConfig:
             limit = max_steps(self.sampler, pipe.scheduler.config)
             if self.num_inference_steps > limit:
                 raise InvalidArgumentError(
-                    f"The {self.sampler} sampler takes at most {limit} steps on this model (the teacher's solver steps it was "
-                    f"distilled on), got {self.num_inference_steps}; a distilled student samples in 1-8 steps.")
+                    f"The {self.sampler} sampler takes at most {limit} steps on this model (the teacher's solver "
+                    f"steps it was distilled on), got {self.num_inference_steps}; a distilled student samples in "
+                    "1-8 steps.")
         _check_steps(self.num_inference_steps, pipe.scheduler.config.num_train_timesteps)
         if self.deepcache is not None:
             self.deepcache.check(pipe.unet)

@@ -37,7 +37,7 @@ def test_every_sampler_runs_the_models_schedule(tiny_pipe, name):
     ddim = make_sampler("ddim", tiny_pipe.scheduler.config)
     ddim.set_timesteps(8)
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
-    if name in ("lcm", "tcd"):  # a student's steps: from 999 down, among the 50 solver steps it was distilled on (k = 20)
+    if name in ("lcm", "tcd"):  # a student's steps: from 999 down, among its 50 solver steps (k = 20)
         steps = scheduler.timesteps.long().tolist()
         assert steps[0] == 999 and steps == sorted(set(steps), reverse=True) and all((t + 1) % 20 == 0 for t in steps)
     else:
